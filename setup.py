@@ -1,0 +1,42 @@
+"""tfllm: TensorFlow/Keras 3 toolkit for transformer language models."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tfllm",
+    version="0.1.0",
+    description="Train, compress, export and serve transformer LMs in TensorFlow / Keras 3",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["tfllm", "tfllm.*"]),
+    package_data={"tfllm.data": ["bundled/*.gz", "bundled/*/*.gz", "bundled/*.md"]},
+    include_package_data=True,
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.15,<4",
+        "keras-hub>=0.32,<0.33",
+        "tensorflow-text>=2.21,<2.22",
+        "tensorflow-model-optimization>=0.8.1,<0.9",
+        "tf-keras>=2.21,<2.22",
+        "tensorboard>=2.21,<2.22",
+        "absl-py>=1.4",
+        "ml-collections>=1.0",
+        "sentencepiece>=0.2,<0.3",
+        "ai-edge-litert>=2.3,<3",
+        "numpy>=1.26",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "hypothesis>=6.100"],
+    },
+    entry_points={
+        "console_scripts": [
+            "tfllm-train=tfllm.cli.train:run",
+            "tfllm-evaluate=tfllm.cli.evaluate:run",
+            "tfllm-generate=tfllm.cli.generate:run",
+            "tfllm-export=tfllm.cli.export:run",
+            "tfllm-pipeline=tfllm.cli.pipeline:run",
+        ],
+    },
+)

@@ -1,0 +1,114 @@
+"""tfllm-generate: text from a prompt, with the KV-cache decode loop.
+
+  tfllm-generate --workdir=runs/tiny --prompt="ROMEO:" --max_new_tokens=50 \
+      --sampler=top_p --top_p=0.9 --temperature=0.8 --seed=1
+
+Backends: `keras` (the checkpoint) or `saved_model` (W/export/saved_model, the
+artifact TF Serving would run). Same seed ⇒ same text, on both backends.
+Prompts longer than the context are truncated from the left.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import flags
+
+from tfllm.cli import common
+
+FLAGS = flags.FLAGS
+common.define_workdir_flag()
+common.define_debug_flag()
+flags.DEFINE_string("prompt", "", "Prompt text (may be empty: start a new document).")
+flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate (clamped to the context - 1).")
+flags.DEFINE_enum(
+    "sampler", "greedy", ["greedy", "temperature", "top_k", "top_p"], "Decoding rule."
+)
+flags.DEFINE_float("temperature", 1.0, "Softmax temperature (> 0) for sampling.")
+flags.DEFINE_integer("top_k", 40, "Keep the k most likely tokens (sampler=top_k).")
+flags.DEFINE_float("top_p", 0.9, "Nucleus mass in (0, 1] (sampler=top_p).")
+flags.DEFINE_integer("seed", 0, "Sampling seed; the same seed gives the same text.")
+flags.DEFINE_enum(
+    "backend",
+    "keras",
+    ["keras", "saved_model"],
+    "keras: the checkpoint; saved_model: W/export/saved_model.",
+)
+flags.DEFINE_integer("num_samples", 1, "Independent samples (seeds seed, seed+1, ...).")
+
+
+def main(argv) -> None:
+    del argv
+    from tfllm.inference.sampling import check_sampler_args
+
+    check_sampler_args(
+        FLAGS.sampler, FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.max_new_tokens
+    )
+    if FLAGS.max_new_tokens > 100_000:
+        common.fail(f"--max_new_tokens: {FLAGS.max_new_tokens} is absurdly large (max 100000)")
+    if FLAGS.num_samples < 1:
+        common.fail("--num_samples: must be ≥ 1")
+    if FLAGS.backend == "keras":
+        texts = _generate_keras()
+    else:
+        texts = _generate_saved_model()
+    for i, text in enumerate(texts):
+        if len(texts) > 1:
+            print(f"--- sample {i + 1} (seed {FLAGS.seed + i}) ---")
+        sys.stdout.write(FLAGS.prompt + text + "\n")
+    sys.stdout.flush()
+
+
+def _generate_keras() -> list[str]:
+    import keras
+
+    from tfllm.inference.generate import Generator, generate_text
+    from tfllm.inference.loading import load_trained
+
+    keras.utils.set_random_seed(FLAGS.seed)  # before the tokenizer exists (DESIGN §2)
+    trained = load_trained(FLAGS.workdir)
+    generator = Generator(trained.model)
+    return [
+        generate_text(
+            generator,
+            trained.tokenizer,
+            [FLAGS.prompt],
+            FLAGS.max_new_tokens,
+            sampler=FLAGS.sampler,
+            temperature=FLAGS.temperature,
+            top_k=FLAGS.top_k,
+            top_p=FLAGS.top_p,
+            seed=FLAGS.seed + i,
+        )[0]
+        for i in range(FLAGS.num_samples)
+    ]
+
+
+def _generate_saved_model() -> list[str]:
+    import tensorflow as tf
+
+    from tfllm.export.saved_model import load_serving
+
+    loaded = load_serving(os.path.join(FLAGS.workdir, "export", "saved_model"))
+    fn = getattr(loaded, f"generate_{FLAGS.sampler}")
+    texts = []
+    for i in range(FLAGS.num_samples):
+        out = fn(
+            tf.constant([FLAGS.prompt]),
+            tf.constant(FLAGS.max_new_tokens),
+            tf.constant(FLAGS.temperature, tf.float32),
+            tf.constant(FLAGS.top_k),
+            tf.constant(FLAGS.top_p, tf.float32),
+            tf.constant(FLAGS.seed + i),
+        )
+        texts.append(out["completions"].numpy()[0].decode("utf-8"))
+    return texts
+
+
+def run() -> None:
+    common.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,50 @@
+"""tfllm-train: learn a tokenizer (if none), train, evaluate periodically, checkpoint.
+
+  tfllm-train --config=configs/gpt_tiny.py --workdir=runs/tiny \
+      [--config.data.train_path=corpus.txt --config.data.format=text]
+
+Re-running the same command resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+from ml_collections import config_flags
+
+from tfllm.cli import common
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/*.py); override keys with --config.section.key=value."
+)
+common.define_workdir_flag()
+common.define_debug_flag()
+
+
+def main(argv) -> None:
+    del argv
+    config = common.resolve_config(FLAGS.config, FLAGS.workdir)
+    common.setup_runtime(config)
+    from tfllm.training.run import train_lm
+
+    metrics = train_lm(config, FLAGS.workdir)
+    rows = [("workdir", FLAGS.workdir), ("step", metrics.get("step"))]
+    for key in ("loss", "eval_loss", "perplexity", "tokens_per_second"):
+        if key in metrics:
+            rows.append((key, metrics[key]))
+    rows += [
+        ("checkpoints", os.path.join(FLAGS.workdir, "checkpoints")),
+        ("tensorboard", f"tensorboard --logdir {os.path.join(FLAGS.workdir, 'tensorboard')}"),
+        ("metrics", os.path.join(FLAGS.workdir, "metrics.json")),
+    ]
+    common.print_summary("tfllm-train", rows)
+
+
+def run() -> None:
+    common.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,317 @@
+"""The config schema: defaults, validation, and loading from a workdir.
+
+A config is one `ml_collections.ConfigDict` with the sections of DESIGN §4:
+`data`, `tokenizer`, `model`, `train` (the task) and `runtime`, `export` (how
+and where it runs), following TF Model Garden's split of task vs runtime
+settings. Config files are Python and therefore trusted input.
+
+Every value is validated before any work starts, so a typo fails in a second
+with one line naming the key, instead of an hour into training.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ml_collections
+
+from tfllm.errors import ConfigError
+
+MODEL_NAMES = ("gpt",)
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu", "parameter_server")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+OPTIMIZERS = ("sgd", "adam", "adamw", "adamax")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+DATA_FORMATS = ("text", "tsv", "csv", "jsonl")
+BUNDLED_DATASETS = ("shakespeare", "sst2")
+TOKENIZER_MODEL_TYPES = ("bpe", "unigram")
+SAMPLERS = ("greedy", "temperature", "top_k", "top_p")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key with its default; recipe files in configs/ start from this."""
+    config = ml_collections.ConfigDict()
+
+    config.data = ml_collections.ConfigDict(
+        dict(
+            dataset="shakespeare",  # bundled set used when train_path is empty
+            train_path="",  # file, glob, or comma-separated list (.gz read transparently)
+            eval_path="",  # empty: hold out the last eval_fraction of the training tokens
+            format="text",
+            text_field="text",
+            label_field="label",
+            eval_fraction=0.1,
+        )
+    )
+    config.tokenizer = ml_collections.ConfigDict(
+        dict(
+            path="",  # an existing tokenizer dir (or a workdir); empty: learn one
+            model_type="bpe",
+            vocab_size=1024,
+        )
+    )
+    config.model = ml_collections.ConfigDict(
+        dict(
+            name="gpt",
+            max_length=128,
+            num_layers=4,
+            num_heads=4,
+            hidden_dim=128,
+            intermediate_dim=512,
+            dropout=0.1,
+        )
+    )
+    config.train = ml_collections.ConfigDict(
+        dict(
+            num_steps=1000,
+            batch_size=32,  # global, split over replicas
+            optimizer="adamw",
+            learning_rate=1e-3,
+            lr_schedule="cosine",
+            warmup_steps=100,
+            min_lr_ratio=0.1,  # final LR = learning_rate * min_lr_ratio
+            weight_decay=0.1,
+            beta_1=0.9,
+            beta_2=0.95,
+            momentum=0.9,  # sgd only
+            grad_clip_norm=1.0,  # global-norm clipping; 0 disables
+            steps_per_loop=50,  # steps inside one tf.function call (keeps TPUs fed)
+            eval_every=250,
+            eval_batches=20,  # 0 = the whole eval split
+            checkpoint_every=250,
+            max_checkpoints=3,
+            seed=0,
+            init_from="",  # a workdir whose checkpoint initialises the model
+            sample_prompts=["ROMEO:", "To be, or not"],
+            sample_tokens=48,
+        )
+    )
+    config.runtime = ml_collections.ConfigDict(
+        dict(
+            strategy="default",
+            logical_cpus=0,  # >1: split the host CPU into N logical devices
+            precision="float32",
+            jit_compile=False,
+            tpu="",  # TPU name/address for strategy=tpu
+            tensor_parallel=1,
+            pipeline_stages=1,
+            num_microbatches=1,
+        )
+    )
+    config.export = ml_collections.ConfigDict(
+        dict(
+            max_new_tokens=64,  # serving_default generates this many tokens per prompt
+            verify_prompts=["ROMEO:", "First Citizen:", ""],
+        )
+    )
+    return config
+
+
+@dataclass(frozen=True)
+class _Rule:
+    key: str
+    kind: type | tuple[type, ...]
+    check: Callable[[Any], bool] | None = None
+    requirement: str = ""
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return v >= 0
+
+
+def _one_of(options: Sequence[str]) -> Callable[[Any], bool]:
+    return lambda v: v in options
+
+
+def _fraction(v: Any) -> bool:
+    return 0.0 <= v < 1.0
+
+
+_RULES: tuple[_Rule, ...] = (
+    _Rule(
+        "data.dataset",
+        str,
+        lambda v: v == "" or v in BUNDLED_DATASETS,
+        f"one of {', '.join(BUNDLED_DATASETS)} (or empty with data.train_path set)",
+    ),
+    _Rule("data.train_path", str),
+    _Rule("data.eval_path", str),
+    _Rule("data.format", str, _one_of(DATA_FORMATS), f"one of {', '.join(DATA_FORMATS)}"),
+    _Rule("data.text_field", str, bool, "a non-empty field name"),
+    _Rule("data.label_field", str),
+    _Rule("data.eval_fraction", (int, float), _fraction, "in [0, 1)"),
+    _Rule("tokenizer.path", str),
+    _Rule(
+        "tokenizer.model_type",
+        str,
+        _one_of(TOKENIZER_MODEL_TYPES),
+        f"one of {', '.join(TOKENIZER_MODEL_TYPES)}",
+    ),
+    _Rule(
+        "tokenizer.vocab_size",
+        int,
+        lambda v: 260 <= v <= 1_000_000,
+        "an integer in [260, 1000000] (byte fallback needs 256 byte pieces + 4 specials)",
+    ),
+    _Rule("model.name", str, _one_of(MODEL_NAMES), f"one of {', '.join(MODEL_NAMES)}"),
+    _Rule("model.max_length", int, lambda v: 2 <= v <= 65536, "an integer in [2, 65536]"),
+    _Rule("model.num_layers", int, _positive, "a positive integer"),
+    _Rule("model.num_heads", int, _positive, "a positive integer"),
+    _Rule("model.hidden_dim", int, _positive, "a positive integer"),
+    _Rule("model.intermediate_dim", int, _positive, "a positive integer"),
+    _Rule("model.dropout", (int, float), _fraction, "in [0, 1)"),
+    _Rule("train.num_steps", int, _positive, "a positive integer"),
+    _Rule("train.batch_size", int, _positive, "a positive integer"),
+    _Rule("train.optimizer", str, _one_of(OPTIMIZERS), f"one of {', '.join(OPTIMIZERS)}"),
+    _Rule(
+        "train.learning_rate",
+        (int, float),
+        lambda v: 0 < v < 10 and math.isfinite(v),
+        "a number in (0, 10)",
+    ),
+    _Rule("train.lr_schedule", str, _one_of(LR_SCHEDULES), f"one of {', '.join(LR_SCHEDULES)}"),
+    _Rule("train.warmup_steps", int, _non_negative, "a non-negative integer"),
+    _Rule("train.min_lr_ratio", (int, float), lambda v: 0 <= v <= 1, "in [0, 1]"),
+    _Rule("train.weight_decay", (int, float), _non_negative, "a non-negative number"),
+    _Rule("train.beta_1", (int, float), _fraction, "in [0, 1)"),
+    _Rule("train.beta_2", (int, float), _fraction, "in [0, 1)"),
+    _Rule("train.momentum", (int, float), _fraction, "in [0, 1)"),
+    _Rule("train.grad_clip_norm", (int, float), _non_negative, "a non-negative number (0 = off)"),
+    _Rule("train.steps_per_loop", int, _positive, "a positive integer"),
+    _Rule("train.eval_every", int, _positive, "a positive integer"),
+    _Rule("train.eval_batches", int, _non_negative, "a non-negative integer (0 = all)"),
+    _Rule("train.checkpoint_every", int, _positive, "a positive integer"),
+    _Rule("train.max_checkpoints", int, _positive, "a positive integer"),
+    _Rule("train.seed", int, _non_negative, "a non-negative integer"),
+    _Rule("train.init_from", str),
+    _Rule("train.sample_tokens", int, _non_negative, "a non-negative integer"),
+    _Rule("runtime.strategy", str, _one_of(STRATEGIES), f"one of {', '.join(STRATEGIES)}"),
+    _Rule("runtime.logical_cpus", int, _non_negative, "a non-negative integer"),
+    _Rule("runtime.precision", str, _one_of(PRECISIONS), f"one of {', '.join(PRECISIONS)}"),
+    _Rule("runtime.jit_compile", bool),
+    _Rule("runtime.tpu", str),
+    _Rule(
+        "runtime.tensor_parallel",
+        int,
+        lambda v: v == 1,
+        "1 (tensor parallelism is not implemented yet)",
+    ),
+    _Rule(
+        "runtime.pipeline_stages",
+        int,
+        lambda v: v == 1,
+        "1 (pipeline parallelism is not implemented yet)",
+    ),
+    _Rule("runtime.num_microbatches", int, _positive, "a positive integer"),
+    _Rule("export.max_new_tokens", int, _positive, "a positive integer"),
+)
+
+
+def _lookup(config: ml_collections.ConfigDict, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, (ml_collections.ConfigDict, dict)) or part not in node:
+            raise ConfigError(f"config.{dotted}: missing (add it to your config file)")
+        node = node[part]
+    return node
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks every known key's type and range; raises ConfigError on the first problem."""
+    for rule in _RULES:
+        value = _lookup(config, rule.key)
+        kind = rule.kind
+        # bool is an int subclass in Python: never accept it where a number is wanted.
+        is_bool = isinstance(value, bool)
+        if (is_bool and kind is not bool) or not isinstance(value, kind):
+            want = kind.__name__ if isinstance(kind, type) else "a number"
+            raise ConfigError(
+                f"config.{rule.key}: expected {want}, got {type(value).__name__} {value!r}"
+            )
+        if rule.check is not None and not rule.check(value):
+            raise ConfigError(f"config.{rule.key}: must be {rule.requirement}, got {value!r}")
+    _validate_relations(config)
+
+
+def _validate_relations(config: ml_collections.ConfigDict) -> None:
+    model, train, runtime, data = config.model, config.train, config.runtime, config.data
+    if model.hidden_dim % model.num_heads:
+        raise ConfigError(
+            f"config.model.hidden_dim: {model.hidden_dim} is not divisible by "
+            f"config.model.num_heads={model.num_heads}"
+        )
+    if not data.train_path and not data.dataset:
+        raise ConfigError("config.data.train_path: empty, and no bundled config.data.dataset set")
+    if train.warmup_steps > train.num_steps:
+        raise ConfigError(
+            f"config.train.warmup_steps: {train.warmup_steps} exceeds "
+            f"config.train.num_steps={train.num_steps}"
+        )
+    if runtime.strategy == "parameter_server":
+        raise ConfigError(
+            "config.runtime.strategy: 'parameter_server' needs the ClusterCoordinator loop, "
+            "which is not implemented yet (use default, one_device, mirrored, multi_worker or tpu)"
+        )
+    if runtime.precision == "mixed_float16":
+        raise ConfigError(
+            "config.runtime.precision: 'mixed_float16' needs loss scaling, which the training "
+            "loop does not do yet; use 'mixed_bfloat16' or 'float32'"
+        )
+    if runtime.logical_cpus > 1 and runtime.strategy not in ("mirrored", "default"):
+        raise ConfigError(
+            "config.runtime.logical_cpus: only meaningful with strategy 'mirrored', "
+            f"got strategy {runtime.strategy!r}"
+        )
+    if runtime.num_microbatches != 1:
+        raise ConfigError(
+            "config.runtime.num_microbatches: must be 1 (pipeline parallelism is not "
+            "implemented yet)"
+        )
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """Loads a config file outside absl flags (the pipeline uses this)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config: no such file: {path}")
+    spec = importlib.util.spec_from_file_location("tfllm_user_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"--config: {path} defines no get_config()")
+    return module.get_config()
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+    """Rebuilds a ConfigDict saved by `config_to_json` (lists stay lists)."""
+    return ml_collections.ConfigDict(json.loads(text))
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with (`W/config.json`)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise ConfigError(
+            f"--workdir: {workdir} has no config.json (train there first, or pass --config)"
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = config_from_json(f.read())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable config ({e})") from None
+    merged = base_config()
+    merged.update(config)  # keys added to the schema since the run get their defaults
+    return merged

@@ -1,0 +1,198 @@
+"""SavedModel export: raw strings in, generated text out, tokenizer in the graph.
+
+Written with `keras.export.ExportArchive` (DESIGN §2: the measured path that
+keeps Keras 3 variables initialised; the SentencePiece resource must be
+tracked explicitly or the save fails with "untracked resource"). Endpoints:
+
+- `serving_default(prompts: string[None]) -> {"completions": string[None]}`:
+  greedy continuation of `export.max_new_tokens` tokens per prompt, the
+  signature TF Serving calls.
+- `generate_<sampler>(prompts, max_new_tokens, temperature, top_k, top_p, seed)`
+  for sampler in greedy / temperature / top_k / top_p: the same decode loop as
+  `tfllm-generate --backend=keras`, so a seed gives the same text on both.
+
+Prompts are generated one at a time (`tf.map_fn`): rows of different lengths
+never share padding, so each continuation equals the Keras one exactly.
+Loaders must `import tensorflow_text` first (its ops live in that package).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+import keras
+import tensorflow as tf
+
+from tfllm.data.tokenizer import Tokenizer
+from tfllm.errors import TfllmError
+from tfllm.inference.generate import generate_ids
+from tfllm.inference.sampling import SAMPLERS
+from tfllm.utils.io import atomic_directory, atomic_write_json
+
+
+class VerificationError(TfllmError):
+    """The exported artifact disagrees with the Keras model; nothing was written."""
+
+
+def _completion_fn(model: keras.Model, tokenizer: Tokenizer, sampler: str):
+    """Builds `(prompt, max_new, temperature, top_k, top_p, seed) -> text` for one prompt."""
+    max_length = int(model.max_length)
+    eos = int(tokenizer.eos_id)
+
+    def complete_one(prompt, max_new_tokens, temperature, top_k, top_p, seed):
+        max_new = tf.clip_by_value(max_new_tokens, 1, max_length - 1)
+        ids = tf.cast(tokenizer.tokenize(prompt), tf.int32)
+        # An empty prompt starts a new document: training separates them with eos.
+        ids = tf.cond(tf.size(ids) > 0, lambda: ids, lambda: tf.constant([eos], tf.int32))
+        ids = ids[-(max_length - max_new) :]  # truncate from the left to fit the context
+        # The same [seed, 0] int64 seed `Generator.generate` uses, so text matches Keras.
+        seed_pair = tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)])
+        new = generate_ids(
+            model,
+            ids[tf.newaxis, :],
+            max_new,
+            sampler=sampler,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed_pair,
+            eos_id=eos,
+        )[0]
+        return tokenizer.detokenize(tf.boolean_mask(new, tf.not_equal(new, eos)))
+
+    return complete_one
+
+
+def build_archive(
+    model: keras.Model, tokenizer: Tokenizer, max_new_tokens: int
+) -> keras.export.ExportArchive:
+    """The ExportArchive with the serving and generation endpoints."""
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.track(tokenizer)
+    prompts_spec = tf.TensorSpec([None], tf.string, name="prompts")
+    greedy = _completion_fn(model, tokenizer, "greedy")
+    default_max_new = tf.constant(int(max_new_tokens), tf.int32)
+
+    def serving_default(prompts):
+        completions = tf.map_fn(
+            lambda p: greedy(p, default_max_new, 1.0, 0, 1.0, tf.constant(0, tf.int32)),
+            prompts,
+            fn_output_signature=tf.string,
+        )
+        return {"completions": completions}
+
+    archive.add_endpoint("serving_default", serving_default, input_signature=[prompts_spec])
+
+    for sampler in SAMPLERS:
+        complete = _completion_fn(model, tokenizer, sampler)
+
+        def generate(prompts, max_new_tokens, temperature, top_k, top_p, seed, complete=complete):
+            completions = tf.map_fn(
+                lambda p: complete(p, max_new_tokens, temperature, top_k, top_p, seed),
+                prompts,
+                fn_output_signature=tf.string,
+            )
+            return {"completions": completions}
+
+        archive.add_endpoint(
+            f"generate_{sampler}",
+            generate,
+            input_signature=[
+                prompts_spec,
+                tf.TensorSpec([], tf.int32, name="max_new_tokens"),
+                tf.TensorSpec([], tf.float32, name="temperature"),
+                tf.TensorSpec([], tf.int32, name="top_k"),
+                tf.TensorSpec([], tf.float32, name="top_p"),
+                tf.TensorSpec([], tf.int32, name="seed"),
+            ],
+        )
+    return archive
+
+
+def _dir_size(path: str) -> int:
+    return sum(
+        os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files
+    )
+
+
+def export_saved_model(
+    model: keras.Model,
+    tokenizer: Tokenizer,
+    target: str,
+    *,
+    max_new_tokens: int,
+    verify_prompts: list[str],
+    reference: list[str],
+) -> dict:
+    """Writes the SavedModel to `target` only if its greedy output equals `reference`.
+
+    `reference` are the Keras model's greedy continuations of `verify_prompts`
+    (`max_new_tokens` each). The archive is saved into a temp dir, reloaded
+    with `tf.saved_model.load`, run, compared, and only then renamed into place
+    with its `verification.json`.
+    """
+    import tensorflow_text  # noqa: F401  (registers the SentencePiece ops for the reload)
+
+    started = time.time()
+    with atomic_directory(target) as tmp:
+        archive = build_archive(model, tokenizer, max_new_tokens)
+        archive.write_out(str(tmp), verbose=False)
+        loaded = tf.saved_model.load(str(tmp))
+        serve = loaded.signatures["serving_default"]
+        out = serve(prompts=tf.constant(verify_prompts, tf.string))["completions"].numpy()
+        exported = [s.decode("utf-8") for s in out]
+        mismatches = [
+            {"prompt": p, "keras": k, "saved_model": e}
+            for p, k, e in zip(verify_prompts, reference, exported, strict=True)
+            if k != e
+        ]
+        record = {
+            "format": "saved_model",
+            "check": "serving_default greedy completions == Keras greedy completions",
+            "prompts": verify_prompts,
+            "keras": reference,
+            "saved_model": exported,
+            "match": not mismatches,
+            "max_new_tokens": max_new_tokens,
+            "size_bytes": _dir_size(str(tmp)),
+            "signatures": sorted(loaded.signatures.keys()),
+            "seconds": round(time.time() - started, 2),
+            "versions": versions(),
+        }
+        if mismatches:
+            first = mismatches[0]
+            raise VerificationError(
+                f"SavedModel output differs from Keras for prompt {first['prompt']!r}: "
+                f"keras={first['keras'][:60]!r} saved_model={first['saved_model'][:60]!r}; "
+                f"nothing written to {target}"
+            )
+        atomic_write_json(os.path.join(tmp, "verification.json"), record)
+    return record
+
+
+def versions() -> dict[str, str]:
+    """Library versions and machine, recorded beside every artifact."""
+    import keras_hub
+    import tensorflow_text
+
+    return {
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "keras_hub": keras_hub.__version__,
+        "tensorflow_text": tensorflow_text.__version__,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpus": str(os.cpu_count()),
+    }
+
+
+def load_serving(path: str):
+    """Reloads an exported SavedModel (importing tensorflow_text first)."""
+    import tensorflow_text  # noqa: F401
+
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise TfllmError(f"{path}: no SavedModel here (run tfllm-export --format=saved_model)")
+    return tf.saved_model.load(path)

@@ -1,0 +1,266 @@
+"""Autoregressive generation with a static KV cache.
+
+One loop serves every caller: `generate_ids` prefills the prompt once with
+`model.call_with_cache(prompt, cache, 0)`, then decodes one position per step
+inside `tf.while_loop`, carrying a static-shape cache (`model.init_cache`) and a
+static-width token buffer `[B, max_length]`. Because nothing in the loop has a
+data-dependent shape, the same code runs eagerly, traced into a `tf.function`
+with a dynamic prompt length and a tensor `max_new_tokens` (what a SavedModel
+export needs), and under XLA.
+
+XLA: `Generator(use_xla=True)` compiles the whole decode loop (every step after
+the prefill) as one `jit_compile=True` function, and runs the prefill as a plain
+graph function. The prefill stays out of XLA on purpose: XLA specialises on
+input shapes, so a compiled prefill would recompile for every new prompt
+length, while the decode loop's shapes depend only on the batch size.
+Likewise the final `[:, :max_new_tokens]` slice happens outside XLA, since a
+shape that depends on a tensor's value cannot be compiled.
+
+The model must provide `init_cache(batch_size)`, `call_with_cache(ids, cache,
+index) -> (logits, cache)` and `max_length` (see `tfllm.models.gpt.GPT`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfllm.inference.sampling import check_sampler_args, sample_next
+
+TensorLike = float | int | tf.Tensor
+
+
+class Tokenizer(Protocol):
+    """What `generate_text` needs from a tokenizer."""
+
+    eos_id: int
+    bos_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+
+def fit_prompt(
+    prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int, max_length: int
+) -> tuple[np.ndarray, int]:
+    """Make `prompt + max_new_tokens <= max_length` hold before generating.
+
+    `max_new_tokens` is clamped to `max_length - 1` (one prompt token is the
+    least the prefill needs), then the prompt is truncated from the LEFT, since
+    the most recent context matters most for the continuation. Accepts `[P]`
+    or `[B, P]` and keeps the rank. Returns `(prompt_ids, max_new_tokens)`.
+    """
+    prompt = np.asarray(prompt_ids, dtype=np.int32)
+    max_new_tokens = max(0, min(int(max_new_tokens), max_length - 1))
+    keep = max_length - max_new_tokens
+    return prompt[..., -keep:], max_new_tokens
+
+
+def _prefill(model: keras.Model, prompt_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Run the whole prompt once; return the last position's logits and cache."""
+    cache = model.init_cache(tf.shape(prompt_ids)[0])
+    logits, cache = model.call_with_cache(prompt_ids, cache, tf.constant(0, tf.int32))
+    return logits[:, -1, :], cache
+
+
+def _decode_loop(
+    model: keras.Model,
+    logits: tf.Tensor,
+    cache: tf.Tensor,
+    prompt_len: tf.Tensor,
+    max_new_tokens: tf.Tensor,
+    temperature: tf.Tensor,
+    top_k: tf.Tensor,
+    top_p: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    sampler: str,
+    eos_id: int | None,
+) -> tf.Tensor:
+    """Sample `max_new_tokens` tokens after a prefill; returns `[B, max_length]`.
+
+    Slot `i` of the buffer holds new token `i`; slots past the last one hold
+    `eos_id` (or 0). Step `i` draws with seed `fold_in(seed, i)`, so draws are
+    independent across steps yet fully determined by `seed`. Stops early once
+    every row has produced `eos_id`.
+    """
+    batch = tf.shape(logits)[0]
+    width = model.max_length
+    pad = 0 if eos_id is None else eos_id
+    slots = tf.range(width, dtype=tf.int32)[tf.newaxis, :]
+
+    def sample(step: tf.Tensor, step_logits: tf.Tensor, done: tf.Tensor) -> tuple:
+        step_seed = tf.random.experimental.stateless_fold_in(seed, step)
+        token = sample_next(step_logits, sampler, temperature, top_k, top_p, step_seed)
+        if eos_id is not None:
+            token = tf.where(done, tf.constant(eos_id, tf.int32), token)
+            done = tf.logical_or(done, tf.equal(token, eos_id))
+        return token, done
+
+    def write(buffer: tf.Tensor, step: tf.Tensor, token: tf.Tensor) -> tf.Tensor:
+        return tf.where(tf.equal(slots, step), token[:, tf.newaxis], buffer)
+
+    buffer = tf.fill([batch, width], tf.constant(pad, tf.int32))
+    done = tf.zeros([batch], tf.bool)
+    step = tf.constant(0, tf.int32)
+    token, done = sample(step, logits, done)
+    buffer = write(buffer, step, token)
+
+    def cond(step: tf.Tensor, token: tf.Tensor, cache: tf.Tensor, buffer: tf.Tensor,
+             done: tf.Tensor) -> tf.Tensor:
+        return tf.logical_and(step + 1 < max_new_tokens, tf.logical_not(tf.reduce_all(done)))
+
+    def body(step: tf.Tensor, token: tf.Tensor, cache: tf.Tensor, buffer: tf.Tensor,
+             done: tf.Tensor) -> tuple:
+        # The previous token sits at position prompt_len + step.
+        step_logits, cache = model.call_with_cache(
+            token[:, tf.newaxis], cache, prompt_len + step
+        )
+        step = step + 1
+        token, done = sample(step, step_logits[:, 0, :], done)
+        return step, token, cache, write(buffer, step, token), done
+
+    _, _, _, buffer, _ = tf.while_loop(
+        cond,
+        body,
+        (step, token, cache, buffer, done),
+        maximum_iterations=width,
+    )
+    return buffer
+
+
+def generate_ids(
+    model: keras.Model,
+    prompt_ids: tf.Tensor | np.ndarray,
+    max_new_tokens: int | tf.Tensor,
+    *,
+    sampler: str = "greedy",
+    temperature: TensorLike = 1.0,
+    top_k: TensorLike = 0,
+    top_p: TensorLike = 1.0,
+    seed: tf.Tensor | tuple[int, int] = (0, 0),
+    eos_id: int | None = None,
+) -> tf.Tensor:
+    """Generate continuations of dense `prompt_ids` [B, P]; returns int32 [B, n].
+
+    `n = max_new_tokens`; only new tokens are returned, and after a row emits
+    `eos_id` its remaining tokens are `eos_id`. The caller guarantees
+    `P >= 1` and `P + max_new_tokens <= model.max_length` (see `fit_prompt`).
+    Works eagerly and traced with `prompt_ids` of shape `[B, None]` and a
+    scalar int32 tensor `max_new_tokens`.
+    """
+    prompt_ids = tf.convert_to_tensor(prompt_ids, tf.int32)
+    max_new_tokens = tf.convert_to_tensor(max_new_tokens, tf.int32)
+    logits, cache = _prefill(model, prompt_ids)
+    buffer = _decode_loop(
+        model,
+        logits,
+        cache,
+        tf.shape(prompt_ids)[1],
+        max_new_tokens,
+        tf.convert_to_tensor(temperature, tf.float32),
+        tf.convert_to_tensor(top_k, tf.int32),
+        tf.convert_to_tensor(top_p, tf.float32),
+        tf.convert_to_tensor(seed),
+        sampler=sampler,
+        eos_id=eos_id,
+    )
+    return buffer[:, :max_new_tokens]
+
+
+class Generator:
+    """Holds a model and its compiled prefill/decode functions for reuse.
+
+    Functions are traced once per (sampler, eos_id) and batch size; prompt
+    length, token count, temperature, top_k, top_p and seed are tensors, so
+    changing them never retraces. With `use_xla`, the decode loop is compiled
+    with `jit_compile=True` (see the module docstring for why the prefill is
+    not).
+    """
+
+    def __init__(self, model: keras.Model, use_xla: bool = True) -> None:
+        self.model = model
+        self.use_xla = use_xla
+        self._prefill = tf.function(
+            lambda ids: _prefill(model, ids),
+            input_signature=[tf.TensorSpec([None, None], tf.int32)],
+        )
+        self._decoders: dict[tuple[str, int | None], Callable[..., tf.Tensor]] = {}
+
+    def _decoder(self, sampler: str, eos_id: int | None) -> Callable[..., tf.Tensor]:
+        key = (sampler, eos_id)
+        if key not in self._decoders:
+            def decode(*args: Any) -> tf.Tensor:
+                return _decode_loop(self.model, *args, sampler=sampler, eos_id=eos_id)
+
+            self._decoders[key] = tf.function(
+                decode, jit_compile=self.use_xla, reduce_retracing=True
+            )
+        return self._decoders[key]
+
+    def generate(
+        self,
+        prompt_ids: np.ndarray | list[int],
+        max_new_tokens: int,
+        sampler: str = "greedy",
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        eos_id: int | None = None,
+    ) -> np.ndarray:
+        """Continue a prompt `[P]` (returns `[n]`) or a batch `[B, P]` (`[B, n]`).
+
+        The prompt is fitted to the model with `fit_prompt` (left truncation,
+        `max_new_tokens` clamped to `max_length - 1`).
+        """
+        check_sampler_args(sampler, temperature, top_k, top_p, max_new_tokens)
+        prompt = np.asarray(prompt_ids, dtype=np.int32)
+        if prompt.shape[-1] == 0:
+            raise ValueError("prompt_ids is empty; start from e.g. [eos_id]")
+        single = prompt.ndim == 1
+        prompt, max_new_tokens = fit_prompt(
+            np.atleast_2d(prompt), max_new_tokens, self.model.max_length
+        )
+        logits, cache = self._prefill(tf.constant(prompt))
+        buffer = self._decoder(sampler, eos_id)(
+            logits,
+            cache,
+            tf.constant(prompt.shape[1], tf.int32),
+            tf.constant(max_new_tokens, tf.int32),
+            tf.constant(temperature, tf.float32),
+            tf.constant(top_k, tf.int32),
+            tf.constant(top_p, tf.float32),
+            tf.constant([seed, 0], tf.int64),
+        )
+        out = buffer.numpy()[:, :max_new_tokens]
+        return out[0] if single else out
+
+
+def generate_text(
+    generator: Generator,
+    tokenizer: Tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    **sampling: Any,
+) -> list[str]:
+    """Continue each prompt; returns only the continuations, cut at eos.
+
+    An empty prompt starts from `[eos_id]`: training documents are separated
+    by eos, so eos is the natural "start of a document" context.
+    """
+    texts = []
+    for prompt in prompts:
+        ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
+        new = generator.generate(
+            ids, max_new_tokens, eos_id=tokenizer.eos_id, **sampling
+        ).tolist()
+        if tokenizer.eos_id in new:
+            new = new[: new.index(tokenizer.eos_id)]
+        texts.append(tokenizer.decode(new))
+    return texts

@@ -1,0 +1,54 @@
+"""Rebuild a trained model from a workdir: config.json + tokenizer/ + checkpoints/."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import keras
+import ml_collections
+import tensorflow as tf
+
+from tfllm.config import load_workdir_config
+from tfllm.data.tokenizer import Tokenizer
+from tfllm.errors import WorkdirError
+
+
+@dataclass
+class TrainedModel:
+    config: ml_collections.ConfigDict
+    model: keras.Model
+    tokenizer: Tokenizer
+    checkpoint: str
+    step: int
+
+
+def load_trained(workdir: str) -> TrainedModel:
+    """Loads the latest checkpoint's weights into a freshly built model.
+
+    Only the model is restored (the optimizer slots in the checkpoint are
+    skipped with `expect_partial`), so inference needs no training state.
+    Nothing here unpickles or executes files from the workdir.
+    """
+    from tfllm.models import build_model
+
+    if not os.path.isdir(workdir):
+        raise WorkdirError(f"--workdir: no such directory: {workdir}")
+    config = load_workdir_config(workdir)
+    tokenizer_dir = os.path.join(workdir, "tokenizer")
+    if not os.path.isdir(tokenizer_dir):
+        raise WorkdirError(f"--workdir: {workdir} has no tokenizer/ (run tfllm-train first)")
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    if not latest:
+        raise WorkdirError(f"--workdir: {workdir} has no checkpoint (run tfllm-train first)")
+    tokenizer = Tokenizer.load(tokenizer_dir)
+    model = build_model(config.model, tokenizer.vocab_size)
+    status = tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as e:
+        raise WorkdirError(
+            f"{latest}: checkpoint does not match the model in config.json ({str(e)[:120]})"
+        ) from None
+    step = int(latest.rsplit("-", 1)[-1]) if latest.rsplit("-", 1)[-1].isdigit() else -1
+    return TrainedModel(config, model, tokenizer, latest, step)

@@ -1,0 +1,123 @@
+"""Next-token samplers as pure, stateless TensorFlow ops.
+
+We do not use `keras_hub.samplers`: they draw randomness from a stateful
+`SeedGenerator` and own the whole generation loop. tfllm needs the opposite:
+a seed that is an explicit input (stateless random ops), so one seed gives
+the same text eagerly, inside `tf.function`, under XLA and from a reloaded
+SavedModel, and a single decode loop (`tfllm.inference.generate`) shared by the
+Keras, SavedModel and LiteRT back ends, which only asks "pick one token from
+these logits".
+
+All samplers take float32 logits `[B, V]` and return int32 ids `[B]`. The
+sampler name is a Python string fixed at trace time; temperature, top_k, top_p
+and the seed may be tensors, so changing them never retraces. Every op used
+here (sort, cumsum, gather, stateless random bits) compiles under XLA.
+
+Sampling is Gumbel-max over stateless random *integer* bits rather than
+`tf.random.stateless_categorical`: measured on TF 2.21 CPU, the categorical op
+and float `stateless_uniform` draw different numbers under XLA than in graph
+mode for the same seed, while the full-range int32 bits are identical, so
+building the uniforms from them keeps XLA decoding and SavedModels in step.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfllm.errors import ConfigError
+
+SAMPLERS = ("greedy", "temperature", "top_k", "top_p")
+
+# Float32 slack when comparing cumulative probability mass with top_p, so that
+# p=0.8 over probabilities 0.5 + 0.3 counts as reached despite rounding.
+_TOP_P_SLACK = 1e-6
+
+TensorLike = float | int | tf.Tensor
+
+
+def check_sampler_args(
+    sampler: str,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    max_new_tokens: int,
+) -> None:
+    """Raise `ConfigError` (one line naming the flag) for bad sampling flags.
+
+    top_k = 0 means "off" for samplers other than `top_k`.
+    """
+    if sampler not in SAMPLERS:
+        raise ConfigError(
+            f"--sampler must be one of {', '.join(SAMPLERS)} (got {sampler!r})"
+        )
+    if not temperature > 0:
+        raise ConfigError(f"--temperature must be > 0 (got {temperature})")
+    if top_k < 0 or (sampler == "top_k" and top_k < 1):
+        raise ConfigError(f"--top_k must be ≥ 1 for --sampler=top_k (got {top_k})")
+    if not 0 < top_p <= 1:
+        raise ConfigError(f"--top_p must be in (0, 1] (got {top_p})")
+    if max_new_tokens < 1:
+        raise ConfigError(f"--max_new_tokens must be ≥ 1 (got {max_new_tokens})")
+
+
+def _categorical(logits: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Draw one id per row from softmax(logits) via Gumbel-max; int32 [B]."""
+    bits = tf.random.stateless_uniform(
+        tf.shape(logits), seed=seed, minval=None, maxval=None, dtype=tf.int32
+    )
+    # 23 random mantissa bits -> uniform in (0, 1), exactly representable.
+    mantissa = tf.cast(tf.bitwise.bitwise_and(bits, 0x7FFFFF), tf.float32)
+    uniform = (mantissa + 0.5) * (2.0**-23)
+    gumbel = -tf.math.log(-tf.math.log(uniform))
+    return tf.argmax(logits + gumbel, axis=-1, output_type=tf.int32)
+
+
+def _sample_sorted(
+    sorted_logits: tf.Tensor, sorted_ids: tf.Tensor, keep: tf.Tensor, seed: tf.Tensor
+) -> tf.Tensor:
+    """Sample among the kept entries of descending-sorted logits; map back to ids."""
+    masked = tf.where(keep, sorted_logits, -float("inf"))
+    return tf.gather(sorted_ids, _categorical(masked, seed), batch_dims=1)
+
+
+def sample_next(
+    logits: tf.Tensor,
+    sampler: str,
+    temperature: TensorLike = 1.0,
+    top_k: TensorLike = 0,
+    top_p: TensorLike = 1.0,
+    seed: tf.Tensor | tuple[int, int] = (0, 0),
+) -> tf.Tensor:
+    """Pick one token per row of `logits` [B, V]; returns int32 [B].
+
+    - greedy: argmax (ignores temperature and seed).
+    - temperature: sample from softmax(logits / temperature).
+    - top_k: keep the `top_k` largest scaled logits, then sample.
+    - top_p: nucleus sampling; keep the smallest set of most probable tokens
+      whose mass is ≥ `top_p` (always at least one), renormalise, sample.
+
+    `seed` is a shape-[2] int32/int64 tensor; equal seeds give equal draws.
+    """
+    logits = tf.convert_to_tensor(logits, tf.float32)
+    if sampler == "greedy":
+        return tf.argmax(logits, axis=-1, output_type=tf.int32)
+    if sampler not in SAMPLERS:
+        raise ConfigError(
+            f"--sampler must be one of {', '.join(SAMPLERS)} (got {sampler!r})"
+        )
+    seed = tf.convert_to_tensor(seed)
+    logits = logits / tf.cast(temperature, tf.float32)
+    if sampler == "temperature":
+        return _categorical(logits, seed)
+
+    sorted_ids = tf.argsort(logits, axis=-1, direction="DESCENDING", stable=True)
+    sorted_logits = tf.gather(logits, sorted_ids, batch_dims=1)
+    rank = tf.range(tf.shape(logits)[-1])[tf.newaxis, :]
+    if sampler == "top_k":
+        keep = rank < tf.cast(top_k, tf.int32)
+    else:
+        probs = tf.nn.softmax(sorted_logits, axis=-1)
+        mass_before = tf.cumsum(probs, axis=-1, exclusive=True)
+        threshold = tf.cast(top_p, tf.float32) - _TOP_P_SLACK
+        keep = tf.logical_or(mass_before < threshold, rank == 0)
+    return _sample_sorted(sorted_logits, sorted_ids, keep, seed)

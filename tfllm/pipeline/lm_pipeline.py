@@ -1,0 +1,309 @@
+"""The language-model journey as resumable stages, and its report.
+
+Stages (each skipped when its output already exists, unless forced):
+  train    — learn the tokenizer, pretrain the GPT (resumes from checkpoints)
+  evaluate — perplexity on the held-out split
+  samples  — generated text (greedy and nucleus) → samples.json
+  export   — verified SavedModel → export/saved_model/
+  report   — report.md + loss curve PNG
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import ml_collections
+
+from tfllm.utils.io import atomic_write_json, atomic_write_text, read_json
+
+STAGES = ("train", "evaluate", "samples", "export", "report")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The quick recipe: a tiny GPT on bundled Tiny Shakespeare in a few CPU minutes."""
+    from tfllm.config import base_config
+
+    config = base_config()
+    config.data.dataset = "shakespeare"
+    config.tokenizer.vocab_size = 1024
+    config.model.update(
+        dict(
+            max_length=128,
+            num_layers=4,
+            num_heads=4,
+            hidden_dim=128,
+            intermediate_dim=512,
+            dropout=0.1,
+        )
+    )
+    config.train.update(
+        dict(
+            num_steps=1200,
+            batch_size=32,
+            learning_rate=2e-3,
+            warmup_steps=100,
+            steps_per_loop=50,
+            eval_every=300,
+            checkpoint_every=300,
+            eval_batches=0,
+        )
+    )
+    config.export.max_new_tokens = 48
+    return config
+
+
+@dataclass
+class StageResult:
+    name: str
+    seconds: float
+    skipped: bool
+    detail: str = ""
+
+
+@dataclass
+class PipelineRun:
+    config: ml_collections.ConfigDict
+    workdir: str
+    force: set[str] = field(default_factory=set)
+    results: list[StageResult] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+
+    def stage(self, name: str, done: bool, fn: Callable[[], str]) -> None:
+        index = STAGES.index(name) + 1
+        elapsed = time.time() - self.started
+        if done and name not in self.force:
+            print(
+                f"[{index}/{len(STAGES)}] {name}: already done, skipping (--force={name} to redo)",
+                flush=True,
+            )
+            self.results.append(StageResult(name, 0.0, True))
+            return
+        print(f"\n[{index}/{len(STAGES)}] {name} (elapsed {elapsed:.0f}s)", flush=True)
+        t0 = time.time()
+        detail = fn()
+        self.results.append(StageResult(name, time.time() - t0, False, detail))
+        print(
+            f"[{index}/{len(STAGES)}] {name}: done in {time.time() - t0:.0f}s {detail}", flush=True
+        )
+
+
+def run_pipeline(config: ml_collections.ConfigDict, workdir: str, force: set[str]) -> str:
+    """Runs every stage; returns the path of report.md."""
+    from tfllm.training.run import train_lm
+
+    os.makedirs(workdir, exist_ok=True)
+    run = PipelineRun(config, workdir, force)
+    metrics_path = os.path.join(workdir, "metrics.json")
+
+    def trained() -> bool:
+        return read_json(metrics_path).get("step", 0) >= int(config.train.num_steps)
+
+    def train() -> str:
+        metrics = train_lm(config, workdir)
+        perplexity = metrics.get("perplexity", float("nan"))
+        return f"(step {metrics['step']}, eval perplexity {perplexity:.2f})"
+
+    run.stage("train", trained(), train)
+    metrics = read_json(metrics_path)
+    run.stage(
+        "evaluate",
+        "full_eval_step" in metrics and metrics["full_eval_step"] == metrics.get("step"),
+        lambda: _evaluate(workdir),
+    )
+    samples_path = os.path.join(workdir, "samples.json")
+    run.stage("samples", os.path.isfile(samples_path), lambda: _samples(workdir, samples_path))
+    verification = os.path.join(workdir, "export", "saved_model", "verification.json")
+    run.stage("export", os.path.isfile(verification), lambda: _export(workdir))
+    report = os.path.join(workdir, "report.md")
+    run.stage("report", False, lambda: _report(run, report))
+    return report
+
+
+def _evaluate(workdir: str) -> str:
+    from tfllm.data.sources import lm_token_streams, load_text_splits
+    from tfllm.evaluation.metrics import lm_loss_and_perplexity
+    from tfllm.inference.loading import load_trained
+
+    trained = load_trained(workdir)
+    _, eval_ids = lm_token_streams(
+        trained.config, trained.tokenizer, load_text_splits(trained.config.data)
+    )
+    result = lm_loss_and_perplexity(
+        trained.model,
+        eval_ids,
+        int(trained.config.model.max_length),
+        int(trained.config.train.batch_size),
+    )
+    metrics_path = os.path.join(workdir, "metrics.json")
+    metrics = read_json(metrics_path)
+    metrics.update(
+        {
+            "full_eval_loss": result["loss"],
+            "full_eval_perplexity": result["perplexity"],
+            "full_eval_tokens": result["tokens"],
+            "full_eval_step": trained.step,
+        }
+    )
+    atomic_write_json(metrics_path, metrics)
+    return f"(perplexity {result['perplexity']:.2f} on {result['tokens']:,} held-out tokens)"
+
+
+SAMPLE_SETTINGS = (
+    ("greedy", dict(sampler="greedy")),
+    ("top_p 0.9, T 0.8, seed 1", dict(sampler="top_p", top_p=0.9, temperature=0.8, seed=1)),
+)
+SAMPLE_PROMPTS = ("ROMEO:", "JULIET:\nO", "First Citizen:\n")
+
+
+def _samples(workdir: str, path: str) -> str:
+    from tfllm.inference.generate import Generator, generate_text
+    from tfllm.inference.loading import load_trained
+
+    trained = load_trained(workdir)
+    generator = Generator(trained.model)
+    records = []
+    t0 = time.perf_counter()
+    for label, settings in SAMPLE_SETTINGS:
+        outs = generate_text(generator, trained.tokenizer, list(SAMPLE_PROMPTS), 96, **settings)
+        for prompt, out in zip(SAMPLE_PROMPTS, outs, strict=True):
+            records.append({"settings": label, "prompt": prompt, "completion": out})
+            print(f"--- {label} ---\n{prompt}{out}\n", flush=True)
+    atomic_write_json(
+        path, {"samples": records, "max_new_tokens": 96, "seconds": time.perf_counter() - t0}
+    )
+    return f"({len(records)} samples)"
+
+
+def _export(workdir: str) -> str:
+    from tfllm.export.saved_model import export_saved_model
+    from tfllm.inference.generate import Generator, generate_text
+    from tfllm.inference.loading import load_trained
+
+    trained = load_trained(workdir)
+    prompts = list(trained.config.export.verify_prompts)
+    max_new = int(trained.config.export.max_new_tokens)
+    reference = generate_text(Generator(trained.model), trained.tokenizer, prompts, max_new)
+    record = export_saved_model(
+        trained.model,
+        trained.tokenizer,
+        os.path.join(workdir, "export", "saved_model"),
+        max_new_tokens=max_new,
+        verify_prompts=prompts,
+        reference=reference,
+    )
+    return f"(verified on {len(prompts)} prompts, {record['size_bytes'] / 1e6:.1f} MB)"
+
+
+def _plot_curves(history: list[dict], path: str) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    if not steps:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [h["loss"] for h in history], label="train loss (mean over loop)")
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="held-out loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True
+
+
+def _report(run: PipelineRun, path: str) -> str:
+    from tfllm.export.saved_model import versions
+
+    workdir, config = run.workdir, run.config
+    metrics = read_json(os.path.join(workdir, "metrics.json"))
+    history = read_json(os.path.join(workdir, "history.json")).get("history", [])
+    samples = read_json(os.path.join(workdir, "samples.json")).get("samples", [])
+    verification = read_json(os.path.join(workdir, "export", "saved_model", "verification.json"))
+    plotted = _plot_curves(history, os.path.join(workdir, "loss_curve.png"))
+    m = config.model
+    command = " ".join(shlex.quote(a) for a in [os.path.basename(sys.argv[0])] + sys.argv[1:])
+    lines = [
+        "# tfllm pipeline report",
+        "",
+        f"Workdir `{workdir}` · {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        "",
+        "## Language model",
+        "",
+        "| what | value |",
+        "|---|---|",
+        f"| data | {config.data.train_path or 'bundled ' + config.data.dataset} "
+        f"({metrics.get('train_tokens', '?'):,} training tokens) |",
+        f"| tokenizer | SentencePiece {config.tokenizer.model_type}, vocab "
+        f"{config.tokenizer.vocab_size} |",
+        f"| model | GPT, {m.num_layers} layers, d {m.hidden_dim}, {m.num_heads} heads, "
+        f"FFN {m.intermediate_dim}, context {m.max_length}, "
+        f"{metrics.get('num_params', 0):,} parameters |",
+        f"| training | {metrics.get('step')} steps × batch {config.train.batch_size}, "
+        f"{config.train.optimizer} lr {config.train.learning_rate} ({config.train.lr_schedule}) |",
+        f"| final train loss | {metrics.get('loss', float('nan')):.4f} |",
+        f"| held-out perplexity (full split) | "
+        f"{metrics.get('full_eval_perplexity', float('nan')):.2f} |",
+        f"| training speed | {metrics.get('tokens_per_second', 0):,.0f} tokens/s (median) |",
+        f"| training wall time | {metrics.get('train_wall_seconds', 0):.0f} s |",
+        "",
+    ]
+    if plotted:
+        lines += ["![loss curve](loss_curve.png)", ""]
+    lines += ["## Samples", ""]
+    for s in samples:
+        lines += [
+            f"**{s['settings']}** — prompt `{s['prompt']!r}`",
+            "",
+            "```",
+            s["prompt"] + s["completion"],
+            "```",
+            "",
+        ]
+    lines += ["## Export", ""]
+    if verification:
+        lines += [
+            f"SavedModel `export/saved_model/` ({verification['size_bytes'] / 1e6:.1f} MB), "
+            f"signatures {', '.join(verification['signatures'])}.",
+            f"Verification: {verification['check']} on {len(verification['prompts'])} prompts: "
+            f"**{'match' if verification['match'] else 'MISMATCH'}**.",
+            "",
+        ]
+    lines += ["## Stages", "", "| stage | seconds | |", "|---|---|---|"]
+    for r in run.results:
+        lines.append(
+            f"| {r.name} | {r.seconds:.0f} | {'skipped (done)' if r.skipped else r.detail} |"
+        )
+    lines += [
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        command,
+        f"tfllm-evaluate --workdir={workdir}",
+        f"tfllm-generate --workdir={workdir} --prompt='ROMEO:' --sampler=top_p --top_p=0.9 "
+        "--temperature=0.8 --seed=1",
+        f"tensorboard --logdir {os.path.join(workdir, 'tensorboard')}",
+        "```",
+        "",
+        "## Environment",
+        "",
+    ]
+    lines += [f"- {k}: {v}" for k, v in versions().items()]
+    lines += [f"- platform: {platform.platform()}", ""]
+    atomic_write_text(path, "\n".join(lines))
+    return f"({path})"

@@ -1,0 +1,101 @@
+"""Optimizers and learning-rate schedules, all from Keras.
+
+Keras gives the optimizers (SGD, Adam, AdamW, Adamax) and the warmup + cosine
+schedule; this module only maps config names onto them and keeps weight decay
+off LayerNorm scales, biases and position embeddings (decoupled decay on those
+hurts, as in GPT-2/nanoGPT).
+"""
+
+from __future__ import annotations
+
+import keras
+import ml_collections
+
+from tfllm.errors import ConfigError
+
+_NO_DECAY_PATTERNS = ("layer_norm", "layernorm", "bias", "position_embedding", "gamma", "beta")
+
+
+def learning_rate_schedule(train: ml_collections.ConfigDict):
+    """Linear warmup to `learning_rate`, then cosine / linear decay or constant."""
+    peak = float(train.learning_rate)
+    warmup = int(train.warmup_steps)
+    decay_steps = max(1, int(train.num_steps) - warmup)
+    floor = peak * float(train.min_lr_ratio)
+    if train.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else peak,
+            decay_steps=decay_steps,
+            alpha=float(train.min_lr_ratio),
+            warmup_target=peak if warmup else None,
+            warmup_steps=warmup,
+        )
+    if train.lr_schedule == "linear":
+        decay = keras.optimizers.schedules.PolynomialDecay(peak, decay_steps, floor, power=1.0)
+        return _WarmupThen(peak, warmup, decay) if warmup else decay
+    if train.lr_schedule == "constant":
+        return _WarmupThen(peak, warmup, None) if warmup else peak
+    raise ConfigError(f"config.train.lr_schedule: unknown schedule {train.lr_schedule!r}")
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class _WarmupThen(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup, then `after` (offset by the warmup) or a constant peak.
+
+    Keras' CosineDecay has warmup built in; its linear/constant schedules do not.
+    """
+
+    def __init__(self, peak: float, warmup_steps: int, after=None):
+        self.peak = peak
+        self.warmup_steps = warmup_steps
+        self.after = after
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        warm = self.peak * (step + 1.0) / float(max(1, self.warmup_steps))
+        later = (
+            self.after(step - self.warmup_steps)
+            if self.after is not None
+            else keras.ops.convert_to_tensor(self.peak, "float32")
+        )
+        return keras.ops.where(step < self.warmup_steps, warm, later)
+
+    def get_config(self):
+        return {
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+            "after": keras.saving.serialize_keras_object(self.after),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["after"] = keras.saving.deserialize_keras_object(config["after"])
+        return cls(**config)
+
+
+def create_optimizer(
+    train: ml_collections.ConfigDict, model: keras.Model
+) -> keras.optimizers.Optimizer:
+    """The optimizer named by `train.optimizer`.
+
+    Gradient clipping is NOT delegated to Keras (`global_clipnorm`): inside
+    `strategy.run` Keras clips each replica's partial gradient before its
+    all-reduce, which is not the global norm. The trainer clips instead.
+    """
+    lr = learning_rate_schedule(train)
+    name = train.optimizer
+    if name == "sgd":
+        optimizer = keras.optimizers.SGD(lr, momentum=float(train.momentum))
+    elif name == "adam":
+        optimizer = keras.optimizers.Adam(lr, beta_1=train.beta_1, beta_2=train.beta_2)
+    elif name == "adamax":
+        optimizer = keras.optimizers.Adamax(lr, beta_1=train.beta_1, beta_2=train.beta_2)
+    elif name == "adamw":
+        optimizer = keras.optimizers.AdamW(
+            lr, weight_decay=float(train.weight_decay), beta_1=train.beta_1, beta_2=train.beta_2
+        )
+        optimizer.exclude_from_weight_decay(var_names=list(_NO_DECAY_PATTERNS))
+    else:
+        raise ConfigError(f"config.train.optimizer: unknown optimizer {name!r}")
+    return optimizer

@@ -1,0 +1,450 @@
+"""The one custom distributed training loop (DESIGN §2).
+
+Keras 3 `fit` does not run under MultiWorkerMirrored or ParameterServer, so
+every strategy goes through this loop: a `tf.function` that runs
+`steps_per_loop` steps of `strategy.run(replica_step)` (Orbit-style inner loop,
+so TPUs stay fed and Python overhead is paid once per loop), periodic eval,
+checkpoints with automatic resume, TensorBoard summaries, and atomic
+`metrics.json`. Losses, metrics, optimizers and schedules are Keras'.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import keras
+import ml_collections
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tfllm.data.lm_data import make_lm_dataset
+from tfllm.errors import ConfigError, TfllmError
+from tfllm.training.optim import create_optimizer
+from tfllm.training.strategy import is_chief
+from tfllm.utils.io import atomic_write_json, read_json
+
+
+class TrainingInterrupted(TfllmError):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved and the run can resume."""
+
+
+class NonFiniteLoss(TfllmError):
+    """The loss became NaN/Inf; the last good checkpoint is kept, nothing newer saved."""
+
+
+@dataclass
+class LoopStats:
+    """What one inner loop reports back to Python."""
+
+    step: int
+    loss: float
+    grad_norm: float
+    learning_rate: float
+    tokens_per_second: float
+
+
+@dataclass
+class TrainState:
+    history: list[dict] = field(default_factory=list)
+    tokens_per_second: list[float] = field(default_factory=list)
+
+
+def token_cross_entropy(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Per-token cross entropy [B, T] in float32 (Keras' loss, logits input)."""
+    return keras.losses.sparse_categorical_crossentropy(
+        targets, tf.cast(logits, tf.float32), from_logits=True
+    )
+
+
+class _StopSignal:
+    """Turns SIGINT/SIGTERM into a flag checked between inner loops.
+
+    A tf.function cannot be interrupted mid-loop without losing its step, so
+    we finish the current loop, save a checkpoint, then stop.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _StopSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        if self.received is not None:  # second Ctrl-C: stop right away
+            raise KeyboardInterrupt
+        self.received = signum
+        logging.warning("Signal %d received: stopping after this loop and saving.", signum)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class LMTrainer:
+    """Trains a causal LM on token windows under any tf.distribute strategy.
+
+    Args:
+      config: the validated run config.
+      workdir: where checkpoints/, tensorboard/, metrics.json go.
+      strategy: from `tfllm.training.strategy.create_strategy`.
+      build_model: builds the Keras model (called under the strategy scope).
+      train_ids / eval_ids: token streams (int32 1-D arrays).
+      sample_fn: optional `(model, step) -> list[str]` for text samples at eval.
+    """
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        workdir: str,
+        strategy: tf.distribute.Strategy,
+        build_model: Callable[[], keras.Model],
+        train_ids: np.ndarray,
+        eval_ids: np.ndarray | None,
+        sample_fn: Callable[[keras.Model, int], list[str]] | None = None,
+    ) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.strategy = strategy
+        self.train_ids = train_ids
+        self.eval_ids = eval_ids
+        self.sample_fn = sample_fn
+        self.chief = is_chief(strategy)
+        self.seq_len = int(config.model.max_length)
+        self.global_batch = int(config.train.batch_size)
+        replicas = strategy.num_replicas_in_sync
+        if self.global_batch % replicas:
+            raise ConfigError(
+                f"config.train.batch_size: {self.global_batch} is not divisible by the "
+                f"{replicas} replicas of strategy {config.runtime.strategy!r}"
+            )
+        with strategy.scope():
+            self.model = build_model()
+            self.optimizer = create_optimizer(config.train, self.model)
+            self.optimizer.build(self.model.trainable_variables)
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint,
+            self._checkpoint_dir(),
+            max_to_keep=int(config.train.max_checkpoints),
+            step_counter=self.optimizer.iterations,
+        )
+        self._train_loop = self._make_train_loop()
+        self._eval_step = self._make_eval_step()
+
+    # ----------------------------------------------------------------- setup
+    def _checkpoint_dir(self) -> str:
+        """Chief writes the real checkpoints; other workers write throwaway copies.
+
+        MultiWorkerMirrored needs every worker to take part in the save, but
+        only the chief's copy is kept (as TensorFlow's docs prescribe).
+        """
+        base = os.path.join(self.workdir, "checkpoints")
+        if self.chief:
+            return base
+        resolver = self.strategy.cluster_resolver
+        return os.path.join(base, f".tmp_{resolver.task_type}_{resolver.task_id}")
+
+    @property
+    def step(self) -> int:
+        return int(self.optimizer.iterations.numpy())
+
+    def restore_or_initialize(self) -> int:
+        """Resumes from the latest checkpoint, else applies `train.init_from`."""
+        latest = tf.train.latest_checkpoint(os.path.join(self.workdir, "checkpoints"))
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            logging.info("Resuming from step %d (%s)", self.step, latest)
+            print(f"Resuming from step {self.step}", flush=True)
+            return self.step
+        init_from = self.config.train.init_from
+        if init_from:
+            source = tf.train.latest_checkpoint(os.path.join(init_from, "checkpoints"))
+            if not source:
+                raise ConfigError(
+                    f"config.train.init_from: no checkpoint in {init_from}/checkpoints"
+                )
+            tf.train.Checkpoint(model=self.model).restore(source).expect_partial()
+            print(f"Initialised model weights from {source}", flush=True)
+        return 0
+
+    def _distributed_train_iterator(self, start_step: int):
+        seed = int(self.config.train.seed) + start_step  # a resumed run sees fresh shuffles
+
+        def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+            return make_lm_dataset(
+                self.train_ids,
+                self.seq_len,
+                ctx.get_per_replica_batch_size(self.global_batch),
+                shuffle=True,
+                repeat=True,
+                seed=seed,
+                input_context=ctx,
+            )
+
+        return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+
+    def _distributed_eval_dataset(self):
+        def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+            return make_lm_dataset(
+                self.eval_ids,
+                self.seq_len,
+                ctx.get_per_replica_batch_size(self.global_batch),
+                shuffle=False,
+                repeat=False,
+                input_context=ctx,
+            )
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    # ------------------------------------------------------------- tf graphs
+    def _make_train_loop(self):
+        model, optimizer, strategy = self.model, self.optimizer, self.strategy
+        global_batch = self.global_batch
+        clip = float(self.config.train.grad_clip_norm)
+
+        def forward_backward(inputs, targets):
+            with tf.GradientTape() as tape:
+                logits = model(inputs, training=True)
+                per_example = tf.reduce_mean(token_cross_entropy(targets, logits), axis=-1)
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+                if model.losses:
+                    loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            return loss, tape.gradient(loss, model.trainable_variables)
+
+        if self.config.runtime.jit_compile:
+            forward_backward = tf.function(forward_backward, jit_compile=True)
+
+        def replica_step(inputs, targets):
+            loss, grads = forward_backward(inputs, targets)
+            ctx = tf.distribute.get_replica_context()
+            # Reduce here (not in the optimizer) so clipping sees the true global norm.
+            grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            norm = tf.linalg.global_norm(grads)
+            if clip > 0:
+                grads, _ = tf.clip_by_global_norm(grads, clip, use_norm=norm)
+            # Keras 3's TF optimizer sums the gradients over replicas again inside
+            # `apply`; pre-dividing by the replica count makes that sum the identity.
+            scale = 1.0 / ctx.num_replicas_in_sync
+            optimizer.apply([g * scale for g in grads], model.trainable_variables)
+            return loss, norm
+
+        @tf.function
+        def train_loop(iterator, num_steps):
+            loss_sum = tf.constant(0.0)
+            norm = tf.constant(0.0)
+            for _ in tf.range(num_steps):
+                inputs, targets = next(iterator)
+                loss, replica_norm = strategy.run(replica_step, args=(inputs, targets))
+                loss_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+                norm = strategy.reduce(tf.distribute.ReduceOp.MEAN, replica_norm, axis=None)
+            return loss_sum / tf.cast(num_steps, tf.float32), norm
+
+        return train_loop
+
+    def _make_eval_step(self):
+        model, strategy = self.model, self.strategy
+
+        def replica_eval(inputs, targets):
+            ce = token_cross_entropy(targets, model(inputs, training=False))
+            return tf.reduce_sum(ce), tf.cast(tf.size(ce), tf.float32)
+
+        @tf.function
+        def eval_step(inputs, targets):
+            total, count = strategy.run(replica_eval, args=(inputs, targets))
+            return (
+                strategy.reduce(tf.distribute.ReduceOp.SUM, total, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, count, axis=None),
+            )
+
+        return eval_step
+
+    # ------------------------------------------------------------- the loop
+    def evaluate(self) -> dict[str, float]:
+        """Mean token loss and perplexity on the eval stream."""
+        if self.eval_ids is None:
+            return {}
+        limit = int(self.config.train.eval_batches)
+        total, count = 0.0, 0.0
+        for i, (inputs, targets) in enumerate(self._distributed_eval_dataset()):
+            if limit and i >= limit:
+                break
+            batch_total, batch_count = self._eval_step(inputs, targets)
+            total += float(batch_total)
+            count += float(batch_count)
+        if count == 0:
+            raise ConfigError("config.data: the eval split is smaller than one batch")
+        loss = total / count
+        return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+    def _learning_rate(self) -> float:
+        lr = self.optimizer.learning_rate
+        return float(lr.numpy() if hasattr(lr, "numpy") else lr)
+
+    def train(self) -> dict:
+        """Runs to `train.num_steps`, resuming if a checkpoint exists; returns final metrics."""
+        cfg = self.config.train
+        start = self.restore_or_initialize()
+        total_steps = int(cfg.num_steps)
+        metrics_path = os.path.join(self.workdir, "metrics.json")
+        self._previous_metrics = read_json(metrics_path) if start else {}
+        state = TrainState(
+            history=read_json(os.path.join(self.workdir, "history.json")).get("history", [])
+            if start
+            else []
+        )
+        if start >= total_steps:
+            print(f"Already trained to step {start} (num_steps={total_steps}); nothing to do.")
+            return read_json(metrics_path)
+
+        writer = self._summary_writer("train")
+        eval_writer = self._summary_writer("eval")
+        iterator = self._distributed_train_iterator(start)
+        progbar = keras.utils.Progbar(total_steps, stateful_metrics=["loss", "tok/s", "lr"])
+        progbar.update(start)
+        last_eval: dict[str, float] = {}
+        stats = None
+        tokens_per_step = self.global_batch * self.seq_len
+        started = time.time()
+        with _StopSignal() as stop:
+            while self.step < total_steps:
+                step = self.step
+                n = min(int(cfg.steps_per_loop), total_steps - step)
+                # never run past an eval/checkpoint boundary inside one loop
+                n = min(
+                    n,
+                    _to_boundary(step, int(cfg.eval_every)),
+                    _to_boundary(step, int(cfg.checkpoint_every)),
+                )
+                t0 = time.perf_counter()
+                loss, norm = self._train_loop(iterator, tf.constant(n, tf.int32))
+                loss = float(loss)
+                elapsed = time.perf_counter() - t0
+                if not math.isfinite(loss):
+                    last = self.manager.latest_checkpoint or "none"
+                    raise NonFiniteLoss(
+                        f"training loss became {loss} between steps {step} and {self.step}; "
+                        f"stopped without saving (last good checkpoint: {last}). "
+                        "Lower config.train.learning_rate or enable config.train.grad_clip_norm."
+                    )
+                stats = LoopStats(
+                    self.step,
+                    loss,
+                    float(norm),
+                    self._learning_rate(),
+                    n * tokens_per_step / elapsed,
+                )
+                if step > start or self.step - start > 1:  # skip the trace-heavy first loop
+                    state.tokens_per_second.append(stats.tokens_per_second)
+                self._write_train_summaries(writer, stats)
+                progbar.update(
+                    stats.step,
+                    values=[
+                        ("loss", loss),
+                        ("tok/s", round(stats.tokens_per_second)),
+                        ("lr", stats.learning_rate),
+                    ],
+                )
+                record = {
+                    "step": stats.step,
+                    "loss": loss,
+                    "grad_norm": stats.grad_norm,
+                    "learning_rate": stats.learning_rate,
+                    "tokens_per_second": stats.tokens_per_second,
+                }
+                at_end = self.step >= total_steps
+                if at_end or self.step % int(cfg.eval_every) == 0:
+                    last_eval = self.evaluate()
+                    record.update(last_eval)
+                    self._write_eval_summaries(eval_writer, last_eval)
+                state.history.append(record)
+                if at_end or self.step % int(cfg.checkpoint_every) == 0 or stop.received:
+                    self._save(state, last_eval, stats, time.time() - started)
+                if stop.received:
+                    raise TrainingInterrupted(
+                        f"interrupted at step {self.step}; checkpoint saved in "
+                        f"{self.manager.directory}. Run the same command to resume."
+                    )
+        return self._final_metrics(state, last_eval, stats, time.time() - started)
+
+    # ------------------------------------------------------------ outputs
+    def _summary_writer(self, name: str):
+        if not self.chief:
+            return tf.summary.create_noop_writer()
+        return tf.summary.create_file_writer(os.path.join(self.workdir, "tensorboard", name))
+
+    def _write_train_summaries(self, writer, stats: LoopStats) -> None:
+        with writer.as_default(step=stats.step):
+            tf.summary.scalar("loss", stats.loss)
+            tf.summary.scalar("perplexity", math.exp(min(stats.loss, 50.0)))
+            tf.summary.scalar("learning_rate", stats.learning_rate)
+            tf.summary.scalar("grad_norm", stats.grad_norm)
+            tf.summary.scalar("tokens_per_second", stats.tokens_per_second)
+        writer.flush()
+
+    def _write_eval_summaries(self, writer, results: dict[str, float]) -> None:
+        samples = self.sample_fn(self.model, self.step) if (self.sample_fn and self.chief) else []
+        with writer.as_default(step=self.step):
+            for key, value in results.items():
+                tf.summary.scalar(key.removeprefix("eval_"), value)
+            if samples:
+                text = "\n\n".join(f"```\n{s}\n```" for s in samples)
+                tf.summary.text("samples", text)
+        writer.flush()
+        if results:
+            print(
+                f"\nstep {self.step}: eval loss {results['eval_loss']:.4f}, "
+                f"perplexity {results['perplexity']:.2f}",
+                flush=True,
+            )
+
+    def _final_metrics(
+        self, state: TrainState, last_eval: dict, stats: LoopStats | None, wall: float
+    ) -> dict:
+        metrics = dict(self._previous_metrics)
+        metrics.update(
+            {
+                "step": self.step,
+                "num_params": int(self.model.count_params()),
+                "strategy": self.config.runtime.strategy,
+                "replicas": self.strategy.num_replicas_in_sync,
+            }
+        )
+        if stats is not None:
+            metrics.update({"loss": stats.loss, "train_loss": stats.loss})
+            metrics["train_wall_seconds"] = (
+                self._previous_metrics.get("train_wall_seconds", 0.0) + wall
+            )
+        if state.tokens_per_second:
+            metrics["tokens_per_second"] = statistics.median(state.tokens_per_second)
+        metrics.update(last_eval)
+        return metrics
+
+    def _save(self, state: TrainState, last_eval: dict, stats: LoopStats, wall: float) -> None:
+        self.manager.save(checkpoint_number=self.step)
+        if not self.chief:
+            shutil.rmtree(self.manager.directory, ignore_errors=True)
+            return
+        atomic_write_json(os.path.join(self.workdir, "history.json"), {"history": state.history})
+        atomic_write_json(
+            os.path.join(self.workdir, "metrics.json"),
+            self._final_metrics(state, last_eval, stats, wall),
+        )
+
+
+def _to_boundary(step: int, every: int) -> int:
+    """Steps from `step` to the next multiple of `every`."""
+    return every - step % every
