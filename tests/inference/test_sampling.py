@@ -12,8 +12,9 @@ from tfllm.inference.sampling import check_sampler_args, sample_next
 PROBS = np.array([0.5, 0.3, 0.15, 0.05], np.float32)
 
 
-def draws(logits: np.ndarray, sampler: str, rows: int = 2000, seed: int = 0,
-          **kwargs: object) -> set[int]:
+def draws(
+    logits: np.ndarray, sampler: str, rows: int = 2000, seed: int = 0, **kwargs: object
+) -> set[int]:
     """The set of ids drawn for `rows` copies of one row of logits."""
     batch = tf.tile(tf.constant(logits[None, :], tf.float32), [rows, 1])
     ids = sample_next(batch, sampler, seed=tf.constant([seed, 1]), **kwargs)
@@ -36,10 +37,19 @@ def test_temperature_seeded_and_stateless() -> None:
     other = sample_next(logits, "temperature", 1.0, seed=tf.constant([3, 5]))
     np.testing.assert_array_equal(first.numpy(), again.numpy())
     assert not np.array_equal(first.numpy(), other.numpy())
-    traced = tf.function(
-        lambda x, t, s: sample_next(x, "temperature", t, seed=s)
-    )(logits, tf.constant(1.0), tf.constant([3, 4]))
+    traced = tf.function(lambda x, t, s: sample_next(x, "temperature", t, seed=s))(
+        logits, tf.constant(1.0), tf.constant([3, 4])
+    )
     np.testing.assert_array_equal(first.numpy(), traced.numpy())
+
+
+def test_temperature_frequencies_follow_softmax() -> None:
+    batch = tf.tile(tf.constant(np.log(PROBS)[None, :]), [20000, 1])
+    ids = sample_next(batch, "temperature", seed=tf.constant([1, 2])).numpy()
+    np.testing.assert_allclose(np.bincount(ids, minlength=4) / 20000, PROBS, atol=0.015)
+    hot = sample_next(batch, "temperature", 2.0, seed=tf.constant([1, 2])).numpy()
+    flat = np.sqrt(PROBS) / np.sqrt(PROBS).sum()  # softmax(log p / 2)
+    np.testing.assert_allclose(np.bincount(hot, minlength=4) / 20000, flat, atol=0.015)
 
 
 def test_low_temperature_approaches_greedy() -> None:
@@ -62,8 +72,15 @@ def test_top_k_never_leaves_the_top_k() -> None:
 
 @pytest.mark.parametrize(
     ("top_p", "expected"),
-    [(0.3, {0}), (0.5, {0}), (0.7, {0, 1}), (0.8, {0, 1}), (0.81, {0, 1, 2}),
-     (0.96, {0, 1, 2, 3}), (1.0, {0, 1, 2, 3})],
+    [
+        (0.3, {0}),
+        (0.5, {0}),
+        (0.7, {0, 1}),
+        (0.8, {0, 1}),
+        (0.81, {0, 1, 2}),
+        (0.96, {0, 1, 2, 3}),
+        (1.0, {0, 1, 2, 3}),
+    ],
 )
 def test_top_p_keeps_smallest_set_reaching_p(top_p: float, expected: set[int]) -> None:
     # Shuffle the vocabulary order so sorting is actually exercised.
@@ -74,9 +91,12 @@ def test_top_p_keeps_smallest_set_reaching_p(top_p: float, expected: set[int]) -
 
 
 def test_tensor_args_do_not_retrace() -> None:
-    fn = tf.function(lambda x, k, p, s: (
-        sample_next(x, "top_k", 1.0, k, 1.0, s), sample_next(x, "top_p", 1.0, 0, p, s)
-    ))
+    fn = tf.function(
+        lambda x, k, p, s: (
+            sample_next(x, "top_k", 1.0, k, 1.0, s),
+            sample_next(x, "top_p", 1.0, 0, p, s),
+        )
+    )
     logits = tf.constant(np.log(PROBS)[None, :])
     for k, p in ((1, 0.5), (3, 0.9)):
         fn(logits, tf.constant(k), tf.constant(p), tf.constant([0, 0]))

@@ -13,7 +13,11 @@ from tfllm.models import build_model
 from tfllm.models.gpt import GPT
 
 TINY = dict(
-    vocab_size=50, max_length=16, num_layers=2, num_heads=2, hidden_dim=16,
+    vocab_size=50,
+    max_length=16,
+    num_layers=2,
+    num_heads=2,
+    hidden_dim=16,
     intermediate_dim=32,
 )
 
@@ -50,9 +54,7 @@ def test_config_round_trip_gives_identical_logits() -> None:
     clone.set_weights(model.get_weights())
     ids = random_ids(2, 16)
     np.testing.assert_array_equal(model(ids).numpy(), clone(ids).numpy())
-    restored = keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(model)
-    )
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
     assert isinstance(restored, GPT)
     assert restored.get_config() == config
 
@@ -134,17 +136,20 @@ def test_param_and_flop_accounting() -> None:
     model = tiny_gpt()
     positions = 16 * 16
     assert model.num_params() == model.count_params()
-    assert model.num_params(include_position_embedding=False) == (
-        model.count_params() - positions
-    )
+    assert model.num_params(include_position_embedding=False) == (model.count_params() - positions)
     n = model.count_params() - positions
     assert model.flops_per_token(16) == 6 * n + 12 * 2 * 16 * 16
 
 
 def model_config(**overrides: object) -> ml_collections.ConfigDict:
     config = dict(
-        name="gpt", max_length=16, num_layers=2, num_heads=2, hidden_dim=16,
-        intermediate_dim=32, dropout=0.0,
+        name="gpt",
+        max_length=16,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        dropout=0.0,
     )
     return ml_collections.ConfigDict({**config, **overrides})
 

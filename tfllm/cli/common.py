@@ -40,8 +40,21 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def _check_config_path(argv: Sequence[str]) -> None:
+    """Rejects a missing `--config` file before ml_collections turns it into a traceback."""
+    for i, arg in enumerate(argv):
+        path = None
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        if path is not None and not os.path.isfile(path):
+            fail(f"--config: no such file: {path}")
+
+
 def run(main: Callable[[Sequence[str]], int | None]) -> None:
     """`absl.app.run` with user errors turned into one clear line."""
+    _check_config_path(sys.argv[1:])
 
     def wrapped(argv: Sequence[str]) -> int | None:
         if len(argv) > 1:

@@ -65,6 +65,21 @@ def _completion_fn(model: keras.Model, tokenizer: Tokenizer, sampler: str):
     return complete_one
 
 
+def _generate_endpoint(complete):
+    """A batch endpoint over `complete` (a closure per sampler, not a default arg:
+    default args would become part of the exported signature)."""
+
+    def generate(prompts, max_new_tokens, temperature, top_k, top_p, seed):
+        completions = tf.map_fn(
+            lambda p: complete(p, max_new_tokens, temperature, top_k, top_p, seed),
+            prompts,
+            fn_output_signature=tf.string,
+        )
+        return {"completions": completions}
+
+    return generate
+
+
 def build_archive(
     model: keras.Model, tokenizer: Tokenizer, max_new_tokens: int
 ) -> keras.export.ExportArchive:
@@ -87,19 +102,9 @@ def build_archive(
     archive.add_endpoint("serving_default", serving_default, input_signature=[prompts_spec])
 
     for sampler in SAMPLERS:
-        complete = _completion_fn(model, tokenizer, sampler)
-
-        def generate(prompts, max_new_tokens, temperature, top_k, top_p, seed, complete=complete):
-            completions = tf.map_fn(
-                lambda p: complete(p, max_new_tokens, temperature, top_k, top_p, seed),
-                prompts,
-                fn_output_signature=tf.string,
-            )
-            return {"completions": completions}
-
         archive.add_endpoint(
             f"generate_{sampler}",
-            generate,
+            _generate_endpoint(_completion_fn(model, tokenizer, sampler)),
             input_signature=[
                 prompts_spec,
                 tf.TensorSpec([], tf.int32, name="max_new_tokens"),

@@ -95,7 +95,7 @@ def _decode_loop(
     slots = tf.range(width, dtype=tf.int32)[tf.newaxis, :]
 
     def sample(step: tf.Tensor, step_logits: tf.Tensor, done: tf.Tensor) -> tuple:
-        step_seed = tf.random.experimental.stateless_fold_in(seed, step)
+        step_seed = tf.random.experimental.stateless_fold_in(seed, step, alg="philox")
         token = sample_next(step_logits, sampler, temperature, top_k, top_p, step_seed)
         if eos_id is not None:
             token = tf.where(done, tf.constant(eos_id, tf.int32), token)
@@ -111,16 +111,16 @@ def _decode_loop(
     token, done = sample(step, logits, done)
     buffer = write(buffer, step, token)
 
-    def cond(step: tf.Tensor, token: tf.Tensor, cache: tf.Tensor, buffer: tf.Tensor,
-             done: tf.Tensor) -> tf.Tensor:
+    def cond(
+        step: tf.Tensor, token: tf.Tensor, cache: tf.Tensor, buffer: tf.Tensor, done: tf.Tensor
+    ) -> tf.Tensor:
         return tf.logical_and(step + 1 < max_new_tokens, tf.logical_not(tf.reduce_all(done)))
 
-    def body(step: tf.Tensor, token: tf.Tensor, cache: tf.Tensor, buffer: tf.Tensor,
-             done: tf.Tensor) -> tuple:
+    def body(
+        step: tf.Tensor, token: tf.Tensor, cache: tf.Tensor, buffer: tf.Tensor, done: tf.Tensor
+    ) -> tuple:
         # The previous token sits at position prompt_len + step.
-        step_logits, cache = model.call_with_cache(
-            token[:, tf.newaxis], cache, prompt_len + step
-        )
+        step_logits, cache = model.call_with_cache(token[:, tf.newaxis], cache, prompt_len + step)
         step = step + 1
         token, done = sample(step, step_logits[:, 0, :], done)
         return step, token, cache, write(buffer, step, token), done
@@ -195,6 +195,7 @@ class Generator:
     def _decoder(self, sampler: str, eos_id: int | None) -> Callable[..., tf.Tensor]:
         key = (sampler, eos_id)
         if key not in self._decoders:
+
             def decode(*args: Any) -> tf.Tensor:
                 return _decode_loop(self.model, *args, sampler=sampler, eos_id=eos_id)
 
@@ -257,9 +258,7 @@ def generate_text(
     texts = []
     for prompt in prompts:
         ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
-        new = generator.generate(
-            ids, max_new_tokens, eos_id=tokenizer.eos_id, **sampling
-        ).tolist()
+        new = generator.generate(ids, max_new_tokens, eos_id=tokenizer.eos_id, **sampling).tolist()
         if tokenizer.eos_id in new:
             new = new[: new.index(tokenizer.eos_id)]
         texts.append(tokenizer.decode(new))

@@ -13,11 +13,12 @@ sampler name is a Python string fixed at trace time; temperature, top_k, top_p
 and the seed may be tensors, so changing them never retraces. Every op used
 here (sort, cumsum, gather, stateless random bits) compiles under XLA.
 
-Sampling is Gumbel-max over stateless random *integer* bits rather than
-`tf.random.stateless_categorical`: measured on TF 2.21 CPU, the categorical op
-and float `stateless_uniform` draw different numbers under XLA than in graph
-mode for the same seed, while the full-range int32 bits are identical, so
-building the uniforms from them keeps XLA decoding and SavedModels in step.
+Sampling is Gumbel-max over stateless random *integer* bits from the Philox
+generator, pinned explicitly (`alg="philox"`, also for the per-step
+`stateless_fold_in`): with the default "auto_select", XLA and graph mode pick
+different generators, and the same seed gave different text from the XLA
+decode loop than from a SavedModel (measured on TF 2.21 CPU). Building the
+uniforms from integer bits keeps them exactly representable.
 """
 
 from __future__ import annotations
@@ -47,9 +48,7 @@ def check_sampler_args(
     top_k = 0 means "off" for samplers other than `top_k`.
     """
     if sampler not in SAMPLERS:
-        raise ConfigError(
-            f"--sampler must be one of {', '.join(SAMPLERS)} (got {sampler!r})"
-        )
+        raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)} (got {sampler!r})")
     if not temperature > 0:
         raise ConfigError(f"--temperature must be > 0 (got {temperature})")
     if top_k < 0 or (sampler == "top_k" and top_k < 1):
@@ -61,9 +60,14 @@ def check_sampler_args(
 
 
 def _categorical(logits: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Draw one id per row from softmax(logits) via Gumbel-max; int32 [B]."""
+    """Draw one id per row from softmax(logits) via Gumbel-max; int32 [B].
+
+    The RNG algorithm is pinned to Philox: with the default "auto_select",
+    XLA picks a different generator than graph mode, and the same seed would
+    give different text from the XLA decode loop and from a SavedModel.
+    """
     bits = tf.random.stateless_uniform(
-        tf.shape(logits), seed=seed, minval=None, maxval=None, dtype=tf.int32
+        tf.shape(logits), seed=seed, minval=None, maxval=None, dtype=tf.int32, alg="philox"
     )
     # 23 random mantissa bits -> uniform in (0, 1), exactly representable.
     mantissa = tf.cast(tf.bitwise.bitwise_and(bits, 0x7FFFFF), tf.float32)
@@ -102,9 +106,7 @@ def sample_next(
     if sampler == "greedy":
         return tf.argmax(logits, axis=-1, output_type=tf.int32)
     if sampler not in SAMPLERS:
-        raise ConfigError(
-            f"--sampler must be one of {', '.join(SAMPLERS)} (got {sampler!r})"
-        )
+        raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)} (got {sampler!r})")
     seed = tf.convert_to_tensor(seed)
     logits = logits / tf.cast(temperature, tf.float32)
     if sampler == "temperature":

@@ -90,8 +90,11 @@ class GPT(keras.Model):
         self.embedding_dropout = keras.layers.Dropout(
             dropout, dtype=self.dtype_policy, name="embedding_dropout"
         )
-        self.blocks = [
-            keras_hub.layers.TransformerDecoder(
+        # Each block is its own attribute: `tf.train.Checkpoint` tracks Keras 3
+        # layers held in attributes, but not those inside a plain Python list
+        # (measured: a list of blocks was silently left out of checkpoints).
+        for i in range(num_layers):
+            block = keras_hub.layers.TransformerDecoder(
                 intermediate_dim=intermediate_dim,
                 num_heads=num_heads,
                 dropout=dropout,
@@ -102,11 +105,15 @@ class GPT(keras.Model):
                 dtype=self.dtype_policy,
                 name=f"block_{i}",
             )
-            for i in range(num_layers)
-        ]
+            setattr(self, f"block_{i}", block)
         self.final_norm = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=self.dtype_policy, name="final_norm"
         )
+
+    @property
+    def blocks(self) -> list[keras_hub.layers.TransformerDecoder]:
+        """The transformer blocks, first to last."""
+        return [getattr(self, f"block_{i}") for i in range(self.num_layers)]
 
     def _embed(
         self, token_ids: tf.Tensor, start_index: int | tf.Tensor, training: bool

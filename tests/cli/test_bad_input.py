@@ -1,0 +1,109 @@
+"""Bad input: one clear line on stderr naming the flag/file, non-zero exit, no
+traceback, and nothing half-written in the workdir."""
+
+from pathlib import Path
+
+import pytest
+from conftest import last_stderr_line, run_cli, tiny_overrides
+
+
+def _train(workdir, *overrides, corpus=None):
+    base = tiny_overrides(corpus, steps=5) if corpus else []
+    return run_cli("train", "--config=configs/gpt_tiny.py", f"--workdir={workdir}",
+                   *base, *overrides)
+
+
+def _assert_clean_failure(proc, *needles):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    line = last_stderr_line(proc)
+    assert "error:" in line, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in line, line
+
+
+def _assert_nothing_written(workdir: Path):
+    for name in ("config.json", "metrics.json", "tokenizer", "checkpoints"):
+        assert not (workdir / name).exists(), name
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needles"),
+    [
+        (["--config.train.batch_size=-4"], ["config.train.batch_size", "positive"]),
+        (["--config.model.num_layers=0"], ["config.model.num_layers"]),
+        (["--config.model.name=lstm"], ["config.model.name", "gpt"]),
+        (["--config.runtime.strategy=horovod"], ["config.runtime.strategy"]),
+        (["--config.data.format=xml"], ["config.data.format"]),
+    ],
+)
+def test_bad_config_values(tmp_path, overrides, needles):
+    workdir = tmp_path / "w"
+    proc = _train(workdir, *overrides)
+    _assert_clean_failure(proc, *needles)
+    _assert_nothing_written(workdir)
+
+
+def test_wrong_type_override_is_rejected(tmp_path):
+    proc = _train(tmp_path / "w", "--config.train.batch_size=lots")
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "batch_size" in proc.stderr
+
+
+def test_missing_config_file(tmp_path):
+    proc = run_cli("train", "--config=configs/nope.py", f"--workdir={tmp_path / 'w'}")
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "nope.py" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "needles"),
+    [
+        (None, ["config.data.train_path", "no such file"]),
+        (b"", ["config.data.train_path", "empty"]),
+        (b"\x00\x01\x02binary\x00" * 100, ["config.data.train_path", "binary"]),
+        ("héllo wörld\n".encode("latin-1") * 50, ["config.data.train_path", "UTF-8"]),
+    ],
+    ids=["missing", "empty", "binary", "latin1"],
+)
+def test_bad_training_files(tmp_path, content, needles):
+    corpus = tmp_path / "corpus.txt"
+    if content is not None:
+        corpus.write_bytes(content)
+    workdir = tmp_path / "w"
+    proc = _train(workdir, f"--config.data.train_path={corpus}", corpus=str(corpus))
+    _assert_clean_failure(proc, *needles)
+    _assert_nothing_written(workdir)
+
+
+def test_corpus_too_small_for_one_batch(tmp_path):
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("To be, or not to be: that is the question.\n" * 3)
+    workdir = tmp_path / "w"
+    proc = _train(workdir, "--config.tokenizer.vocab_size=300", corpus=str(corpus))
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert not (workdir / "checkpoints").exists()
+
+
+def test_generate_without_training(tmp_path):
+    proc = run_cli("generate", f"--workdir={tmp_path}", "--prompt=hi")
+    _assert_clean_failure(proc, "--workdir")
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--temperature=0"], "--temperature"),
+        (["--sampler=top_p", "--top_p=1.5"], "--top_p"),
+        (["--max_new_tokens=0"], "--max_new_tokens"),
+        (["--sampler=beam"], "sampler"),
+    ],
+)
+def test_bad_generate_flags(tmp_path, flags, needle):
+    proc = run_cli("generate", f"--workdir={tmp_path}", "--prompt=hi", *flags)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert needle in proc.stderr

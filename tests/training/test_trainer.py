@@ -1,0 +1,91 @@
+"""The custom training loop: learning happens, runs resume, Mirrored == one device."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config
+
+from tfllm.cli.common import setup_runtime
+from tfllm.training.run import train_lm
+
+
+def _train(corpus, workdir, steps):
+    config = tiny_config(corpus, steps=steps)
+    setup_runtime(config)
+    return train_lm(config, str(workdir))
+
+
+def test_tiny_run_learns_and_writes_every_artifact(corpus_file, tmp_path, capsys):
+    workdir = tmp_path / "w"
+    metrics = _train(corpus_file, workdir, steps=40)
+    history = json.loads((workdir / "history.json").read_text())["history"]
+    assert history[-1]["loss"] < history[0]["loss"] - 0.5, history
+    assert metrics["step"] == 40
+    for key in ("loss", "eval_loss", "perplexity", "tokens_per_second", "num_params"):
+        assert key in metrics, key
+    assert metrics["perplexity"] < 400  # vocab 400: uniform guessing would be 400
+    saved = json.loads((workdir / "metrics.json").read_text())
+    assert saved["step"] == 40
+    assert json.loads((workdir / "config.json").read_text())["train"]["num_steps"] == 40
+    assert (workdir / "tokenizer" / "tokenizer.model").is_file()
+    events = list((workdir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert {p.parent.name for p in events} == {"train", "eval"}
+    assert any(p.name.startswith("ckpt-40") for p in (workdir / "checkpoints").iterdir())
+
+    # Resume: a longer run in the same workdir starts from the saved step.
+    capsys.readouterr()
+    metrics = _train(corpus_file, workdir, steps=60)
+    out = capsys.readouterr().out
+    assert "Resuming from step 40" in out
+    assert metrics["step"] == 60
+    history = json.loads((workdir / "history.json").read_text())["history"]
+    assert [h["step"] for h in history] == [10, 20, 30, 40, 50, 60]
+
+
+def test_tensorboard_has_scalars_and_text_samples(corpus_file, tmp_path):
+    import tensorflow as tf
+
+    workdir = tmp_path / "w"
+    _train(corpus_file, workdir, steps=20)
+    tags = set()
+    for event_file in (workdir / "tensorboard").rglob("events.out.tfevents.*"):
+        for record in tf.compat.v1.train.summary_iterator(str(event_file)):
+            tags.update(v.tag for v in record.summary.value)
+    for tag in ("loss", "learning_rate", "grad_norm", "tokens_per_second", "perplexity",
+                "samples"):
+        assert tag in tags, tags
+
+
+def test_changed_model_cannot_resume_old_checkpoints(corpus_file, tmp_path):
+    from tfllm.errors import ConfigError
+
+    workdir = tmp_path / "w"
+    _train(corpus_file, workdir, steps=10)
+    config = tiny_config(corpus_file, steps=20)
+    config.model.num_layers = 3
+    with pytest.raises(ConfigError, match="config.model.num_layers"):
+        train_lm(config, str(workdir))
+
+
+@pytest.mark.slow
+def test_mirrored_two_logical_cpus_matches_one_device(corpus_file):
+    tests_dir = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("mirrored_vs_single.py")), corpus_file,
+         str(tests_dir)],
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+    result = json.loads(line.removeprefix("RESULT "))
+    single, mirrored = result["default"], result["mirrored"]
+    assert mirrored["replicas"] == 2 and single["replicas"] == 1
+    assert len(single["history"]) == len(mirrored["history"]) == 3
+    for a, b in zip(single["history"] + [single["eval_loss"]],
+                    mirrored["history"] + [mirrored["eval_loss"]], strict=True):
+        assert abs(a - b) / abs(a) < 1e-3, (single, mirrored)
