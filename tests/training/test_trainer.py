@@ -89,3 +89,18 @@ def test_mirrored_two_logical_cpus_matches_one_device(corpus_file):
     for a, b in zip(single["history"] + [single["eval_loss"]],
                     mirrored["history"] + [mirrored["eval_loss"]], strict=True):
         assert abs(a - b) / abs(a) < 1e-3, (single, mirrored)
+
+
+def test_mixed_bfloat16_trains_with_float32_logits(corpus_file, tmp_path):
+    import keras
+
+    config = tiny_config(corpus_file, steps=20)
+    config.runtime.precision = "mixed_bfloat16"
+    try:
+        setup_runtime(config)
+        metrics = train_lm(config, str(tmp_path / "w"))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    history = json.loads((tmp_path / "w" / "history.json").read_text())["history"]
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert metrics["perplexity"] < 400

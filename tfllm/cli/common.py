@@ -55,6 +55,9 @@ def _check_config_path(argv: Sequence[str]) -> None:
 def run(main: Callable[[Sequence[str]], int | None]) -> None:
     """`absl.app.run` with user errors turned into one clear line."""
     _check_config_path(sys.argv[1:])
+    # TensorFlow logs every SavedModel signature rename etc. at INFO; users see
+    # warnings and our own progress lines unless they pass --verbosity=0.
+    FLAGS.set_default("verbosity", -1)
 
     def wrapped(argv: Sequence[str]) -> int | None:
         if len(argv) > 1:

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -313,8 +314,7 @@ class LMTrainer:
         writer = self._summary_writer("train")
         eval_writer = self._summary_writer("eval")
         iterator = self._distributed_train_iterator(start)
-        progbar = keras.utils.Progbar(total_steps, stateful_metrics=["loss", "tok/s", "lr"])
-        progbar.update(start)
+        progress = _Progress(total_steps, start)
         last_eval: dict[str, float] = {}
         stats = None
         tokens_per_step = self.global_batch * self.seq_len
@@ -347,17 +347,9 @@ class LMTrainer:
                     self._learning_rate(),
                     n * tokens_per_step / elapsed,
                 )
-                if step > start or self.step - start > 1:  # skip the trace-heavy first loop
-                    state.tokens_per_second.append(stats.tokens_per_second)
+                state.tokens_per_second.append(stats.tokens_per_second)
                 self._write_train_summaries(writer, stats)
-                progbar.update(
-                    stats.step,
-                    values=[
-                        ("loss", loss),
-                        ("tok/s", round(stats.tokens_per_second)),
-                        ("lr", stats.learning_rate),
-                    ],
-                )
+                progress.update(stats)
                 record = {
                     "step": stats.step,
                     "loss": loss,
@@ -429,7 +421,9 @@ class LMTrainer:
                 self._previous_metrics.get("train_wall_seconds", 0.0) + wall
             )
         if state.tokens_per_second:
-            metrics["tokens_per_second"] = statistics.median(state.tokens_per_second)
+            # The first loop of a process includes tracing; leave it out when we can.
+            steady = state.tokens_per_second[1:] or state.tokens_per_second
+            metrics["tokens_per_second"] = statistics.median(steady)
         metrics.update(last_eval)
         return metrics
 
@@ -442,6 +436,36 @@ class LMTrainer:
         atomic_write_json(
             os.path.join(self.workdir, "metrics.json"),
             self._final_metrics(state, last_eval, stats, wall),
+        )
+
+
+class _Progress:
+    """Keras' Progbar on a terminal; one plain line per loop in logs and pipes
+    (Progbar's in-place redraw turns into one unreadable line there)."""
+
+    def __init__(self, total_steps: int, start: int) -> None:
+        self.total = total_steps
+        self.bar = None
+        if sys.stdout.isatty():
+            self.bar = keras.utils.Progbar(total_steps, stateful_metrics=["loss", "tok/s", "lr"])
+            self.bar.update(start)
+
+    def update(self, stats: LoopStats) -> None:
+        if self.bar is not None:
+            self.bar.update(
+                stats.step,
+                values=[
+                    ("loss", stats.loss),
+                    ("tok/s", round(stats.tokens_per_second)),
+                    ("lr", stats.learning_rate),
+                ],
+            )
+            return
+        print(
+            f"step {stats.step}/{self.total}  loss {stats.loss:.4f}  "
+            f"grad_norm {stats.grad_norm:.3f}  lr {stats.learning_rate:.3g}  "
+            f"{stats.tokens_per_second:,.0f} tokens/s",
+            flush=True,
         )
 
 

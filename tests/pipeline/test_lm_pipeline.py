@@ -1,0 +1,39 @@
+"""tfllm-pipeline end to end with tiny settings: every stage, the report, and resume."""
+
+import json
+
+import pytest
+from conftest import run_cli, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def test_pipeline_runs_every_stage_then_skips_them(corpus_file, tmp_path):
+    workdir = tmp_path / "p"
+    args = ["--config=configs/pipeline.py", f"--workdir={workdir}",
+            *tiny_overrides(corpus_file, steps=30)]
+    proc = run_cli("pipeline", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = (workdir / "report.md").read_text()
+    for section in ("## Language model", "## Samples", "## Export", "## Reproduce",
+                    "## Environment", "loss_curve.png"):
+        assert section in report, section
+    assert (workdir / "loss_curve.png").stat().st_size > 1000
+    samples = json.loads((workdir / "samples.json").read_text())["samples"]
+    assert len(samples) == 6 and all(s["completion"] for s in samples)
+    verification = json.loads(
+        (workdir / "export" / "saved_model" / "verification.json").read_text())
+    assert verification["match"] is True
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert metrics["step"] == 30 and metrics["full_eval_perplexity"] > 1
+
+    again = run_cli("pipeline", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for stage in ("train", "evaluate", "samples", "export"):
+        assert f"{stage}: already done, skipping" in again.stdout, again.stdout[-2000:]
+
+
+def test_pipeline_rejects_unknown_force_stage(tmp_path):
+    proc = run_cli("pipeline", f"--workdir={tmp_path}", "--force=everything")
+    assert proc.returncode != 0
+    assert "--force" in proc.stderr and "Traceback" not in proc.stderr
