@@ -18,6 +18,7 @@ from tfllm.cli import common
 FLAGS = flags.FLAGS
 common.define_workdir_flag()
 common.define_debug_flag()
+flags.adopt_module_key_flags(common)  # --helpshort lists --workdir and --debug too
 flags.DEFINE_enum("split", "eval", ["eval", "train"], "Which split of the run's data.")
 flags.DEFINE_string("data", "", "Evaluate on this file instead (glob or comma list allowed).")
 flags.DEFINE_enum("format", "text", ["text", "tsv", "csv", "jsonl"], "Format of --data.")

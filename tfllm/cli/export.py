@@ -18,6 +18,7 @@ from tfllm.cli import common
 FLAGS = flags.FLAGS
 common.define_workdir_flag()
 common.define_debug_flag()
+flags.adopt_module_key_flags(common)  # --helpshort lists --workdir and --debug too
 flags.DEFINE_enum(
     "format",
     "saved_model",

@@ -20,6 +20,7 @@ from tfllm.cli import common
 FLAGS = flags.FLAGS
 common.define_workdir_flag()
 common.define_debug_flag()
+flags.adopt_module_key_flags(common)  # --helpshort lists --workdir and --debug too
 flags.DEFINE_string("prompt", "", "Prompt text (may be empty: start a new document).")
 flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate (clamped to the context - 1).")
 flags.DEFINE_enum(

@@ -19,18 +19,20 @@ config_flags.DEFINE_config_file(
 )
 common.define_workdir_flag()
 common.define_debug_flag()
+flags.adopt_module_key_flags(common)  # --helpshort lists --workdir and --debug too
 flags.DEFINE_list("force", [], "Stages to redo even if done: train, evaluate, samples, export.")
 
 
 def main(argv) -> None:
     del argv
-    from tfllm.pipeline.lm_pipeline import STAGES, default_config, run_pipeline
+    from tfllm.pipeline.lm_pipeline import STAGES, run_pipeline
+    from tfllm.recipes import pipeline_quick
 
     unknown = [s for s in FLAGS.force if s not in STAGES]
     if unknown:
         common.fail(f"--force: unknown stage(s) {', '.join(unknown)} (stages: {', '.join(STAGES)})")
     config = common.resolve_config(
-        FLAGS.config if FLAGS.config is not None else default_config(), FLAGS.workdir
+        FLAGS.config if FLAGS.config is not None else pipeline_quick(), FLAGS.workdir
     )
     common.setup_runtime(config)
     if "train" in FLAGS.force:

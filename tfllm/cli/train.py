@@ -21,6 +21,7 @@ config_flags.DEFINE_config_file(
 )
 common.define_workdir_flag()
 common.define_debug_flag()
+flags.adopt_module_key_flags(common)  # --helpshort lists --workdir and --debug too
 
 
 def main(argv) -> None:

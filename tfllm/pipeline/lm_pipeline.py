@@ -25,39 +25,6 @@ from tfllm.utils.io import atomic_write_json, atomic_write_text, read_json
 STAGES = ("train", "evaluate", "samples", "export", "report")
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """The quick recipe: a tiny GPT on bundled Tiny Shakespeare in a few CPU minutes."""
-    from tfllm.config import base_config
-
-    config = base_config()
-    config.data.dataset = "shakespeare"
-    config.tokenizer.vocab_size = 1024
-    config.model.update(
-        dict(
-            max_length=128,
-            num_layers=4,
-            num_heads=4,
-            hidden_dim=128,
-            intermediate_dim=512,
-            dropout=0.1,
-        )
-    )
-    config.train.update(
-        dict(
-            num_steps=1200,
-            batch_size=32,
-            learning_rate=2e-3,
-            warmup_steps=100,
-            steps_per_loop=50,
-            eval_every=300,
-            checkpoint_every=300,
-            eval_batches=0,
-        )
-    )
-    config.export.max_new_tokens = 48
-    return config
-
-
 @dataclass
 class StageResult:
     name: str
