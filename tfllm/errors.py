@@ -10,6 +10,8 @@ and keeps its traceback.
 class TfllmError(Exception):
     """An error caused by user input; its message is one self-contained line."""
 
+    exit_code = 2  # what the CLI exits with (130 for an interrupted run)
+
 
 class ConfigError(TfllmError):
     """A config value or flag is missing, of the wrong type, or out of range."""

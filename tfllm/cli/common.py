@@ -67,8 +67,7 @@ def run(main: Callable[[Sequence[str]], int | None]) -> None:
         except TfllmError as e:
             if FLAGS.is_parsed() and "debug" in FLAGS and FLAGS.debug:
                 traceback.print_exc()
-            code = 130 if type(e).__name__ == "TrainingInterrupted" else 2
-            fail(str(e), code)
+            fail(str(e), e.exit_code)
         except KeyboardInterrupt:
             fail("interrupted", 130)
         return None

@@ -37,6 +37,8 @@ from tfllm.utils.io import atomic_write_json, read_json
 class TrainingInterrupted(TfllmError):
     """SIGINT/SIGTERM arrived; a checkpoint was saved and the run can resume."""
 
+    exit_code = 130  # the shell's convention for "stopped by Ctrl-C"
+
 
 class NonFiniteLoss(TfllmError):
     """The loss became NaN/Inf; the last good checkpoint is kept, nothing newer saved."""
@@ -314,7 +316,7 @@ class LMTrainer:
         writer = self._summary_writer("train")
         eval_writer = self._summary_writer("eval")
         iterator = self._distributed_train_iterator(start)
-        progress = _Progress(total_steps, start)
+        progress = self._progress = _Progress(total_steps, start)
         last_eval: dict[str, float] = {}
         stats = None
         tokens_per_step = self.global_batch * self.seq_len
@@ -397,10 +399,9 @@ class LMTrainer:
                 tf.summary.text("samples", text)
         writer.flush()
         if results:
-            print(
-                f"\nstep {self.step}: eval loss {results['eval_loss']:.4f}, "
-                f"perplexity {results['perplexity']:.2f}",
-                flush=True,
+            self._progress.note(
+                f"step {self.step}: eval loss {results['eval_loss']:.4f}, "
+                f"perplexity {results['perplexity']:.2f}"
             )
 
     def _final_metrics(
@@ -449,6 +450,10 @@ class _Progress:
         if sys.stdout.isatty():
             self.bar = keras.utils.Progbar(total_steps, stateful_metrics=["loss", "tok/s", "lr"])
             self.bar.update(start)
+
+    def note(self, message: str) -> None:
+        """A line of its own, below the bar on a terminal."""
+        print(("\n" if self.bar is not None else "") + message, flush=True)
 
     def update(self, stats: LoopStats) -> None:
         if self.bar is not None:
