@@ -13,6 +13,11 @@ def test_base_config_is_valid():
     validate(base_config())
 
 
+def test_bad_row_defaults():
+    data = base_config().data
+    assert data.on_bad_row == "skip" and data.max_row_chars == 100_000
+
+
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
@@ -25,6 +30,9 @@ def test_base_config_is_valid():
         ("model.num_layers", True, "config.model.num_layers: expected int, got bool"),
         ("model.dropout", 1.5, "config.model.dropout: must be in [0, 1)"),
         ("data.format", "xml", "config.data.format: must be one of text"),
+        ("data.on_bad_row", "ignore", "config.data.on_bad_row: must be one of skip, fail"),
+        ("data.max_row_chars", 0, "config.data.max_row_chars: must be a positive integer"),
+        ("data.max_row_chars", 1e5, "config.data.max_row_chars: expected int, got float"),
         ("runtime.strategy", "horovod", "config.runtime.strategy: must be one of default"),
         ("runtime.precision", "int8", "config.runtime.precision: must be one of float32"),
         ("tokenizer.vocab_size", 100, "config.tokenizer.vocab_size: must be an integer in [260"),

@@ -29,6 +29,7 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 OPTIMIZERS = ("sgd", "adam", "adamw", "adamax")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 DATA_FORMATS = ("text", "tsv", "csv", "jsonl")
+BAD_ROW_POLICIES = ("skip", "fail")
 BUNDLED_DATASETS = ("shakespeare", "sst2")
 TOKENIZER_MODEL_TYPES = ("bpe", "unigram")
 SAMPLERS = ("greedy", "temperature", "top_k", "top_p")
@@ -47,6 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
             text_field="text",
             label_field="label",
             eval_fraction=0.1,
+            on_bad_row="skip",  # tsv/csv/jsonl rows that are unusable: skip (warn) or fail
+            max_row_chars=100_000,  # longest text a tsv/csv/jsonl row may have
         )
     )
     config.tokenizer = ml_collections.ConfigDict(
@@ -150,6 +153,13 @@ _RULES: tuple[_Rule, ...] = (
     _Rule("data.text_field", str, bool, "a non-empty field name"),
     _Rule("data.label_field", str),
     _Rule("data.eval_fraction", (int, float), _fraction, "in [0, 1)"),
+    _Rule(
+        "data.on_bad_row",
+        str,
+        _one_of(BAD_ROW_POLICIES),
+        f"one of {', '.join(BAD_ROW_POLICIES)}",
+    ),
+    _Rule("data.max_row_chars", int, _positive, "a positive integer"),
     _Rule("tokenizer.path", str),
     _Rule(
         "tokenizer.model_type",

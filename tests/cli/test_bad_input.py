@@ -107,3 +107,65 @@ def test_bad_generate_flags(tmp_path, flags, needle):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert needle in proc.stderr
+
+
+# One table across every command: (command, args, words the one error line must
+# contain). "{w}" is a fresh workdir, "{file}" a regular file, "{trained}" a
+# trained workdir. Each case: non-zero exit, no traceback, one "error:" line.
+TABLE = [
+    ("train", ["--config=configs/gpt_tiny.py", "--workdir={w}",
+               "--config.train.warmup_steps=5000"], ["config.train.warmup_steps"]),
+    ("train", ["--config=configs/gpt_tiny.py", "--workdir={w}",
+               "--config.model.hidden_dim=30"], ["config.model.hidden_dim", "divisible"]),
+    ("train", ["--config=configs/gpt_tiny.py", "--workdir={file}"], ["File exists"]),
+    ("train", ["--config=configs/gpt_tiny.py", "--workdir={w}", "extra"], ["positional"]),
+    ("train", ["--config=configs/gpt_tiny.py", "--workdir={w}", "--config.train.bogus=1"],
+     ["--config.train.bogus", "no such config key"]),
+    ("train", ["--config=configs/gpt_tiny.py", "--workdir={w}", "--config.trian.seed=1"],
+     ["no such config key 'trian'", "Did you mean"]),
+    ("train", ["--config=configs/gpt_tiny.py", "--workdir={w}",
+               "--config.train.init_from={w}/nowhere"], ["config.train.init_from"]),
+    ("train", ["--config=configs/gpt_tiny.py", "--workdir={w}",
+               "--config.tokenizer.path={w}/nowhere"], ["config.tokenizer.path"]),
+    ("train", ["--config=configs/gpt_tiny.py", "--workdir={w}",
+               "--config.runtime.strategy=parameter_server"], ["parameter_server"]),
+    ("train", ["--config=configs/gpt_tiny.py", "--workdir={w}",
+               "--config.runtime.precision=mixed_float16"], ["mixed_float16"]),
+    ("train", ["--config=configs/gpt_tiny.py", "--workdir={w}",
+               "--config.runtime.strategy=multi_worker"], ["TF_CONFIG"]),
+    ("train", ["--config=configs/gpt_tiny.py", "--workdir={w}", "--config.train.batch_size=3",
+               "--config.runtime.strategy=mirrored", "--config.runtime.logical_cpus=2"],
+     ["config.train.batch_size", "not divisible"]),
+    ("train", ["--workdir={w}"], ["--config", "config.json"]),
+    ("generate", ["--workdir={w}", "--max_new_tokens=1000000"], ["--max_new_tokens"]),
+    ("generate", ["--workdir={w}", "--num_samples=0"], ["--num_samples"]),
+    ("generate", ["--workdir={w}", "--backend=saved_model"], ["no SavedModel"]),
+    ("generate", ["--workdir={w}/missing"], ["--workdir", "no such directory"]),
+    ("evaluate", ["--workdir={w}"], ["--workdir"]),
+    ("evaluate", ["--workdir={w}", "--batch_size=0"], ["--batch_size"]),
+    ("evaluate", ["--workdir={trained}", "--data={w}/missing.txt"], ["--data", "no such file"]),
+    ("evaluate", ["--workdir={trained}", "--data={file}"], ["--data", "empty"]),
+    ("export", ["--workdir={w}"], ["--workdir"]),
+    ("export", ["--workdir={w}", "--max_new_tokens=0"], ["--max_new_tokens"]),
+    ("pipeline", ["--workdir={w}", "--config.train.batch_size=0"],
+     ["config.train.batch_size"]),
+    ("pipeline", ["--workdir={w}", "--force=train"], ["--force=train"]),
+]
+
+
+@pytest.mark.parametrize(("command", "args", "needles"), TABLE,
+                         ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(TABLE)])
+def test_bad_input_table(request, tmp_path, command, args, needles):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("")
+    trained = request.getfixturevalue("trained_workdir") if any(
+        "{trained}" in a for a in args) else ""
+    args = [a.format(w=workdir, file=a_file, trained=trained) for a in args]
+    proc = run_cli(command, *args)
+    _assert_clean_failure(proc, *needles)
+    ours = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"tfllm-{command}: error:")]
+    assert len(ours) == 1, proc.stderr[-2000:]
+    _assert_nothing_written(workdir)
+    assert not (workdir / ".lock").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import os
 
@@ -165,7 +166,7 @@ def test_csv_missing_column_lists_columns(tmp_path):
 def test_bad_json_line_and_non_object(tmp_path):
     path = _write(tmp_path / "d.jsonl", '{"text": "a"}\n{"text": "b",}\n')
     with pytest.raises(DataError) as e:
-        read_documents(path, "jsonl")
+        read_documents(path, "jsonl", on_bad_row="fail")
     assert f"{path}:2" in _one_line_error(e) and "invalid JSON" in str(e.value)
     path = _write(tmp_path / "e.jsonl", '["text", "a"]\n')
     with pytest.raises(DataError) as e:
@@ -188,3 +189,168 @@ def test_unknown_format_and_bad_gzip(tmp_path):
     with pytest.raises(DataError) as e:
         read_documents(bad, "text")
     assert bad in _one_line_error(e) and "gzip" in str(e.value)
+
+
+# --- bad rows: config.data.on_bad_row / max_row_chars ------------------------------
+
+_GOOD_1, _GOOD_2 = "first good", "second good"
+
+# (format, bad line, reason in the message); each bad line sits on line 3, between
+# two good rows, with a header on line 1 for tsv/csv.
+_BAD_ROWS = [
+    ("tsv", "only one field", "1 field(s), the header has 2"),
+    ("tsv", "a\tb\tc", "3 field(s), the header has 2"),
+    ("tsv", " \t1", "empty text"),
+    ("tsv", "hi\t ", "empty label"),
+    ("tsv", "x" * 50 + "\t1", "text of 50 chars exceeds config.data.max_row_chars=20"),
+    ("csv", "only one field", "1 field(s), the header has 2"),
+    ("csv", '"  ",1', "empty text"),
+    ("csv", "hi,", "empty label"),
+    ("csv", '"' + "y" * 30 + '",1', "text of 30 chars exceeds config.data.max_row_chars=20"),
+    ("jsonl", '{"text": "b",}', "invalid JSON (Expecting property name"),
+    ("jsonl", '["text", "a"]', "expected a JSON object, got list"),
+    ("jsonl", '{"title": "a", "label": 1}', "missing text field"),
+    ("jsonl", '{"text": 5, "label": 1}', "text is a int"),
+    ("jsonl", '{"text": "\\t ", "label": 1}', "empty text"),
+    ("jsonl", '{"text": "a"}', "missing label"),
+    ("jsonl", '{"text": "a", "label": [1]}', "label is a list"),
+    ("jsonl", '{"text": "' + "z" * 21 + '", "label": 1}', "text of 21 chars exceeds"),
+]
+
+
+def _rows_file(tmp_path, fmt: str, bad_line: str) -> str:
+    """A file whose line 3 is `bad_line`, between two valid rows labelled 1 and 0."""
+    if fmt == "jsonl":
+        lines = [f'{{"text": "{_GOOD_1}", "label": 1}}', "", bad_line]
+        lines.append(f'{{"text": "{_GOOD_2}", "label": 0}}')
+    else:
+        sep = "\t" if fmt == "tsv" else ","
+        lines = [f"text{sep}label", f"{_GOOD_1}{sep}1", bad_line, f"{_GOOD_2}{sep}0"]
+    return _write(tmp_path / f"d.{fmt}", "\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def warnings(monkeypatch) -> list[str]:
+    """Formatted messages of every absl warning the corpus module logs."""
+    logged: list[str] = []
+    monkeypatch.setattr(corpus.logging, "warning", lambda *a: logged.append(a[0] % a[1:]))
+    return logged
+
+
+@pytest.mark.parametrize(("fmt", "bad_line", "reason"), _BAD_ROWS)
+def test_bad_row_is_skipped_with_one_warning(tmp_path, warnings, fmt, bad_line, reason):
+    path = _rows_file(tmp_path, fmt, bad_line)
+    docs = read_documents(
+        path, fmt, label_field="label", what="config.data.train_path", max_row_chars=20
+    )
+    assert docs.texts == [_GOOD_1, _GOOD_2]
+    assert docs.labels == ["1", "0"]
+    good_lines = (1, 4) if fmt == "jsonl" else (2, 4)
+    assert docs.sources == [f"{path}:{good_lines[0]}", f"{path}:{good_lines[1]}"]
+    assert docs.skipped == 1
+    assert len(warnings) == 1
+    message = warnings[0]
+    assert message.startswith("config.data.train_path: skipped 1 row(s)"), message
+    assert f"{path}:3 ({reason}" in message and "on_bad_row=fail" in message
+
+
+@pytest.mark.parametrize(("fmt", "bad_line", "reason"), _BAD_ROWS)
+def test_bad_row_fails_under_fail_policy(tmp_path, warnings, fmt, bad_line, reason):
+    path = _rows_file(tmp_path, fmt, bad_line)
+    with pytest.raises(DataError) as e:
+        read_documents(
+            path,
+            fmt,
+            label_field="label",
+            what="config.data.train_path",
+            on_bad_row="fail",
+            max_row_chars=20,
+        )
+    message = _one_line_error(e)
+    assert message.startswith(f"config.data.train_path: {path}:3: {reason}"), message
+    assert message.endswith("(config.data.on_bad_row=fail)")
+    assert warnings == []
+
+
+def test_warning_counts_reasons_and_names_first_three(tmp_path, warnings):
+    a = _write(tmp_path / "a.tsv", "text\tlabel\nkeep 1\t1\n\t0\nno tab\nkeep 2\t0\n \t1\n")
+    b = _write(tmp_path / "b.tsv", "text\tlabel\nx\ty\tz\nkeep 3\t1\n")
+    docs = read_documents(f"{a},{b}", "tsv", label_field="label", what="--data")
+    assert docs.texts == ["keep 1", "keep 2", "keep 3"]
+    assert docs.labels == ["1", "0", "1"]
+    assert docs.sources == [f"{a}:2", f"{a}:5", f"{b}:3"]
+    assert docs.skipped == 4
+    (message,) = warnings
+    assert message.startswith("--data: skipped 4 row(s) (2 empty text, 2 wrong number of fields)")
+    assert f"{a}:3 (empty text), {a}:4 (1 field(s), the header has 2), {a}:6 (empty text);" in (
+        message
+    )
+    assert f"{b}:2" not in message  # only the first three locations
+
+
+def test_all_rows_bad_names_reason_and_first_row(tmp_path):
+    path = _write(tmp_path / "d.csv", "text,label\n,1\nonly\n")
+    with pytest.raises(DataError) as e:
+        read_documents(path, "csv", label_field="label")
+    message = _one_line_error(e)
+    assert "no usable rows" in message and "2 skipped: 1 empty text, 1 wrong number" in message
+    assert f"first at {path}:2: empty text" in message
+
+
+def test_unknown_policy_and_bad_max_row_chars(tmp_path):
+    path = _write(tmp_path / "d.tsv", "text\nok\n")
+    with pytest.raises(DataError, match="unknown bad-row policy 'ignore'"):
+        read_documents(path, "tsv", on_bad_row="ignore")
+    with pytest.raises(DataError, match="max_row_chars must be a positive integer"):
+        read_documents(path, "tsv", max_row_chars=0)
+
+
+def test_text_format_has_no_row_limit(tmp_path):
+    path = _write(tmp_path / "long.txt", "w" * 500 + "\n")
+    docs = read_documents(path, "text", on_bad_row="fail", max_row_chars=10)
+    assert docs.texts == ["w" * 500 + "\n"] and docs.skipped == 0
+
+
+@pytest.fixture
+def default_csv_limit():
+    """Puts the csv module's field cap back to its 128 KiB default for one test."""
+    before = csv.field_size_limit(131_072)
+    yield
+    csv.field_size_limit(before)
+
+
+def test_csv_text_over_module_default_limit_does_not_crash(tmp_path, warnings, default_csv_limit):
+    big = "b" * 200_000
+    path = _write(tmp_path / "d.csv", f'text,label\nsmall,1\n"{big}",0\nafter,1\n')
+    docs = read_documents(path, "csv", label_field="label")
+    assert docs.texts == ["small", "after"] and docs.sources == [f"{path}:2", f"{path}:4"]
+    assert (
+        f"{path}:3 (text of 200000 chars exceeds config.data.max_row_chars=100000)" in (warnings[0])
+    )
+    docs = read_documents(path, "csv", label_field="label", max_row_chars=300_000)
+    assert docs.texts == ["small", big, "after"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv"])
+def test_field_over_csv_module_limit_is_a_bad_row(tmp_path, warnings, default_csv_limit, fmt):
+    # max_row_chars=10 lifts the cap to its 1 MiB floor; a longer non-text field
+    # trips the csv module itself, which must become a bad row, not a traceback.
+    sep = "\t" if fmt == "tsv" else ","
+    huge = "h" * (corpus._CSV_LIMIT_FLOOR + 10)
+    content = f"id{sep}text\n1{sep}one\n{huge}{sep}two\n3{sep}three\n"
+    path = _write(tmp_path / f"d.{fmt}", content)
+    docs = read_documents(path, fmt, max_row_chars=10)
+    assert docs.texts == ["one", "three"] and docs.sources == [f"{path}:2", f"{path}:4"]
+    assert f"{path}:3 (malformed {fmt.upper()} (field larger than field limit" in warnings[0]
+    with pytest.raises(DataError) as e:
+        read_documents(path, fmt, on_bad_row="fail", max_row_chars=10)
+    message = _one_line_error(e)
+    assert f"{path}:3: malformed {fmt.upper()} (field larger than field limit" in message
+    assert message.endswith("(config.data.on_bad_row=fail)")
+
+
+def test_csv_header_over_module_limit_is_one_line_error(tmp_path, default_csv_limit):
+    path = _write(tmp_path / "d.csv", "h" * (corpus._CSV_LIMIT_FLOOR + 10) + ",text\n1,a\n")
+    with pytest.raises(DataError) as e:
+        read_documents(path, "csv", max_row_chars=10)
+    assert f"{path}:1: malformed CSV header" in _one_line_error(e)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import sys
 import traceback
@@ -31,7 +33,11 @@ def define_debug_flag() -> None:
 
 
 def command_name() -> str:
-    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "tfllm"
+    """`tfllm-train` whether run as the console script or `python -m tfllm.cli.train`."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "tfllm"
+    if name.endswith(".py"):
+        name = "tfllm-" + name.removesuffix(".py")
+    return name
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -52,6 +58,44 @@ def _check_config_path(argv: Sequence[str]) -> None:
             fail(f"--config: no such file: {path}")
 
 
+# File-system failures a user can cause or fix (permissions, full disk, a file
+# where a directory should be); anything else is a bug and keeps its traceback.
+_USER_OS_ERRORS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOSPC,
+    errno.EROFS,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.ENOENT,
+    errno.EDQUOT,
+}
+
+
+def _tf_file_error(e: Exception) -> str | None:
+    """One line for TensorFlow's own file-system errors (checkpoint/summary writes)."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        return None
+    kinds = (tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError)
+    if isinstance(e, kinds) or (isinstance(e, tf.errors.OpError) and "No space left" in str(e)):
+        first = str(e.message if hasattr(e, "message") else e).strip().splitlines()[0]
+        return f"{type(e).__name__}: {first[:300]}"
+    return None
+
+
+def workdir_lock(workdir: str, config: ml_collections.ConfigDict | None = None):
+    """The workdir's writer lock; multi-worker jobs lock per task (they share W)."""
+    from tfllm.utils.lock import WorkdirLock
+
+    name = ".lock"
+    if config is not None and config.runtime.strategy == "multi_worker":
+        task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+        name = f".lock.{task.get('type', 'worker')}{task.get('index', 0)}"
+    return WorkdirLock(workdir, command_name(), name)
+
+
 def run(main: Callable[[Sequence[str]], int | None]) -> None:
     """`absl.app.run` with user errors turned into one clear line."""
     _check_config_path(sys.argv[1:])
@@ -62,17 +106,42 @@ def run(main: Callable[[Sequence[str]], int | None]) -> None:
     def wrapped(argv: Sequence[str]) -> int | None:
         if len(argv) > 1:
             fail(f"unexpected positional arguments: {' '.join(argv[1:])} (flags are --name=value)")
+        debug = "debug" in FLAGS and FLAGS.debug
         try:
             return main(argv)
         except TfllmError as e:
-            if FLAGS.is_parsed() and "debug" in FLAGS and FLAGS.debug:
+            if debug:
                 traceback.print_exc()
             fail(str(e), e.exit_code)
         except KeyboardInterrupt:
             fail("interrupted", 130)
+        except OSError as e:
+            if debug or e.errno not in _USER_OS_ERRORS:
+                raise
+            fail(f"cannot write or read {e.filename or 'a file'}: {e.strerror}")
+        except Exception as e:  # noqa: BLE001 - only TF's file-system errors are handled
+            message = _tf_file_error(e)
+            if debug or message is None:
+                raise
+            fail(message)
         return None
 
-    app.run(wrapped)
+    try:
+        app.run(wrapped)
+    except (AttributeError, KeyError) as e:
+        # ml_collections raises these while parsing `--config.a.b=v` for a key
+        # the config does not have; anything raised later is handled above.
+        if "debug" in FLAGS and FLAGS.is_parsed() and FLAGS.debug:
+            raise
+        overrides = [a.split("=", 1)[0] for a in sys.argv[1:] if a.startswith("--config.")]
+        lines = str(e.args[0] if e.args else e).splitlines() or [""]
+        key = lines[0].strip("\\'\" ")
+        hint = f"; {lines[1].strip()}" if len(lines) > 1 else ""
+        named = [o for o in overrides if key in o.split(".")] or overrides
+        fail(
+            f"{', '.join(named) or '--config'}: no such config key {key!r}{hint} "
+            "(docs/configuration.md lists them)"
+        )
 
 
 def resolve_config(

@@ -29,19 +29,24 @@ flags.DEFINE_integer("max_batches", 0, "Stop after this many batches (0 = all)."
 
 def main(argv) -> None:
     del argv
+    if FLAGS.batch_size < 1:
+        common.fail(f"--batch_size: must be ≥ 1, got {FLAGS.batch_size}")
+    if FLAGS.max_batches < 0:
+        common.fail(f"--max_batches: must be ≥ 0, got {FLAGS.max_batches}")
     from tfllm.data.corpus import read_documents
     from tfllm.data.lm_data import tokenize_documents
-    from tfllm.data.sources import lm_token_streams, load_text_splits
+    from tfllm.data.sources import bad_row_policy, lm_token_streams, load_text_splits
     from tfllm.evaluation.metrics import lm_loss_and_perplexity
     from tfllm.inference.loading import load_trained
     from tfllm.utils.io import atomic_write_json, read_json
 
-    if FLAGS.batch_size < 1:
-        common.fail(f"--batch_size: must be ≥ 1, got {FLAGS.batch_size}")
     trained = load_trained(FLAGS.workdir)
     config, tokenizer = trained.config, trained.tokenizer
     if FLAGS.data:
-        docs = read_documents(FLAGS.data, FLAGS.format, FLAGS.text_field, what="--data").texts
+        policy = bad_row_policy(config.data)  # the run's on_bad_row / max_row_chars
+        docs = read_documents(
+            FLAGS.data, FLAGS.format, FLAGS.text_field, what="--data", **policy
+        ).texts
         ids, prefix = tokenize_documents(tokenizer, docs), "data_"
     else:
         train_ids, eval_ids = lm_token_streams(config, tokenizer, load_text_splits(config.data))
@@ -57,11 +62,12 @@ def main(argv) -> None:
         trained.model, ids, int(config.model.max_length), FLAGS.batch_size, FLAGS.max_batches
     )
     path = os.path.join(FLAGS.workdir, "metrics.json")
-    metrics = read_json(path)
-    metrics[f"{prefix}loss"] = result["loss"]
-    metrics["perplexity" if prefix == "eval_" else f"{prefix}perplexity"] = result["perplexity"]
-    metrics[f"{prefix}tokens"] = result["tokens"]
-    atomic_write_json(path, metrics)
+    with common.workdir_lock(FLAGS.workdir, config):  # a training run may be updating it
+        metrics = read_json(path)
+        metrics[f"{prefix}loss"] = result["loss"]
+        metrics["perplexity" if prefix == "eval_" else f"{prefix}perplexity"] = result["perplexity"]
+        metrics[f"{prefix}tokens"] = result["tokens"]
+        atomic_write_json(path, metrics)
     common.print_summary(
         "tfllm-evaluate",
         [

@@ -37,21 +37,22 @@ def main(argv) -> None:
     from tfllm.inference.generate import Generator, generate_text
     from tfllm.inference.loading import load_trained
 
+    if FLAGS.max_new_tokens is not None and not 1 <= FLAGS.max_new_tokens <= 100_000:
+        common.fail(f"--max_new_tokens: must be in [1, 100000], got {FLAGS.max_new_tokens}")
     trained = load_trained(FLAGS.workdir)
     max_new = FLAGS.max_new_tokens or int(trained.config.export.max_new_tokens)
-    if max_new < 1:
-        common.fail(f"--max_new_tokens: must be ≥ 1, got {max_new}")
     prompts = list(trained.config.export.verify_prompts)
-    reference = generate_text(Generator(trained.model), trained.tokenizer, prompts, max_new)
     target = os.path.join(FLAGS.workdir, "export", "saved_model")
-    record = export_saved_model(
-        trained.model,
-        trained.tokenizer,
-        target,
-        max_new_tokens=max_new,
-        verify_prompts=prompts,
-        reference=reference,
-    )
+    with common.workdir_lock(FLAGS.workdir, trained.config):
+        reference = generate_text(Generator(trained.model), trained.tokenizer, prompts, max_new)
+        record = export_saved_model(
+            trained.model,
+            trained.tokenizer,
+            target,
+            max_new_tokens=max_new,
+            verify_prompts=prompts,
+            reference=reference,
+        )
     common.print_summary(
         "tfllm-export",
         [

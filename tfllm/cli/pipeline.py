@@ -8,6 +8,8 @@ stages already done (training resumes from its last checkpoint).
 
 from __future__ import annotations
 
+import os
+
 from absl import flags
 from ml_collections import config_flags
 
@@ -15,7 +17,10 @@ from tfllm.cli import common
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    "config", None, "Config file (default: the built-in quick recipe, = configs/pipeline.py)."
+    "config",
+    os.path.join(os.path.dirname(os.path.dirname(__file__)), "pipeline", "default_config.py"),
+    "Config file (default: the built-in quick recipe, = configs/pipeline.py); override keys "
+    "with --config.section.key=value.",
 )
 common.define_workdir_flag()
 common.define_debug_flag()
@@ -26,18 +31,16 @@ flags.DEFINE_list("force", [], "Stages to redo even if done: train, evaluate, sa
 def main(argv) -> None:
     del argv
     from tfllm.pipeline.lm_pipeline import STAGES, run_pipeline
-    from tfllm.recipes import pipeline_quick
 
     unknown = [s for s in FLAGS.force if s not in STAGES]
     if unknown:
         common.fail(f"--force: unknown stage(s) {', '.join(unknown)} (stages: {', '.join(STAGES)})")
-    config = common.resolve_config(
-        FLAGS.config if FLAGS.config is not None else pipeline_quick(), FLAGS.workdir
-    )
-    common.setup_runtime(config)
     if "train" in FLAGS.force:
         common.fail("--force=train: delete the workdir's checkpoints/ to retrain from scratch")
-    report = run_pipeline(config, FLAGS.workdir, set(FLAGS.force))
+    config = common.resolve_config(FLAGS.config, FLAGS.workdir)
+    common.setup_runtime(config)
+    with common.workdir_lock(FLAGS.workdir, config):
+        report = run_pipeline(config, FLAGS.workdir, set(FLAGS.force))
     common.print_summary("tfllm-pipeline", [("report", report), ("workdir", FLAGS.workdir)])
 
 

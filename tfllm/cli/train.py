@@ -30,7 +30,8 @@ def main(argv) -> None:
     common.setup_runtime(config)
     from tfllm.training.run import train_lm
 
-    metrics = train_lm(config, FLAGS.workdir)
+    with common.workdir_lock(FLAGS.workdir, config):
+        metrics = train_lm(config, FLAGS.workdir)
     rows = [("workdir", FLAGS.workdir), ("step", metrics.get("step"))]
     for key in ("loss", "eval_loss", "perplexity", "tokens_per_second"):
         if key in metrics:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
+from typing import Any
 
 import ml_collections
 import numpy as np
 from absl import logging
 
-from tfllm.data.corpus import bundled_paths, read_documents
+from tfllm.data.corpus import DEFAULT_MAX_ROW_CHARS, bundled_paths, read_documents
 from tfllm.data.lm_data import split_ids, tokenize_documents
 from tfllm.data.tokenizer import Tokenizer
 from tfllm.errors import ConfigError
@@ -36,26 +37,45 @@ class TextSplits:
     train_source: str
 
 
+def bad_row_policy(data: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`read_documents` keyword arguments from `config.data`.
+
+    `.get` with defaults: a config.json saved before these keys existed still loads.
+    """
+    return {
+        "on_bad_row": data.get("on_bad_row", "skip"),
+        "max_row_chars": int(data.get("max_row_chars", DEFAULT_MAX_ROW_CHARS)),
+    }
+
+
 def load_text_splits(data: ml_collections.ConfigDict) -> TextSplits:
     """Reads the training documents and, if configured, the eval documents."""
+    row_policy = bad_row_policy(data)
     if data.train_path:
         train = read_documents(
-            data.train_path, data.format, data.text_field, what="config.data.train_path"
+            data.train_path,
+            data.format,
+            data.text_field,
+            what="config.data.train_path",
+            **row_policy,
         )
         evaluation = None
         if data.eval_path:
             evaluation = read_documents(
-                data.eval_path, data.format, data.text_field, what="config.data.eval_path"
+                data.eval_path,
+                data.format,
+                data.text_field,
+                what="config.data.eval_path",
+                **row_policy,
             ).texts
         return TextSplits(train.texts, evaluation, data.train_path)
     fmt, text_field, _ = _BUNDLED_FORMAT[data.dataset]
     paths = bundled_paths(data.dataset)
-    train = read_documents(paths["train"], fmt, text_field, what=f"bundled {data.dataset}")
+    what = f"bundled {data.dataset}"
+    train = read_documents(paths["train"], fmt, text_field, what=what, **row_policy)
     evaluation = None
     if "dev" in paths:
-        evaluation = read_documents(
-            paths["dev"], fmt, text_field, what=f"bundled {data.dataset}"
-        ).texts
+        evaluation = read_documents(paths["dev"], fmt, text_field, what=what, **row_policy).texts
     return TextSplits(train.texts, evaluation, f"bundled:{data.dataset}")
 
 

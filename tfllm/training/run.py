@@ -39,11 +39,12 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from tfllm.inference.generate import Generator, generate_text
     from tfllm.models import build_model
     from tfllm.training.strategy import create_strategy, is_chief
-    from tfllm.training.trainer import LMTrainer
+    from tfllm.training.trainer import LMTrainer, check_batch_divisible
 
     _check_resume_compatible(config, workdir)
     os.makedirs(workdir, exist_ok=True)
     strategy = create_strategy(config.runtime)
+    check_batch_divisible(config, strategy)  # before any data is read
     splits = load_text_splits(config.data)
     tokenizer = ensure_tokenizer(config, workdir, splits.train)
     train_ids, eval_ids = lm_token_streams(config, tokenizer, splits)

@@ -61,6 +61,18 @@ class TrainState:
     tokens_per_second: list[float] = field(default_factory=list)
 
 
+def check_batch_divisible(
+    config: ml_collections.ConfigDict, strategy: tf.distribute.Strategy
+) -> None:
+    """The global batch must split evenly over replicas (static per-replica shapes)."""
+    replicas = strategy.num_replicas_in_sync
+    if config.train.batch_size % replicas:
+        raise ConfigError(
+            f"config.train.batch_size: {config.train.batch_size} is not divisible by the "
+            f"{replicas} replicas of strategy {config.runtime.strategy!r}"
+        )
+
+
 def token_cross_entropy(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Per-token cross entropy [B, T] in float32 (Keras' loss, logits input)."""
     return keras.losses.sparse_categorical_crossentropy(
@@ -128,12 +140,7 @@ class LMTrainer:
         self.chief = is_chief(strategy)
         self.seq_len = int(config.model.max_length)
         self.global_batch = int(config.train.batch_size)
-        replicas = strategy.num_replicas_in_sync
-        if self.global_batch % replicas:
-            raise ConfigError(
-                f"config.train.batch_size: {self.global_batch} is not divisible by the "
-                f"{replicas} replicas of strategy {config.runtime.strategy!r}"
-            )
+        check_batch_divisible(config, strategy)
         with strategy.scope():
             self.model = build_model()
             self.optimizer = create_optimizer(config.train, self.model)
