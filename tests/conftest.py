@@ -95,3 +95,19 @@ def trained_workdir(tmp_path_factory, corpus_file) -> str:
                    *tiny_overrides(corpus_file))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir
+
+
+def build_trainer(config, workdir):
+    """An LMTrainer on the tiny corpus, built the way `train_lm` builds it."""
+    from tfllm.data.sources import ensure_tokenizer, lm_token_streams, load_text_splits
+    from tfllm.models import build_model
+    from tfllm.training.strategy import create_strategy
+    from tfllm.training.trainer import LMTrainer
+
+    strategy = create_strategy(config.runtime)
+    splits = load_text_splits(config.data)
+    tokenizer = ensure_tokenizer(config, str(workdir), splits.train)
+    train_ids, eval_ids = lm_token_streams(config, tokenizer, splits)
+    return LMTrainer(config, str(workdir), strategy,
+                     build_model=lambda: build_model(config.model, tokenizer.vocab_size),
+                     train_ids=train_ids, eval_ids=eval_ids)

@@ -27,7 +27,7 @@ MODEL_NAMES = ("gpt",)
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu", "parameter_server")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 OPTIMIZERS = ("sgd", "adam", "adamw", "adamax")
-LR_SCHEDULES = ("constant", "cosine", "linear")
+LR_SCHEDULES = ("constant", "cosine", "linear", "inverse_sqrt", "step")
 DATA_FORMATS = ("text", "tsv", "csv", "jsonl")
 BAD_ROW_POLICIES = ("skip", "fail")
 BUNDLED_DATASETS = ("shakespeare", "sst2")
@@ -78,12 +78,17 @@ def base_config() -> ml_collections.ConfigDict:
             learning_rate=1e-3,
             lr_schedule="cosine",
             warmup_steps=100,
-            min_lr_ratio=0.1,  # final LR = learning_rate * min_lr_ratio
+            min_lr_ratio=0.1,  # final LR = learning_rate * min_lr_ratio (cosine, linear)
+            lr_step_every=1000,  # step schedule: multiply the LR by lr_step_gamma every N steps
+            lr_step_gamma=0.5,
             weight_decay=0.1,
             beta_1=0.9,
             beta_2=0.95,
             momentum=0.9,  # sgd only
             grad_clip_norm=1.0,  # global-norm clipping; 0 disables
+            grad_accum_steps=1,  # split each batch into N micro-batches (same math, less memory)
+            early_stopping_patience=0,  # stop after N evals without a better eval loss; 0 = off
+            early_stopping_min_delta=0.0,
             steps_per_loop=50,  # steps inside one tf.function call (keeps TPUs fed)
             eval_every=250,
             eval_batches=20,  # 0 = the whole eval split
@@ -197,6 +202,11 @@ _RULES: tuple[_Rule, ...] = (
     _Rule("train.beta_2", (int, float), _fraction, "in [0, 1)"),
     _Rule("train.momentum", (int, float), _fraction, "in [0, 1)"),
     _Rule("train.grad_clip_norm", (int, float), _non_negative, "a non-negative number (0 = off)"),
+    _Rule("train.grad_accum_steps", int, _positive, "a positive integer"),
+    _Rule("train.lr_step_every", int, _positive, "a positive integer"),
+    _Rule("train.lr_step_gamma", (int, float), lambda v: 0 < v <= 1, "in (0, 1]"),
+    _Rule("train.early_stopping_patience", int, _non_negative, "a non-negative integer (0 = off)"),
+    _Rule("train.early_stopping_min_delta", (int, float), _non_negative, "a non-negative number"),
     _Rule("train.steps_per_loop", int, _positive, "a positive integer"),
     _Rule("train.eval_every", int, _positive, "a positive integer"),
     _Rule("train.eval_batches", int, _non_negative, "a non-negative integer (0 = all)"),
@@ -272,15 +282,15 @@ def _validate_relations(config: ml_collections.ConfigDict) -> None:
             "config.runtime.strategy: 'parameter_server' needs the ClusterCoordinator loop, "
             "which is not implemented yet (use default, one_device, mirrored, multi_worker or tpu)"
         )
-    if runtime.precision == "mixed_float16":
-        raise ConfigError(
-            "config.runtime.precision: 'mixed_float16' needs loss scaling, which the training "
-            "loop does not do yet; use 'mixed_bfloat16' or 'float32'"
-        )
     if runtime.logical_cpus > 1 and runtime.strategy not in ("mirrored", "default"):
         raise ConfigError(
             "config.runtime.logical_cpus: only meaningful with strategy 'mirrored', "
             f"got strategy {runtime.strategy!r}"
+        )
+    if train.batch_size % train.grad_accum_steps:
+        raise ConfigError(
+            f"config.train.grad_accum_steps: {train.grad_accum_steps} does not divide "
+            f"config.train.batch_size={train.batch_size}"
         )
     if runtime.num_microbatches != 1:
         raise ConfigError(

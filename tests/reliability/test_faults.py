@@ -13,31 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, last_stderr_line, run_cli, tiny_config, tiny_overrides
+from conftest import REPO, build_trainer, last_stderr_line, run_cli, tiny_config, tiny_overrides
 
 from tfllm.cli.common import setup_runtime
-from tfllm.data.sources import ensure_tokenizer, lm_token_streams, load_text_splits
-from tfllm.models import build_model
-from tfllm.training.strategy import create_strategy
-from tfllm.training.trainer import LMTrainer, NonFiniteLoss
+from tfllm.training.trainer import NonFiniteLoss
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-
-
-def _trainer(config, workdir):
-    strategy = create_strategy(config.runtime)
-    splits = load_text_splits(config.data)
-    tokenizer = ensure_tokenizer(config, str(workdir), splits.train)
-    train_ids, eval_ids = lm_token_streams(config, tokenizer, splits)
-    return LMTrainer(config, str(workdir), strategy,
-                     build_model=lambda: build_model(config.model, tokenizer.vocab_size),
-                     train_ids=train_ids, eval_ids=eval_ids)
 
 
 def test_nan_mid_run_stops_cleanly_and_keeps_the_last_good_checkpoint(corpus_file, tmp_path):
     config = tiny_config(corpus_file, steps=60)
     setup_runtime(config)
-    trainer = _trainer(config, tmp_path / "w")
+    trainer = build_trainer(config, tmp_path / "w")
     real_loop, calls = trainer._train_loop, []
 
     def poisoned_loop(iterator, n):

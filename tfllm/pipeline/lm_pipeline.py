@@ -69,7 +69,9 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, force: set[str
     metrics_path = os.path.join(workdir, "metrics.json")
 
     def trained() -> bool:
-        return read_json(metrics_path).get("step", 0) >= int(config.train.num_steps)
+        metrics = read_json(metrics_path)
+        step = metrics.get("step", 0)
+        return step >= int(config.train.num_steps) or metrics.get("early_stopped_at") == step
 
     def train() -> str:
         metrics = train_lm(config, workdir)

@@ -13,7 +13,23 @@ import ml_collections
 
 from tfllm.errors import ConfigError
 
-_NO_DECAY_PATTERNS = ("layer_norm", "layernorm", "bias", "position_embedding", "gamma", "beta")
+_NO_DECAY_NAMES = ("bias", "gamma", "beta")  # biases and LayerNorm scale/shift
+_NO_DECAY_LAYERS = ("position_embedding",)
+
+
+def no_decay_variables(model: keras.Model) -> list:
+    """Variables AdamW must not decay, chosen by their path.
+
+    Keras' `exclude_from_weight_decay(var_names=...)` matches only a variable's
+    short name ("embeddings"), which cannot tell position from token embeddings,
+    so we pass the variables themselves.
+    """
+    return [
+        v
+        for v in model.trainable_variables
+        if v.path.rsplit("/", 1)[-1] in _NO_DECAY_NAMES
+        or any(layer in v.path for layer in _NO_DECAY_LAYERS)
+    ]
 
 
 def learning_rate_schedule(train: ml_collections.ConfigDict):
@@ -33,6 +49,13 @@ def learning_rate_schedule(train: ml_collections.ConfigDict):
     if train.lr_schedule == "linear":
         decay = keras.optimizers.schedules.PolynomialDecay(peak, decay_steps, floor, power=1.0)
         return _WarmupThen(peak, warmup, decay) if warmup else decay
+    if train.lr_schedule == "step":
+        decay = keras.optimizers.schedules.ExponentialDecay(
+            peak, int(train.lr_step_every), float(train.lr_step_gamma), staircase=True
+        )
+        return _WarmupThen(peak, warmup, decay) if warmup else decay
+    if train.lr_schedule == "inverse_sqrt":
+        return _InverseSqrt(peak, warmup)
     if train.lr_schedule == "constant":
         return _WarmupThen(peak, warmup, None) if warmup else peak
     raise ConfigError(f"config.train.lr_schedule: unknown schedule {train.lr_schedule!r}")
@@ -74,8 +97,26 @@ class _WarmupThen(keras.optimizers.schedules.LearningRateSchedule):
         return cls(**config)
 
 
+@keras.saving.register_keras_serializable(package="tfllm")
+class _InverseSqrt(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup to `peak`, then peak·sqrt(warmup/step) ("Attention is all you
+    need"); Keras has inverse-time decay but not this inverse-square-root form."""
+
+    def __init__(self, peak: float, warmup_steps: int):
+        self.peak = peak
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32") + 1.0
+        warmup = float(max(1, self.warmup_steps))
+        return self.peak * keras.ops.minimum(step / warmup, keras.ops.sqrt(warmup / step))
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps}
+
+
 def create_optimizer(
-    train: ml_collections.ConfigDict, model: keras.Model
+    train: ml_collections.ConfigDict, model: keras.Model, precision: str = "float32"
 ) -> keras.optimizers.Optimizer:
     """The optimizer named by `train.optimizer`.
 
@@ -95,7 +136,11 @@ def create_optimizer(
         optimizer = keras.optimizers.AdamW(
             lr, weight_decay=float(train.weight_decay), beta_1=train.beta_1, beta_2=train.beta_2
         )
-        optimizer.exclude_from_weight_decay(var_names=list(_NO_DECAY_PATTERNS))
+        optimizer.exclude_from_weight_decay(var_list=no_decay_variables(model))
     else:
         raise ConfigError(f"config.train.optimizer: unknown optimizer {name!r}")
+    if precision == "mixed_float16":
+        # float16 gradients underflow without loss scaling; Keras' dynamic scaler
+        # also skips steps whose scaled gradients overflow.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer

@@ -71,6 +71,12 @@ def check_batch_divisible(
             f"config.train.batch_size: {config.train.batch_size} is not divisible by the "
             f"{replicas} replicas of strategy {config.runtime.strategy!r}"
         )
+    per_replica = config.train.batch_size // replicas
+    if per_replica % config.train.grad_accum_steps:
+        raise ConfigError(
+            f"config.train.grad_accum_steps: {config.train.grad_accum_steps} does not divide "
+            f"the per-replica batch {per_replica} ({replicas} replicas)"
+        )
 
 
 def token_cross_entropy(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
@@ -143,7 +149,7 @@ class LMTrainer:
         check_batch_divisible(config, strategy)
         with strategy.scope():
             self.model = build_model()
-            self.optimizer = create_optimizer(config.train, self.model)
+            self.optimizer = create_optimizer(config.train, self.model, config.runtime.precision)
             self.optimizer.build(self.model.trainable_variables)
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
         self.manager = tf.train.CheckpointManager(
@@ -225,32 +231,55 @@ class LMTrainer:
         model, optimizer, strategy = self.model, self.optimizer, self.strategy
         global_batch = self.global_batch
         clip = float(self.config.train.grad_clip_norm)
+        accum = int(self.config.train.grad_accum_steps)
+        loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
         def forward_backward(inputs, targets):
             with tf.GradientTape() as tape:
                 logits = model(inputs, training=True)
                 per_example = tf.reduce_mean(token_cross_entropy(targets, logits), axis=-1)
+                # Scaled by the GLOBAL batch: summing over micro-batches and
+                # replicas then gives exactly the mean over the whole batch.
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
                 if model.losses:
                     loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-            return loss, tape.gradient(loss, model.trainable_variables)
+                scaled = optimizer.scale_loss(loss) if loss_scaling else loss
+            return loss, tape.gradient(scaled, model.trainable_variables)
 
         if self.config.runtime.jit_compile:
             forward_backward = tf.function(forward_backward, jit_compile=True)
 
+        def accumulated(inputs, targets):
+            """Sums the gradients of `accum` micro-batches: the same update as one
+            big batch, with 1/accum of the activation memory."""
+            if accum == 1:
+                return forward_backward(inputs, targets)
+            micro_inputs = tf.reshape(inputs, [accum, -1, tf.shape(inputs)[-1]])
+            micro_targets = tf.reshape(targets, [accum, -1, tf.shape(targets)[-1]])
+            loss = tf.constant(0.0)
+            grads = [tf.zeros(v.shape, v.dtype) for v in model.trainable_variables]
+            for i in tf.range(accum):
+                micro_loss, micro_grads = forward_backward(micro_inputs[i], micro_targets[i])
+                loss += micro_loss
+                grads = [a + b for a, b in zip(grads, micro_grads, strict=True)]
+            return loss, grads
+
         def replica_step(inputs, targets):
-            loss, grads = forward_backward(inputs, targets)
+            loss, grads = accumulated(inputs, targets)
             ctx = tf.distribute.get_replica_context()
             # Reduce here (not in the optimizer) so clipping sees the true global norm.
             grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-            norm = tf.linalg.global_norm(grads)
+            # With loss scaling the gradients are scaled too: measure and clip the
+            # true norm, and leave unscaling (and skipping overflowed steps) to Keras.
+            scale = tf.cast(optimizer.dynamic_scale, tf.float32) if loss_scaling else 1.0
+            scaled_norm = tf.linalg.global_norm(grads)
             if clip > 0:
-                grads, _ = tf.clip_by_global_norm(grads, clip, use_norm=norm)
+                grads, _ = tf.clip_by_global_norm(grads, clip * scale, use_norm=scaled_norm)
             # Keras 3's TF optimizer sums the gradients over replicas again inside
             # `apply`; pre-dividing by the replica count makes that sum the identity.
-            scale = 1.0 / ctx.num_replicas_in_sync
-            optimizer.apply([g * scale for g in grads], model.trainable_variables)
-            return loss, norm
+            share = 1.0 / ctx.num_replicas_in_sync
+            optimizer.apply([g * share for g in grads], model.trainable_variables)
+            return loss, scaled_norm / scale
 
         @tf.function
         def train_loop(iterator, num_steps):
@@ -316,9 +345,12 @@ class LMTrainer:
             if start
             else []
         )
-        if start >= total_steps:
+        if start >= total_steps or self._previous_metrics.get("early_stopped_at") == start:
             print(f"Already trained to step {start} (num_steps={total_steps}); nothing to do.")
             return read_json(metrics_path)
+        stopper = _EarlyStopping(
+            int(cfg.early_stopping_patience), float(cfg.early_stopping_min_delta), state.history
+        )
 
         writer = self._summary_writer("train")
         eval_writer = self._summary_writer("eval")
@@ -372,8 +404,14 @@ class LMTrainer:
                     record.update(last_eval)
                     self._write_eval_summaries(eval_writer, last_eval)
                 state.history.append(record)
+                if "eval_loss" in record and stopper.should_stop(record["eval_loss"]):
+                    self._progress.note(stopper.reason(self.step))
+                    self._previous_metrics["early_stopped_at"] = self.step
+                    at_end = True
                 if at_end or self.step % int(cfg.checkpoint_every) == 0 or stop.received:
                     self._save(state, last_eval, stats, time.time() - started)
+                if at_end:
+                    break
                 if stop.received:
                     raise TrainingInterrupted(
                         f"interrupted at step {self.step}; checkpoint saved in "
@@ -444,6 +482,38 @@ class LMTrainer:
         atomic_write_json(
             os.path.join(self.workdir, "metrics.json"),
             self._final_metrics(state, last_eval, stats, wall),
+        )
+
+
+class _EarlyStopping:
+    """Stops after `patience` evals whose loss did not beat the best by `min_delta`.
+
+    Its state is rebuilt from the run's history, so a resumed run keeps counting.
+    """
+
+    def __init__(self, patience: int, min_delta: float, history: list[dict]) -> None:
+        self.patience = patience
+        self.min_delta = min_delta
+        self.best = math.inf
+        self.bad_evals = 0
+        for record in history:
+            if "eval_loss" in record:
+                self._update(record["eval_loss"])
+
+    def _update(self, loss: float) -> None:
+        if loss < self.best - self.min_delta:
+            self.best, self.bad_evals = loss, 0
+        else:
+            self.bad_evals += 1
+
+    def should_stop(self, loss: float) -> bool:
+        self._update(loss)
+        return self.patience > 0 and self.bad_evals >= self.patience
+
+    def reason(self, step: int) -> str:
+        return (
+            f"Early stopping at step {step}: eval loss has not improved on "
+            f"{self.best:.4f} for {self.bad_evals} evaluations"
         )
 
 
