@@ -345,7 +345,9 @@ class LMTrainer:
             if start
             else []
         )
-        if start >= total_steps or self._previous_metrics.get("early_stopped_at") == start:
+        stopped_early = self._previous_metrics.get("early_stopped_at") == start
+        # A run that early-stopped is finished, unless early stopping was since turned off.
+        if start >= total_steps or (stopped_early and int(cfg.early_stopping_patience) > 0):
             print(f"Already trained to step {start} (num_steps={total_steps}); nothing to do.")
             return read_json(metrics_path)
         stopper = _EarlyStopping(
