@@ -37,6 +37,7 @@ setup(
             "tfllm-generate=tfllm.cli.generate:run",
             "tfllm-export=tfllm.cli.export:run",
             "tfllm-pipeline=tfllm.cli.pipeline:run",
+            "tfllm-benchmark=tfllm.cli.benchmark:run",
         ],
     },
 )

@@ -117,7 +117,8 @@ def test_generator_does_not_retrace(model: GPT) -> None:
             temperature=temperature,
             seed=prompt_len,
         )
-    assert generator._prefill.experimental_get_tracing_count() == 1
+    (prefill,) = generator._prefills.values()  # one cache bucket: context 16 < 64
+    assert prefill.experimental_get_tracing_count() == 1
     assert generator._decoder("temperature", None).experimental_get_tracing_count() == 1
 
 
@@ -195,3 +196,21 @@ def test_generate_text_returns_continuations_cut_at_eos(model: GPT) -> None:
     from_eos = generator.generate([eos], 6, eos_id=eos).tolist()
     cut = from_eos.index(eos) if eos in from_eos else 6
     assert texts[1] == tokenizer.decode(from_eos[:cut])
+
+
+def test_bucketed_cache_gives_the_same_tokens_as_the_full_context_cache() -> None:
+    from tfllm.inference.generate import cache_length
+
+    keras.utils.set_random_seed(4)
+    long_model = GPT(vocab_size=50, max_length=160, num_layers=2, num_heads=2,
+                     hidden_dim=16, intermediate_dim=32)
+    long_model(tf.zeros([1, 160], tf.int32))
+    assert cache_length(5 + 15, 160) == 64 and cache_length(150, 160) == 160
+    prompt = np.array([[3, 1, 4, 1, 5]], np.int32)
+    generator = Generator(long_model)
+    np.testing.assert_array_equal(
+        generator.generate(prompt, 15), naive_greedy(long_model, prompt, 15))
+    sampled = generator.generate(prompt, 15, sampler="top_p", top_p=0.9, seed=11)
+    full_cache = generate_ids(long_model, prompt, 15, sampler="top_p", top_p=0.9,
+                              seed=tf.constant([11, 0], tf.int64))  # a 160-slot cache
+    np.testing.assert_array_equal(sampled, full_cache.numpy())

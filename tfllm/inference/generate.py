@@ -3,7 +3,7 @@
 One loop serves every caller: `generate_ids` prefills the prompt once with
 `model.call_with_cache(prompt, cache, 0)`, then decodes one position per step
 inside `tf.while_loop`, carrying a static-shape cache (`model.init_cache`) and a
-static-width token buffer `[B, max_length]`. Because nothing in the loop has a
+static-width token buffer `[B, cache length]`. Because nothing in the loop has a
 data-dependent shape, the same code runs eagerly, traced into a `tf.function`
 with a dynamic prompt length and a tensor `max_new_tokens` (what a SavedModel
 export needs), and under XLA.
@@ -61,9 +61,19 @@ def fit_prompt(
     return prompt[..., -keep:], max_new_tokens
 
 
-def _prefill(model: keras.Model, prompt_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+CACHE_BUCKET = 64  # cache lengths are rounded up to this, bounding XLA recompiles
+
+
+def cache_length(needed: int, max_length: int) -> int:
+    """The KV-cache length for `needed` positions: a multiple of CACHE_BUCKET."""
+    return min(max_length, -(-needed // CACHE_BUCKET) * CACHE_BUCKET)
+
+
+def _prefill(
+    model: keras.Model, prompt_ids: tf.Tensor, length: int | None = None
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Run the whole prompt once; return the last position's logits and cache."""
-    cache = model.init_cache(tf.shape(prompt_ids)[0])
+    cache = model.init_cache(tf.shape(prompt_ids)[0], length)
     logits, cache = model.call_with_cache(prompt_ids, cache, tf.constant(0, tf.int32))
     return logits[:, -1, :], cache
 
@@ -90,7 +100,7 @@ def _decode_loop(
     every row has produced `eos_id`.
     """
     batch = tf.shape(logits)[0]
-    width = model.max_length
+    width = cache.shape[3] if cache.shape[3] is not None else model.max_length
     pad = 0 if eos_id is None else eos_id
     slots = tf.range(width, dtype=tf.int32)[tf.newaxis, :]
 
@@ -186,10 +196,7 @@ class Generator:
     def __init__(self, model: keras.Model, use_xla: bool = True) -> None:
         self.model = model
         self.use_xla = use_xla
-        self._prefill = tf.function(
-            lambda ids: _prefill(model, ids),
-            input_signature=[tf.TensorSpec([None, None], tf.int32)],
-        )
+        self._prefills: dict[int, Callable[..., tuple[tf.Tensor, tf.Tensor]]] = {}
         self._decoders: dict[tuple[str, int | None], Callable[..., tf.Tensor]] = {}
 
     def _decoder(self, sampler: str, eos_id: int | None) -> Callable[..., tf.Tensor]:
@@ -228,7 +235,15 @@ class Generator:
         prompt, max_new_tokens = fit_prompt(
             np.atleast_2d(prompt), max_new_tokens, self.model.max_length
         )
-        logits, cache = self._prefill(tf.constant(prompt))
+        # Size the cache to what this call needs (bucketed): decode cost per step
+        # grows with the cache length, and a full-context cache is mostly zeros.
+        length = cache_length(prompt.shape[1] + max_new_tokens, self.model.max_length)
+        if length not in self._prefills:
+            self._prefills[length] = tf.function(
+                lambda ids, n=length: _prefill(self.model, ids, n),
+                input_signature=[tf.TensorSpec([None, None], tf.int32)],
+            )
+        logits, cache = self._prefills[length](tf.constant(prompt))
         buffer = self._decoder(sampler, eos_id)(
             logits,
             cache,

@@ -136,13 +136,19 @@ class GPT(keras.Model):
             x = block(x, training=training)
         return self._logits(x)
 
-    def init_cache(self, batch_size: int | tf.Tensor) -> tf.Tensor:
-        """An all-zero KV cache `[B, num_layers, 2, max_length, heads, head_dim]`."""
+    def init_cache(self, batch_size: int | tf.Tensor, length: int | None = None) -> tf.Tensor:
+        """An all-zero KV cache `[B, num_layers, 2, length, heads, head_dim]`.
+
+        `length` defaults to the whole context; a generator that knows it needs
+        only prompt + new tokens passes less, and every decode step then reads
+        (and attends over) a proportionally smaller cache.
+        """
+        length = self.max_length if length is None else length
         shape = [
             batch_size,
             self.num_layers,
             2,
-            self.max_length,
+            length,
             self.num_heads,
             self.head_dim,
         ]

@@ -1,0 +1,207 @@
+"""Runs the requested benchmarks and collects one flat-ish result dict.
+
+Headline numbers sit at the top level (`train_tokens_per_second`, `mfu`,
+`decode_tokens_per_second`, the keras-hub numbers and the ratios) so scripts
+can read them without knowing the layout; per-side details are nested.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from dataclasses import dataclass
+
+import keras
+import keras_hub
+import ml_collections
+import tensorflow as tf
+
+from tfllm.benchmark.decode_bench import DecodeBench, random_prompt
+from tfllm.benchmark.peak import measure_peak_gflops
+from tfllm.benchmark.stats import summarize_seconds
+from tfllm.benchmark.timing import Timed, interleave
+from tfllm.benchmark.train_bench import TrainBench, build_ours
+
+# The issue's targets ("Training and decoding speed").
+TARGET_TRAIN_SPEEDUP = 1.3
+TARGET_MFU = 0.5
+TARGET_DECODE_SPEEDUP = 2.0
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What the command line chose."""
+
+    mode: str  # "train", "decode" or "all"
+    peer: str  # "none" or "keras_hub"
+    steps: int  # timed train steps per repeat
+    warmup: int  # discarded train steps / generate calls per side
+    repeats: int  # interleaved rounds
+    decode_batch: int
+    decode_prompt_len: int
+    decode_new_tokens: int
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name, for telling result files of different machines apart."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, object]:
+    """Machine and library versions: a speed number means nothing without them."""
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "keras_hub": keras_hub.__version__,
+        "load_average_1m_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _train(
+    config: ml_collections.ConfigDict, settings: BenchSettings, peak_gflops: float
+) -> dict[str, object]:
+    ours = TrainBench("ours", build_ours(config), config)
+    seq_len = int(config.model.max_length)
+    flops_per_token = ours.model.flops_per_token(seq_len)
+    sides: list[TrainBench] = [ours]
+    if settings.peer == "keras_hub":
+        from tfllm.benchmark.peer import build_train_model
+
+        sides.append(TrainBench("keras_hub", build_train_model(config), config))
+    seconds = interleave(sides, settings.warmup, settings.repeats, settings.steps)
+
+    def side_result(side: TrainBench) -> dict[str, object]:
+        stats = summarize_seconds(seconds[side.name], side.tokens_per_step, "train")
+        tps = stats.pop("train_tokens_per_second")
+        renamed = {k.replace("train_time", "step_time"): v for k, v in stats.items()}
+        return {
+            "train_tokens_per_second": tps,
+            "mfu": tps * flops_per_token / (peak_gflops * 1e9),
+            "num_params": int(side.model.count_params()),
+            **renamed,
+        }
+
+    result: dict[str, object] = {
+        "train_tokens_per_step": ours.tokens_per_step,
+        "flops_per_token": int(flops_per_token),
+        **side_result(ours),
+    }
+    if len(sides) > 1:
+        peer = side_result(sides[1])
+        result["keras_hub_train"] = peer
+        result["keras_hub_train_tokens_per_second"] = peer["train_tokens_per_second"]
+        result["keras_hub_mfu"] = peer["mfu"]
+        result["train_speedup_vs_keras_hub"] = (
+            result["train_tokens_per_second"] / peer["train_tokens_per_second"]
+        )
+    return result
+
+
+def _decode(config: ml_collections.ConfigDict, settings: BenchSettings) -> dict[str, object]:
+    prompt = random_prompt(
+        settings.decode_batch, settings.decode_prompt_len, int(config.tokenizer.vocab_size)
+    )
+    new = settings.decode_new_tokens
+    sides: list[Timed] = [DecodeBench("ours", build_ours(config), prompt, new)]
+    if settings.peer == "keras_hub":
+        from tfllm.benchmark.peer import KerasHubDecodeBench
+
+        # keras-hub as configured by default, and with XLA forced on: the
+        # ratio against the faster of the two is the one that counts.
+        sides.append(KerasHubDecodeBench("keras_hub", config, prompt, new))
+        sides.append(KerasHubDecodeBench("keras_hub_xla", config, prompt, new, jit_compile=True))
+    seconds = interleave(sides, max(1, settings.warmup), settings.repeats, 1)
+    work = settings.decode_batch * new
+
+    def side_result(name: str) -> dict[str, float]:
+        stats = summarize_seconds(seconds[name], work, "decode")
+        return {
+            "decode_tokens_per_second": stats["decode_tokens_per_second"],
+            "decode_seconds_median": stats["decode_time_median_s"],
+            "decode_seconds_p10": stats["decode_time_p10_s"],
+            "decode_seconds_p90": stats["decode_time_p90_s"],
+            "decode_ms_per_step_median": 1e3 * stats["decode_time_median_s"] / new,
+            "decode_samples": stats["decode_samples"],
+        }
+
+    result: dict[str, object] = {
+        "decode_batch": settings.decode_batch,
+        "decode_prompt_len": settings.decode_prompt_len,
+        "decode_new_tokens": new,
+        **side_result("ours"),
+    }
+    if settings.peer == "keras_hub":
+        default, xla = side_result("keras_hub"), side_result("keras_hub_xla")
+        default["jit_compile"] = sides[1].jit_compile  # type: ignore[attr-defined]
+        xla["jit_compile"] = sides[2].jit_compile  # type: ignore[attr-defined]
+        ours_tps = result["decode_tokens_per_second"]
+        result["keras_hub_decode"] = default
+        result["keras_hub_xla_decode"] = xla
+        result["keras_hub_decode_tokens_per_second"] = default["decode_tokens_per_second"]
+        result["keras_hub_xla_decode_tokens_per_second"] = xla["decode_tokens_per_second"]
+        result["decode_speedup_vs_keras_hub"] = ours_tps / default["decode_tokens_per_second"]
+        result["decode_speedup_vs_keras_hub_xla"] = ours_tps / xla["decode_tokens_per_second"]
+    return result
+
+
+def _targets(result: dict[str, object]) -> dict[str, bool]:
+    """Which of the issue's targets this run met (only those it measured)."""
+    met: dict[str, bool] = {}
+    if "mfu" in result:
+        met[f"mfu_ge_{TARGET_MFU}"] = float(result["mfu"]) >= TARGET_MFU
+    if "train_speedup_vs_keras_hub" in result:
+        met[f"train_speedup_ge_{TARGET_TRAIN_SPEEDUP}"] = (
+            float(result["train_speedup_vs_keras_hub"]) >= TARGET_TRAIN_SPEEDUP
+        )
+    if "decode_speedup_vs_keras_hub" in result:
+        for key in ("decode_speedup_vs_keras_hub", "decode_speedup_vs_keras_hub_xla"):
+            met[f"{key}_ge_{TARGET_DECODE_SPEEDUP}"] = float(result[key]) >= TARGET_DECODE_SPEEDUP
+    return met
+
+
+def run_benchmark(config: ml_collections.ConfigDict, settings: BenchSettings) -> dict[str, object]:
+    """Measures the peak, then the requested benchmarks; returns the result dict."""
+    result: dict[str, object] = {
+        "mode": settings.mode,
+        "peer": settings.peer,
+        "steps": settings.steps,
+        "warmup": settings.warmup,
+        "repeats": settings.repeats,
+        "model": {
+            "vocab_size": int(config.tokenizer.vocab_size),
+            "max_length": int(config.model.max_length),
+            "num_layers": int(config.model.num_layers),
+            "num_heads": int(config.model.num_heads),
+            "hidden_dim": int(config.model.hidden_dim),
+            "intermediate_dim": int(config.model.intermediate_dim),
+            "dropout": float(config.model.dropout),
+            "batch_size": int(config.train.batch_size),
+            "precision": str(config.runtime.precision),
+            "jit_compile_train": bool(config.runtime.jit_compile),
+        },
+        "environment": environment(),
+    }
+    peak = measure_peak_gflops()
+    result["peak_gflops"] = peak
+    if settings.mode in ("train", "all"):
+        result.update(_train(config, settings, peak))
+    if settings.mode in ("decode", "all"):
+        result.update(_decode(config, settings))
+    # Peak again at the end: a large drift means the machine's load changed.
+    result["peak_gflops_end"] = measure_peak_gflops()
+    result["targets_met"] = _targets(result)
+    return result

@@ -1,0 +1,38 @@
+"""Interleaved timing of competing implementations.
+
+Running A's steps, then B's, lets a burst of load from another process land
+on one side only; alternating A, B, A, B ... in rounds spreads machine noise
+over both, so their ratio stays meaningful on a shared machine.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Timed(Protocol):
+    """One benchmarked implementation: `run_once` does one unit of work."""
+
+    name: str
+
+    def run_once(self) -> float:
+        """Runs one step (train step or generate call); returns its wall seconds."""
+        ...
+
+
+def interleave(
+    sides: list[Timed], warmup: int, repeats: int, per_repeat: int
+) -> dict[str, list[float]]:
+    """Warm every side up, then `repeats` rounds of `per_repeat` timed runs each.
+
+    Warm-up runs (tracing, XLA compilation, first-touch allocation) are
+    discarded. Returns each side's timed seconds, keyed by `name`.
+    """
+    for side in sides:
+        for _ in range(warmup):
+            side.run_once()
+    seconds: dict[str, list[float]] = {side.name: [] for side in sides}
+    for _ in range(repeats):
+        for side in sides:
+            seconds[side.name].extend(side.run_once() for _ in range(per_repeat))
+    return seconds

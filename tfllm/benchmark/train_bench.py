@@ -1,0 +1,103 @@
+"""Training-step speed: forward, sparse CE, gradients and `optimizer.apply`.
+
+The step mirrors `tfllm.training.trainer` on the default strategy (one
+replica, no gradient accumulation): the same loss function, the same global
+norm clipping, the same optional XLA for forward/backward, one `tf.function`
+per step. The same step code drives the keras-hub peer, so a speed difference
+comes from the models, not from the loop around them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import keras
+import ml_collections
+import tensorflow as tf
+
+from tfllm.models import build_model
+from tfllm.training.trainer import token_cross_entropy
+
+
+def random_tokens(batch: int, length: int, vocab_size: int, seed: int) -> tf.Tensor:
+    """Deterministic random ids `[batch, length]`: speed does not depend on the text."""
+    return tf.random.stateless_uniform(
+        [batch, length], seed=(seed, 0), minval=0, maxval=vocab_size, dtype=tf.int32
+    )
+
+
+def make_optimizer(train: ml_collections.ConfigDict) -> keras.optimizers.Optimizer:
+    """Keras AdamW with the config's hyper-parameters and a constant learning rate.
+
+    A schedule would add a few scalar ops per step; both sides get the same
+    optimizer so that it cancels out of the comparison anyway.
+    """
+    return keras.optimizers.AdamW(
+        learning_rate=float(train.learning_rate),
+        weight_decay=float(train.weight_decay),
+        beta_1=float(train.beta_1),
+        beta_2=float(train.beta_2),
+    )
+
+
+def make_train_step(
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    clip_norm: float,
+    jit_compile: bool,
+) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """One training step as a `tf.function`, built as the trainer builds it."""
+
+    def forward_backward(inputs: tf.Tensor, targets: tf.Tensor) -> tuple:
+        with tf.GradientTape() as tape:
+            logits = model(inputs, training=True)
+            loss = tf.reduce_mean(token_cross_entropy(targets, logits))
+        return loss, tape.gradient(loss, model.trainable_variables)
+
+    if jit_compile:
+        forward_backward = tf.function(forward_backward, jit_compile=True)
+
+    @tf.function
+    def train_step(inputs: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+        loss, grads = forward_backward(inputs, targets)
+        if clip_norm > 0:
+            grads, _ = tf.clip_by_global_norm(grads, clip_norm)
+        optimizer.apply(grads, model.trainable_variables)
+        return loss
+
+    return train_step
+
+
+class TrainBench:
+    """Times single training steps of `model` on one fixed random batch."""
+
+    def __init__(self, name: str, model: keras.Model, config: ml_collections.ConfigDict) -> None:
+        self.name = name
+        self.model = model
+        batch = int(config.train.batch_size)
+        seq_len = int(config.model.max_length)
+        vocab = int(config.tokenizer.vocab_size)
+        self.tokens_per_step = batch * seq_len
+        # One fixed batch: the input pipeline is not what is being measured.
+        self.inputs = random_tokens(batch, seq_len, vocab, seed=1)
+        self.targets = random_tokens(batch, seq_len, vocab, seed=2)
+        self.optimizer = make_optimizer(config.train)
+        self.optimizer.build(model.trainable_variables)
+        self.step = make_train_step(
+            model,
+            self.optimizer,
+            float(config.train.grad_clip_norm),
+            bool(config.runtime.jit_compile),
+        )
+
+    def run_once(self) -> float:
+        """One step; `.numpy()` on the loss waits until the update has run."""
+        start = time.perf_counter()
+        self.step(self.inputs, self.targets).numpy()
+        return time.perf_counter() - start
+
+
+def build_ours(config: ml_collections.ConfigDict) -> keras.Model:
+    """Our GPT at the config's dimensions, variables created."""
+    return build_model(config.model, int(config.tokenizer.vocab_size))
