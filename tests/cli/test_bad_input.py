@@ -130,7 +130,7 @@ TABLE = [
     ("train", ["--config=configs/gpt_tiny.py", "--workdir={w}",
                "--config.runtime.strategy=parameter_server"], ["parameter_server"]),
     ("train", ["--config=configs/gpt_tiny.py", "--workdir={w}",
-               "--config.runtime.precision=mixed_float16"], ["mixed_float16"]),
+               "--config.train.grad_accum_steps=5"], ["config.train.grad_accum_steps"]),
     ("train", ["--config=configs/gpt_tiny.py", "--workdir={w}",
                "--config.runtime.strategy=multi_worker"], ["TF_CONFIG"]),
     ("train", ["--config=configs/gpt_tiny.py", "--workdir={w}", "--config.train.batch_size=3",
