@@ -45,13 +45,11 @@ class BenchSettings:
 
 def cpu_model() -> str:
     """The CPU's marketing name, for telling result files of different machines apart."""
-    try:
+    if os.path.isfile("/proc/cpuinfo"):  # Linux; elsewhere fall back to platform
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or platform.machine()
 
 
