@@ -26,6 +26,7 @@ setup(
         "ai-edge-litert>=2.3,<3",
         "numpy>=1.26",
         "matplotlib>=3.8",
+        "scikit-learn>=1.5,<2",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "hypothesis>=6.100"],

@@ -78,7 +78,12 @@ def run_cli(command: str, *args: str, timeout: int = 600, **kwargs) -> subproces
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     return subprocess.run(
         [sys.executable, "-m", f"tfllm.cli.{command}", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=str(REPO), env=env, **kwargs,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(REPO),
+        env=env,
+        **kwargs,
     )
 
 
@@ -91,8 +96,12 @@ def last_stderr_line(proc: subprocess.CompletedProcess) -> str:
 def trained_workdir(tmp_path_factory, corpus_file) -> str:
     """A tiny GPT trained by the real `tfllm-train` command (40 steps)."""
     workdir = str(tmp_path_factory.mktemp("trained") / "w")
-    proc = run_cli("train", "--config=configs/gpt_tiny.py", f"--workdir={workdir}",
-                   *tiny_overrides(corpus_file))
+    proc = run_cli(
+        "train",
+        "--config=configs/gpt_tiny.py",
+        f"--workdir={workdir}",
+        *tiny_overrides(corpus_file),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir
 
@@ -108,6 +117,110 @@ def build_trainer(config, workdir):
     splits = load_text_splits(config.data)
     tokenizer = ensure_tokenizer(config, str(workdir), splits.train)
     train_ids, eval_ids = lm_token_streams(config, tokenizer, splits)
-    return LMTrainer(config, str(workdir), strategy,
-                     build_model=lambda: build_model(config.model, tokenizer.vocab_size),
-                     train_ids=train_ids, eval_ids=eval_ids)
+    return LMTrainer(
+        config,
+        str(workdir),
+        strategy,
+        build_model=lambda: build_model(config.model, tokenizer.vocab_size),
+        train_ids=train_ids,
+        eval_ids=eval_ids,
+    )
+
+
+# ----------------------------------------------------------- classifiers
+TOPICS = {
+    "sport": ["goal", "match", "team", "score", "coach"],
+    "food": ["bread", "soup", "spice", "oven", "salad"],
+    "music": ["guitar", "song", "choir", "drum", "melody"],
+}
+FILLER = "the a of and it was very with this that then some more people day".split()
+
+
+def synthetic_rows(n: int, seed: int) -> list[tuple[str, str]]:
+    """Separable 3-class rows with string labels: each text holds 1-2 words of its topic
+    among 4-30 shared filler words (so some rows are longer than a tiny max_length)."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(sorted(TOPICS))
+        words = [rng.choice(FILLER) for _ in range(rng.randint(4, 30))]
+        for _ in range(rng.randint(1, 2)):
+            words.insert(rng.randint(0, len(words)), rng.choice(TOPICS[label]))
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_tsv(path, rows, header=("text", "topic")) -> str:
+    lines = ["\t".join(header)] + [f"{t}\t{y}" for t, y in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def labelled_files(tmp_path_factory) -> dict[str, str]:
+    """train (900 rows) / eval (150) / test (150) TSVs of the synthetic topic task."""
+    root = tmp_path_factory.mktemp("labelled")
+    return {
+        split: write_tsv(root / f"{split}.tsv", synthetic_rows(n, seed))
+        for split, n, seed in (("train", 900, 0), ("eval", 150, 1), ("test", 150, 2))
+    }
+
+
+def classifier_overrides(files: dict[str, str], name: str, steps: int = 150) -> list[str]:
+    """Flags for a seconds-long classifier run on the synthetic topic task."""
+    return [
+        f"--config.model.name={name}",
+        f"--config.data.train_path={files['train']}",
+        f"--config.data.eval_path={files['eval']}",
+        f"--config.data.test_path={files['test']}",
+        "--config.data.format=tsv",
+        "--config.data.text_field=text",
+        "--config.data.label_field=topic",
+        "--config.tokenizer.vocab_size=400",  # every topic word becomes one piece
+        "--config.model.max_length=64",
+        "--config.model.num_layers=2",
+        "--config.model.num_heads=2",
+        "--config.model.hidden_dim=32",
+        "--config.model.intermediate_dim=64",
+        "--config.model.embedding_dim=32",
+        "--config.model.conv_filters=16",
+        "--config.model.dropout=0.0",
+        f"--config.train.num_steps={steps}",
+        "--config.train.batch_size=32",
+        "--config.train.learning_rate=0.005",
+        "--config.train.warmup_steps=10",
+        "--config.train.steps_per_loop=25",
+        "--config.train.eval_every=75",
+        "--config.train.checkpoint_every=75",
+        "--config.train.eval_batches=0",
+    ]
+
+
+def classifier_config(files: dict[str, str], name: str, steps: int = 150):
+    """`classifier_overrides` as a validated ConfigDict, for in-process tests."""
+    from tfllm.config import base_config, validate
+
+    config = base_config()
+    for flag in classifier_overrides(files, name, steps):
+        key, value = flag.removeprefix("--config.").split("=", 1)
+        section, field = key.split(".")
+        old = config[section][field]
+        config[section][field] = type(old)(value) if not isinstance(old, str) else value
+    validate(config)
+    return config
+
+
+@pytest.fixture(scope="session")
+def trained_classifier(tmp_path_factory, labelled_files) -> str:
+    """A small CNN classifier trained by the real `tfllm-train` command."""
+    workdir = str(tmp_path_factory.mktemp("classifier") / "w")
+    proc = run_cli(
+        "train",
+        "--config=configs/cnn_sst2.py",
+        f"--workdir={workdir}",
+        *classifier_overrides(labelled_files, "cnn_classifier"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir

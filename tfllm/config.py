@@ -23,7 +23,11 @@ import ml_collections
 
 from tfllm.errors import ConfigError
 
-MODEL_NAMES = ("gpt",)
+MODEL_NAMES = ("gpt", "transformer_classifier", "cnn_classifier", "mlp_classifier")
+CLASSIFIER_NAMES = MODEL_NAMES[1:]
+POOLINGS = ("mean", "cls", "last")
+CNN_POOLINGS = ("global_max", "max_pool_flatten")
+CLASS_WEIGHTS = ("none", "balanced")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu", "parameter_server")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 OPTIMIZERS = ("sgd", "adam", "adamw", "adamax")
@@ -43,7 +47,8 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             dataset="shakespeare",  # bundled set used when train_path is empty
             train_path="",  # file, glob, or comma-separated list (.gz read transparently)
-            eval_path="",  # empty: hold out the last eval_fraction of the training tokens
+            eval_path="",  # empty: hold out eval_fraction of the training data
+            test_path="",  # optional held-out test file (classifiers: tfllm-evaluate --split=test)
             format="text",
             text_field="text",
             label_field="label",
@@ -68,6 +73,16 @@ def base_config() -> ml_collections.ConfigDict:
             hidden_dim=128,
             intermediate_dim=512,
             dropout=0.1,
+            # transformer_classifier
+            pooling="mean",  # mean | cls (the bos token) | last (last real token)
+            causal=False,  # keep the causal mask (e.g. when fine-tuning a GPT)
+            # cnn_classifier / mlp_classifier
+            embedding_dim=128,
+            conv_widths=[3, 4, 5],
+            conv_filters=100,
+            cnn_pooling="global_max",  # global_max (Kim 2014) | max_pool_flatten
+            pool_size=2,  # max_pool_flatten only
+            mlp_hidden_dims=[256, 256],
         )
     )
     config.train = ml_collections.ConfigDict(
@@ -96,6 +111,11 @@ def base_config() -> ml_collections.ConfigDict:
             max_checkpoints=3,
             seed=0,
             init_from="",  # a workdir whose checkpoint initialises the model
+            # classifiers fine-tuned from an LM (init_from)
+            freeze_blocks=0,  # keep the first N transformer blocks fixed
+            freeze_embeddings=False,
+            backbone_lr_scale=1.0,  # backbone learning rate = learning_rate * this
+            class_weights="none",  # none | balanced (weight ~ 1 / class frequency)
             sample_prompts=["ROMEO:", "To be, or not"],
             sample_tokens=48,
         )
@@ -154,6 +174,7 @@ _RULES: tuple[_Rule, ...] = (
     ),
     _Rule("data.train_path", str),
     _Rule("data.eval_path", str),
+    _Rule("data.test_path", str),
     _Rule("data.format", str, _one_of(DATA_FORMATS), f"one of {', '.join(DATA_FORMATS)}"),
     _Rule("data.text_field", str, bool, "a non-empty field name"),
     _Rule("data.label_field", str),
@@ -185,6 +206,24 @@ _RULES: tuple[_Rule, ...] = (
     _Rule("model.hidden_dim", int, _positive, "a positive integer"),
     _Rule("model.intermediate_dim", int, _positive, "a positive integer"),
     _Rule("model.dropout", (int, float), _fraction, "in [0, 1)"),
+    _Rule("model.pooling", str, _one_of(POOLINGS), f"one of {', '.join(POOLINGS)}"),
+    _Rule("model.causal", bool),
+    _Rule("model.embedding_dim", int, _positive, "a positive integer"),
+    _Rule(
+        "model.conv_widths",
+        (list, tuple),
+        lambda v: bool(v) and all(isinstance(w, int) and w > 0 for w in v),
+        "a non-empty list of positive integers",
+    ),
+    _Rule("model.conv_filters", int, _positive, "a positive integer"),
+    _Rule("model.cnn_pooling", str, _one_of(CNN_POOLINGS), f"one of {', '.join(CNN_POOLINGS)}"),
+    _Rule("model.pool_size", int, _positive, "a positive integer"),
+    _Rule(
+        "model.mlp_hidden_dims",
+        (list, tuple),
+        lambda v: all(isinstance(w, int) and w > 0 for w in v),
+        "a list of positive integers",
+    ),
     _Rule("train.num_steps", int, _positive, "a positive integer"),
     _Rule("train.batch_size", int, _positive, "a positive integer"),
     _Rule("train.optimizer", str, _one_of(OPTIMIZERS), f"one of {', '.join(OPTIMIZERS)}"),
@@ -214,6 +253,10 @@ _RULES: tuple[_Rule, ...] = (
     _Rule("train.max_checkpoints", int, _positive, "a positive integer"),
     _Rule("train.seed", int, _non_negative, "a non-negative integer"),
     _Rule("train.init_from", str),
+    _Rule("train.freeze_blocks", int, _non_negative, "a non-negative integer"),
+    _Rule("train.freeze_embeddings", bool),
+    _Rule("train.backbone_lr_scale", (int, float), lambda v: 0 < v <= 1, "in (0, 1]"),
+    _Rule("train.class_weights", str, _one_of(CLASS_WEIGHTS), f"one of {', '.join(CLASS_WEIGHTS)}"),
     _Rule("train.sample_tokens", int, _non_negative, "a non-negative integer"),
     _Rule("runtime.strategy", str, _one_of(STRATEGIES), f"one of {', '.join(STRATEGIES)}"),
     _Rule("runtime.logical_cpus", int, _non_negative, "a non-negative integer"),
@@ -292,6 +335,30 @@ def _validate_relations(config: ml_collections.ConfigDict) -> None:
             f"config.train.grad_accum_steps: {train.grad_accum_steps} does not divide "
             f"config.train.batch_size={train.batch_size}"
         )
+    if model.name in CLASSIFIER_NAMES:
+        if not data.label_field:
+            raise ConfigError(f"config.data.label_field: empty, but {model.name} needs labels")
+        if not data.train_path and data.dataset == "shakespeare":
+            raise ConfigError(
+                f"config.data.dataset: 'shakespeare' has no labels for {model.name} "
+                "(use 'sst2' or set config.data.train_path to a labelled tsv/csv/jsonl file)"
+            )
+        if data.train_path and data.format == "text":
+            raise ConfigError(
+                f"config.data.format: 'text' files have no labels for {model.name} "
+                "(use tsv, csv or jsonl)"
+            )
+        if model.name == "cnn_classifier" and model.cnn_pooling == "max_pool_flatten":
+            if len(model.conv_widths) != 1:
+                raise ConfigError(
+                    "config.model.conv_widths: cnn_pooling 'max_pool_flatten' uses one Conv1D, "
+                    f"give exactly one width, got {list(model.conv_widths)}"
+                )
+        if model.name == "transformer_classifier" and train.freeze_blocks > model.num_layers:
+            raise ConfigError(
+                f"config.train.freeze_blocks: {train.freeze_blocks} exceeds "
+                f"config.model.num_layers={model.num_layers}"
+            )
     if runtime.num_microbatches != 1:
         raise ConfigError(
             "config.runtime.num_microbatches: must be 1 (pipeline parallelism is not "

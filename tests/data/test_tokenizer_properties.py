@@ -18,8 +18,9 @@ def tokenizer() -> Tokenizer:
     return Tokenizer.train([text], vocab_size=384)
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(text=TEXT)
 def test_decode_encode_is_identity(tokenizer, text):
     ids = tokenizer.encode(text)

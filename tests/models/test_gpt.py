@@ -162,7 +162,7 @@ def test_build_model_builds_variables() -> None:
 
 
 def test_build_model_rejects_unknown_name_and_bad_heads() -> None:
-    with pytest.raises(ConfigError, match=r"unknown model 'x' \(available: gpt\)"):
+    with pytest.raises(ConfigError, match=r"unknown model 'x' \(available: gpt,"):
         build_model(model_config(name="x"), vocab_size=50)
     with pytest.raises(ConfigError, match="divisible"):
         build_model(model_config(num_heads=3), vocab_size=50)

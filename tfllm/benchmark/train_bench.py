@@ -17,7 +17,7 @@ import ml_collections
 import tensorflow as tf
 
 from tfllm.models import build_model
-from tfllm.training.trainer import token_cross_entropy
+from tfllm.training.tasks import token_cross_entropy
 
 
 def random_tokens(batch: int, length: int, vocab_size: int, seed: int) -> tf.Tensor:

@@ -1,10 +1,16 @@
-"""tfllm-evaluate: loss and perplexity of a trained LM on a split or a file.
+"""tfllm-evaluate: metrics of a trained model on a split or a file.
 
   tfllm-evaluate --workdir=runs/tiny [--split=eval|train] [--data=FILE --format=text]
+  tfllm-evaluate --workdir=runs/cnn [--split=eval|train|test] [--data=FILE --format=tsv]
 
-Updates `W/metrics.json`: `eval_loss`/`perplexity` for the eval split,
-`train_split_loss`/`train_split_perplexity` for train, `data_loss`/
-`data_perplexity` for --data.
+Language models: loss and perplexity. Updates `W/metrics.json`: `eval_loss`/
+`perplexity` for the eval split, `train_split_loss`/`train_split_perplexity`
+for train, `data_loss`/`data_perplexity` for --data.
+
+Classifiers: accuracy, macro/micro precision/recall/F1, per-class scores,
+confusion matrix (also as `W/confusion_matrix[_<split>].png`), ROC-AUC and log
+loss. The eval split's numbers go to the top level of `metrics.json` (the keys
+`tfllm-train` writes); other splits under `train_split`, `test_split`, `data`.
 """
 
 from __future__ import annotations
@@ -19,11 +25,16 @@ FLAGS = flags.FLAGS
 common.define_workdir_flag()
 common.define_debug_flag()
 flags.adopt_module_key_flags(common)  # --helpshort lists --workdir and --debug too
-flags.DEFINE_enum("split", "eval", ["eval", "train"], "Which split of the run's data.")
+flags.DEFINE_enum(
+    "split", "eval", ["eval", "train", "test"], "Which split of the run's data (test: classifiers)."
+)
 flags.DEFINE_string("data", "", "Evaluate on this file instead (glob or comma list allowed).")
-flags.DEFINE_enum("format", "text", ["text", "tsv", "csv", "jsonl"], "Format of --data.")
-flags.DEFINE_string("text_field", "text", "Text column/field of --data (tsv/csv/jsonl).")
-flags.DEFINE_integer("batch_size", 16, "Windows per batch.")
+flags.DEFINE_enum(
+    "format", None, ["text", "tsv", "csv", "jsonl"], "Format of --data (default: the run's)."
+)
+flags.DEFINE_string("text_field", None, "Text column/field of --data (default: the run's).")
+flags.DEFINE_string("label_field", None, "Label column/field of --data (default: the run's).")
+flags.DEFINE_integer("batch_size", 16, "Windows (LM) or examples (classifier) per batch.")
 flags.DEFINE_integer("max_batches", 0, "Stop after this many batches (0 = all).")
 
 
@@ -35,17 +46,27 @@ def main(argv) -> None:
         common.fail(f"--max_batches: must be ≥ 0, got {FLAGS.max_batches}")
     from tfllm.data.corpus import read_documents
     from tfllm.data.lm_data import tokenize_documents
-    from tfllm.data.sources import bad_row_policy, lm_token_streams, load_text_splits
+    from tfllm.data.sources import bad_row_policy, data_fields, lm_token_streams, load_text_splits
     from tfllm.evaluation.metrics import lm_loss_and_perplexity
     from tfllm.inference.loading import load_trained
     from tfllm.utils.io import atomic_write_json, read_json
 
     trained = load_trained(FLAGS.workdir)
+    if trained.is_classifier:
+        _evaluate_classifier(trained)
+        return
     config, tokenizer = trained.config, trained.tokenizer
+    if FLAGS.split == "test":
+        common.fail("--split=test: language models have train and eval splits (or use --data)")
     if FLAGS.data:
         policy = bad_row_policy(config.data)  # the run's on_bad_row / max_row_chars
+        fmt, text_field, _ = data_fields(config.data)
         docs = read_documents(
-            FLAGS.data, FLAGS.format, FLAGS.text_field, what="--data", **policy
+            FLAGS.data,
+            FLAGS.format or fmt,
+            FLAGS.text_field or text_field,
+            what="--data",
+            **policy,
         ).texts
         ids, prefix = tokenize_documents(tokenizer, docs), "data_"
     else:
@@ -76,6 +97,82 @@ def main(argv) -> None:
             ("tokens", result["tokens"]),
             ("loss", result["loss"]),
             ("perplexity", result["perplexity"]),
+            ("metrics", path),
+        ],
+    )
+
+
+def _evaluate_classifier(trained) -> None:
+    """The full classification report on a split or --data; updates metrics.json."""
+    from tfllm.data.classification_data import encode_split, load_labelled_splits
+    from tfllm.data.corpus import read_documents
+    from tfllm.data.sources import bad_row_policy, data_fields
+    from tfllm.evaluation.classification import format_metrics_table
+    from tfllm.evaluation.classifier_eval import evaluate_encoded
+    from tfllm.utils.io import atomic_write_json, read_json
+
+    config = trained.config
+    if FLAGS.data:
+        fmt, text_field, label_field = data_fields(config.data)
+        fmt = FLAGS.format or fmt
+        if fmt == "text":
+            common.fail("--format: 'text' files have no labels; use tsv, csv or jsonl")
+        corpus = read_documents(
+            FLAGS.data,
+            fmt,
+            FLAGS.text_field or text_field,
+            FLAGS.label_field or label_field,
+            what="--data",
+            **bad_row_policy(config.data),
+        )
+        name, key = FLAGS.data, "data"
+    else:
+        splits = load_labelled_splits(config.data)
+        corpus = {"eval": splits.eval, "train": splits.train, "test": splits.test}[FLAGS.split]
+        if corpus is None:
+            common.fail(
+                f"--split={FLAGS.split}: this run has no {FLAGS.split} split "
+                + (
+                    "(set config.data.test_path)"
+                    if FLAGS.split == "test"
+                    else "(config.data.eval_fraction=0 and no eval_path)"
+                )
+            )
+        name, key = FLAGS.split, FLAGS.split
+    max_length = int(config.model.max_length)
+    split = encode_split(
+        trained.tokenizer, corpus, trained.labels, max_length, "--data" if FLAGS.data else key
+    )
+    png = os.path.join(
+        FLAGS.workdir, "confusion_matrix.png" if key == "eval" else f"confusion_matrix_{key}.png"
+    )
+    metrics = evaluate_encoded(
+        trained.model,
+        split,
+        trained.labels,
+        batch_size=FLAGS.batch_size,
+        max_length=max_length,
+        png_path=png,
+        title=f"Confusion matrix: {name}",
+    )
+    path = os.path.join(FLAGS.workdir, "metrics.json")
+    with common.workdir_lock(FLAGS.workdir, config):  # a training run may be updating it
+        saved = read_json(path)
+        if key == "eval":
+            saved.update({("eval_loss" if k == "log_loss" else k): v for k, v in metrics.items()})
+        else:
+            saved[f"{key}_split" if key != "data" else "data"] = {"source": name, **metrics}
+        atomic_write_json(path, saved)
+    print(format_metrics_table(metrics), flush=True)
+    common.print_summary(
+        "tfllm-evaluate",
+        [
+            ("checkpoint", trained.checkpoint),
+            ("split", name),
+            ("examples", len(split)),
+            ("accuracy", metrics["accuracy"]),
+            ("macro_f1", metrics["macro_f1"]),
+            ("confusion_matrix", png),
             ("metrics", path),
         ],
     )

@@ -1,10 +1,12 @@
-"""tfllm-export: write a verified SavedModel (raw strings in, text out).
+"""tfllm-export: write a verified SavedModel (raw strings in; text or labels out).
 
   tfllm-export --workdir=runs/tiny --format=saved_model
 
-The artifact is built in a temp dir, reloaded, and its greedy output compared
-with the Keras model's on `config.export.verify_prompts`; only a match is
-renamed into `W/export/saved_model/` (with `verification.json`).
+The artifact is built in a temp dir, reloaded, and compared with the Keras
+model: an LM's greedy output on `config.export.verify_prompts` must be
+identical; a classifier's labels and probabilities on up to
+`--verify_examples` eval rows must match. Only then is it renamed into
+`W/export/saved_model/` (with `verification.json`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ flags.DEFINE_integer(
 )
 
 
+flags.DEFINE_integer("verify_examples", 256, "Classifiers: eval rows the artifact is verified on.")
+
+
 def main(argv) -> None:
     del argv
     from tfllm.export.saved_model import export_saved_model
@@ -39,7 +44,12 @@ def main(argv) -> None:
 
     if FLAGS.max_new_tokens is not None and not 1 <= FLAGS.max_new_tokens <= 100_000:
         common.fail(f"--max_new_tokens: must be in [1, 100000], got {FLAGS.max_new_tokens}")
+    if not 1 <= FLAGS.verify_examples <= 100_000:
+        common.fail(f"--verify_examples: must be in [1, 100000], got {FLAGS.verify_examples}")
     trained = load_trained(FLAGS.workdir)
+    if trained.is_classifier:
+        _export_classifier(trained)
+        return
     max_new = FLAGS.max_new_tokens or int(trained.config.export.max_new_tokens)
     prompts = list(trained.config.export.verify_prompts)
     target = os.path.join(FLAGS.workdir, "export", "saved_model")
@@ -61,6 +71,42 @@ def main(argv) -> None:
             ("verified", f"{len(prompts)} prompts, greedy output identical to Keras"),
             ("size_bytes", record["size_bytes"]),
             ("signatures", ", ".join(record["signatures"])),
+            ("verification", os.path.join(target, "verification.json")),
+        ],
+    )
+
+
+def _export_classifier(trained) -> None:
+    from tfllm.data.classification_data import load_labelled_splits
+    from tfllm.export.classifier_saved_model import export_classifier_saved_model
+
+    splits = load_labelled_splits(trained.config.data)
+    rows = splits.eval if splits.eval is not None else splits.train
+    texts = rows.texts[: FLAGS.verify_examples]
+    labels = trained.labels.encode(rows.labels[: FLAGS.verify_examples], rows.sources)
+    target = os.path.join(FLAGS.workdir, "export", "saved_model")
+    with common.workdir_lock(FLAGS.workdir, trained.config):
+        record = export_classifier_saved_model(
+            trained.model,
+            trained.tokenizer,
+            trained.labels,
+            target,
+            verify_texts=texts,
+            verify_labels=labels,
+        )
+    common.print_summary(
+        "tfllm-export",
+        [
+            ("saved_model", target),
+            ("checkpoint", trained.checkpoint),
+            (
+                "verified",
+                f"{record['examples']} rows, labels identical, max |Δp| "
+                f"{record['max_abs_diff']:.2g}",
+            ),
+            ("accuracy", record.get("accuracy")),
+            ("classes", ", ".join(trained.labels.names)),
+            ("size_bytes", record["size_bytes"]),
             ("verification", os.path.join(target, "verification.json")),
         ],
     )

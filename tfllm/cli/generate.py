@@ -69,6 +69,11 @@ def _generate_keras() -> list[str]:
 
     keras.utils.set_random_seed(FLAGS.seed)  # before the tokenizer exists (DESIGN §2)
     trained = load_trained(FLAGS.workdir)
+    if trained.is_classifier:
+        common.fail(
+            f"--workdir: {FLAGS.workdir} holds a {trained.config.model.name}, which classifies "
+            "text rather than generating it (use tfllm-evaluate or the exported SavedModel)"
+        )
     generator = Generator(trained.model)
     return [
         generate_text(

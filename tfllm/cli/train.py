@@ -2,6 +2,7 @@
 
   tfllm-train --config=configs/gpt_tiny.py --workdir=runs/tiny \
       [--config.data.train_path=corpus.txt --config.data.format=text]
+  tfllm-train --config=configs/cnn_sst2.py --workdir=runs/cnn      # a classifier
 
 Re-running the same command resumes from the last checkpoint.
 """
@@ -28,12 +29,13 @@ def main(argv) -> None:
     del argv
     config = common.resolve_config(FLAGS.config, FLAGS.workdir)
     common.setup_runtime(config)
-    from tfllm.training.run import train_lm
+    from tfllm.training.run import train
 
     with common.workdir_lock(FLAGS.workdir, config):
-        metrics = train_lm(config, FLAGS.workdir)
+        metrics = train(config, FLAGS.workdir)
     rows = [("workdir", FLAGS.workdir), ("step", metrics.get("step"))]
-    for key in ("loss", "eval_loss", "perplexity", "tokens_per_second"):
+    keys = ("loss", "eval_loss", "perplexity", "accuracy", "macro_f1", "roc_auc")
+    for key in (*keys, "tokens_per_second", "examples_per_second"):
         if key in metrics:
             rows.append((key, metrics[key]))
     rows += [

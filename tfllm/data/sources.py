@@ -37,6 +37,13 @@ class TextSplits:
     train_source: str
 
 
+def data_fields(data: ml_collections.ConfigDict) -> tuple[str, str, str]:
+    """(format, text field, label field) of the run's data: the bundled set's, or the config's."""
+    if data.train_path or data.dataset not in _BUNDLED_FORMAT:
+        return data.format, data.text_field, data.label_field
+    return _BUNDLED_FORMAT[data.dataset]
+
+
 def bad_row_policy(data: ml_collections.ConfigDict) -> dict[str, Any]:
     """`read_documents` keyword arguments from `config.data`.
 

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm.data.lm_data import eval_dataset
-from tfllm.training.trainer import token_cross_entropy
+from tfllm.training.tasks import token_cross_entropy
 
 
 def lm_loss_and_perplexity(

@@ -117,7 +117,7 @@ def build_archive(
     return archive
 
 
-def _dir_size(path: str) -> int:
+def dir_size(path: str) -> int:
     return sum(
         os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files
     )
@@ -162,7 +162,7 @@ def export_saved_model(
             "saved_model": exported,
             "match": not mismatches,
             "max_new_tokens": max_new_tokens,
-            "size_bytes": _dir_size(str(tmp)),
+            "size_bytes": dir_size(str(tmp)),
             "signatures": sorted(loaded.signatures.keys()),
             "seconds": round(time.time() - started, 2),
             "versions": versions(),

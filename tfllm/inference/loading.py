@@ -9,7 +9,8 @@ import keras
 import ml_collections
 import tensorflow as tf
 
-from tfllm.config import load_workdir_config
+from tfllm.config import CLASSIFIER_NAMES, load_workdir_config
+from tfllm.data.labels import LabelVocab
 from tfllm.data.tokenizer import Tokenizer
 from tfllm.errors import WorkdirError
 
@@ -21,6 +22,11 @@ class TrainedModel:
     tokenizer: Tokenizer
     checkpoint: str
     step: int
+    labels: LabelVocab | None = None  # classifiers only
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.labels is not None
 
 
 def load_trained(workdir: str) -> TrainedModel:
@@ -42,7 +48,8 @@ def load_trained(workdir: str) -> TrainedModel:
     if not latest:
         raise WorkdirError(f"--workdir: {workdir} has no checkpoint (run tfllm-train first)")
     tokenizer = Tokenizer.load(tokenizer_dir)
-    model = build_model(config.model, tokenizer.vocab_size)
+    labels = LabelVocab.load(workdir) if config.model.name in CLASSIFIER_NAMES else None
+    model = build_model(config.model, tokenizer.vocab_size, labels and labels.num_classes)
     status = tf.train.Checkpoint(model=model).restore(latest).expect_partial()
     try:
         status.assert_existing_objects_matched()
@@ -51,4 +58,4 @@ def load_trained(workdir: str) -> TrainedModel:
             f"{latest}: checkpoint does not match the model in config.json ({str(e)[:120]})"
         ) from None
     step = int(latest.rsplit("-", 1)[-1]) if latest.rsplit("-", 1)[-1].isdigit() else -1
-    return TrainedModel(config, model, tokenizer, latest, step)
+    return TrainedModel(config, model, tokenizer, latest, step, labels)

@@ -1,6 +1,7 @@
 """`tfllm-train` as a library call: config → tokenizer → data → trained checkpoint.
 
-The CLI and the pipeline both call `train_lm`, so there is one code path.
+The CLI and the pipeline both call `train` (which picks `train_lm` or
+`train_classifier` from `config.model.name`), so there is one code path.
 """
 
 from __future__ import annotations
@@ -8,8 +9,9 @@ from __future__ import annotations
 import os
 
 import ml_collections
+import numpy as np
 
-from tfllm.config import config_to_json, load_workdir_config
+from tfllm.config import CLASSIFIER_NAMES, config_to_json, load_workdir_config
 from tfllm.errors import ConfigError
 from tfllm.utils.io import atomic_write_json, atomic_write_text
 
@@ -88,6 +90,144 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     metrics = trainer.train()
     metrics["train_tokens"] = int(len(train_ids))
+    if is_chief(strategy):
+        atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
+    return metrics
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains whatever `config.model.name` names."""
+    if config.model.name in CLASSIFIER_NAMES:
+        return train_classifier(config, workdir)
+    return train_lm(config, workdir)
+
+
+# Architecture keys a fine-tuned transformer_classifier takes from its LM.
+_BACKBONE_KEYS = ("num_layers", "num_heads", "hidden_dim", "intermediate_dim")
+
+
+def adopt_backbone_architecture(config: ml_collections.ConfigDict) -> None:
+    """With `train.init_from`, the classifier's backbone shape is the LM's.
+
+    Like keras-hub's `from_preset`, the pretrained model decides its own
+    architecture; a recipe need not repeat it. A longer context than the LM
+    learned positions for is an error.
+    """
+    init_from = config.train.init_from
+    if not init_from or config.model.name != "transformer_classifier":
+        if init_from and config.model.name in CLASSIFIER_NAMES:
+            raise ConfigError(
+                f"config.train.init_from: only transformer_classifier can be initialised from "
+                f"an LM, not {config.model.name}"
+            )
+        return
+    lm = load_workdir_config(init_from)
+    if lm.model.name != "gpt":
+        raise ConfigError(
+            f"config.train.init_from: {init_from} holds a {lm.model.name!r} model, not a 'gpt' LM"
+        )
+    changed = []
+    for key in _BACKBONE_KEYS:
+        if config.model[key] != lm.model[key]:
+            changed.append(f"{key} {config.model[key]}→{lm.model[key]}")
+            config.model[key] = lm.model[key]
+    if config.model.max_length > lm.model.max_length:
+        raise ConfigError(
+            f"config.model.max_length: {config.model.max_length} exceeds the "
+            f"{lm.model.max_length} positions of the LM in {init_from}"
+        )
+    if config.train.freeze_blocks > config.model.num_layers:
+        raise ConfigError(
+            f"config.train.freeze_blocks: {config.train.freeze_blocks} exceeds the LM's "
+            f"{config.model.num_layers} blocks"
+        )
+    if changed:
+        print(f"Backbone architecture from {init_from}: {', '.join(changed)}", flush=True)
+
+
+def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (or resumes) a text classifier on labelled rows."""
+    from tfllm.data.classification_data import (
+        class_weights,
+        encode_split,
+        load_labelled_splits,
+    )
+    from tfllm.data.labels import LABELS_FILE, LabelVocab
+    from tfllm.data.sources import ensure_tokenizer
+    from tfllm.evaluation.classifier_eval import evaluate_encoded
+    from tfllm.models import build_model
+    from tfllm.training.strategy import create_strategy, is_chief
+    from tfllm.training.tasks import ClassificationTask
+    from tfllm.training.trainer import Trainer, check_batch_divisible
+
+    adopt_backbone_architecture(config)
+    _check_resume_compatible(config, workdir)
+    os.makedirs(workdir, exist_ok=True)
+    strategy = create_strategy(config.runtime)
+    check_batch_divisible(config, strategy)
+    splits = load_labelled_splits(config.data)
+    if os.path.isfile(os.path.join(workdir, LABELS_FILE)):
+        vocab = LabelVocab.load(workdir)  # resuming: class ids must not move
+    else:
+        vocab = LabelVocab.learn(splits.train.labels, what=splits.train_source)
+    tokenizer = ensure_tokenizer(config, workdir, splits.train.texts)
+    max_length = int(config.model.max_length)
+    train_split = encode_split(tokenizer, splits.train, vocab, max_length, splits.train_source)
+    eval_split = (
+        encode_split(tokenizer, splits.eval, vocab, max_length, splits.eval_source)
+        if splits.eval is not None
+        else None
+    )
+    per_class = np.bincount(train_split.labels, minlength=vocab.num_classes)
+    counts = ", ".join(f"{name} {n}" for name, n in zip(vocab.names, per_class, strict=True))
+    print(
+        f"Data: {len(train_split):,} training examples from {splits.train_source} ({counts}), "
+        f"{0 if eval_split is None else len(eval_split):,} eval examples"
+        f"{f' ({splits.eval_source})' if eval_split is not None else ''}; "
+        f"mean length {train_split.mean_length:.1f} tokens; vocab {tokenizer.vocab_size}; "
+        f"strategy {config.runtime.strategy} ({strategy.num_replicas_in_sync} replica(s))",
+        flush=True,
+    )
+    if is_chief(strategy):
+        vocab.save(workdir)
+        atomic_write_text(os.path.join(workdir, "config.json"), config_to_json(config))
+
+    weights = None
+    if config.train.class_weights == "balanced":
+        weights = class_weights(train_split.labels, vocab.num_classes)
+    static_shapes = bool(config.runtime.jit_compile) or config.runtime.strategy == "tpu"
+    task = ClassificationTask(
+        train_split,
+        eval_split,
+        vocab.num_classes,
+        max_length,
+        weights=weights,
+        static_shapes=static_shapes,
+        eval_batches=int(config.train.eval_batches),
+    )
+
+    def build() -> object:
+        model = build_model(config.model, tokenizer.vocab_size, vocab.num_classes)
+        if hasattr(model, "freeze_backbone"):
+            model.freeze_backbone(
+                int(config.train.freeze_blocks), bool(config.train.freeze_embeddings)
+            )
+        return model
+
+    trainer = Trainer(config, workdir, strategy, build_model=build, task=task)
+    metrics = trainer.train()
+    metrics["train_examples"] = len(train_split)
+    if eval_split is not None:
+        # The full report (per class, confusion matrix, ROC-AUC) once, at the end.
+        full = evaluate_encoded(
+            trainer.model,
+            eval_split,
+            vocab,
+            batch_size=int(config.train.batch_size),
+            max_length=max_length,
+            png_path=os.path.join(workdir, "confusion_matrix.png") if is_chief(strategy) else None,
+        )
+        metrics.update({("eval_loss" if k == "log_loss" else k): v for k, v in full.items()})
     if is_chief(strategy):
         atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     return metrics

@@ -1,11 +1,13 @@
-"""The one custom distributed training loop (DESIGN §2).
+"""The one custom distributed training loop (DESIGN §2), for every task.
 
 Keras 3 `fit` does not run under MultiWorkerMirrored or ParameterServer, so
-every strategy goes through this loop: a `tf.function` that runs
+every strategy and every model (LM or classifier) goes through this loop: a `tf.function` that runs
 `steps_per_loop` steps of `strategy.run(replica_step)` (Orbit-style inner loop,
 so TPUs stay fed and Python overhead is paid once per loop), periodic eval,
 checkpoints with automatic resume, TensorBoard summaries, and atomic
-`metrics.json`. Losses, metrics, optimizers and schedules are Keras'.
+`metrics.json`. Losses, metrics, optimizers and schedules are Keras'. What
+differs between an LM and a classifier (data, loss, eval metrics) lives in a
+`Task` (`tfllm.training.tasks`); the loop itself does not know which it runs.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfllm.data.lm_data import make_lm_dataset
 from tfllm.errors import ConfigError, TfllmError
 from tfllm.training.optim import create_optimizer
 from tfllm.training.strategy import is_chief
+from tfllm.training.tasks import LMTask, Task
 from tfllm.utils.io import atomic_write_json, read_json
 
 
@@ -53,12 +55,14 @@ class LoopStats:
     grad_norm: float
     learning_rate: float
     tokens_per_second: float
+    examples_per_second: float
 
 
 @dataclass
 class TrainState:
     history: list[dict] = field(default_factory=list)
     tokens_per_second: list[float] = field(default_factory=list)
+    examples_per_second: list[float] = field(default_factory=list)
 
 
 def check_batch_divisible(
@@ -77,13 +81,6 @@ def check_batch_divisible(
             f"config.train.grad_accum_steps: {config.train.grad_accum_steps} does not divide "
             f"the per-replica batch {per_replica} ({replicas} replicas)"
         )
-
-
-def token_cross_entropy(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-    """Per-token cross entropy [B, T] in float32 (Keras' loss, logits input)."""
-    return keras.losses.sparse_categorical_crossentropy(
-        targets, tf.cast(logits, tf.float32), from_logits=True
-    )
 
 
 class _StopSignal:
@@ -115,15 +112,15 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
-class LMTrainer:
-    """Trains a causal LM on token windows under any tf.distribute strategy.
+class Trainer:
+    """Trains the model a `Task` describes under any tf.distribute strategy.
 
     Args:
       config: the validated run config.
       workdir: where checkpoints/, tensorboard/, metrics.json go.
       strategy: from `tfllm.training.strategy.create_strategy`.
       build_model: builds the Keras model (called under the strategy scope).
-      train_ids / eval_ids: token streams (int32 1-D arrays).
+      task: data, loss and eval metrics of the task (`tfllm.training.tasks`).
       sample_fn: optional `(model, step) -> list[str]` for text samples at eval.
     """
 
@@ -133,25 +130,27 @@ class LMTrainer:
         workdir: str,
         strategy: tf.distribute.Strategy,
         build_model: Callable[[], keras.Model],
-        train_ids: np.ndarray,
-        eval_ids: np.ndarray | None,
+        task: Task,
         sample_fn: Callable[[keras.Model, int], list[str]] | None = None,
     ) -> None:
         self.config = config
         self.workdir = workdir
         self.strategy = strategy
-        self.train_ids = train_ids
-        self.eval_ids = eval_ids
+        self.task = task
         self.sample_fn = sample_fn
         self.chief = is_chief(strategy)
-        self.seq_len = int(config.model.max_length)
         self.global_batch = int(config.train.batch_size)
         check_batch_divisible(config, strategy)
         with strategy.scope():
             self.model = build_model()
-            self.optimizer = create_optimizer(config.train, self.model, config.runtime.precision)
-            self.optimizer.build(self.model.trainable_variables)
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
+            self.param_groups = self._create_optimizers()
+            for optimizer, variables in self.param_groups:
+                optimizer.build(variables)
+        self.optimizer = self.param_groups[0][0]  # its iteration count is the step
+        objects = {"model": self.model, "optimizer": self.optimizer}
+        if len(self.param_groups) > 1:
+            objects["backbone_optimizer"] = self.param_groups[1][0]
+        self.checkpoint = tf.train.Checkpoint(**objects)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint,
             self._checkpoint_dir(),
@@ -159,7 +158,38 @@ class LMTrainer:
             step_counter=self.optimizer.iterations,
         )
         self._train_loop = self._make_train_loop()
-        self._eval_step = self._make_eval_step()
+
+    def _create_optimizers(self) -> list[tuple[keras.optimizers.Optimizer, list]]:
+        """One (optimizer, variables) group, or two when the backbone learns slower.
+
+        Keras optimizers have one learning rate, and Adam-style updates ignore a
+        constant gradient scale, so a lower backbone rate (ULMFiT's
+        discriminative fine-tuning) needs its own optimizer over the backbone's
+        variables with a scaled schedule.
+        """
+        train = self.config.train
+        precision = self.config.runtime.precision
+        variables = list(self.model.trainable_variables)
+        scale = float(train.get("backbone_lr_scale", 1.0))
+        backbone = getattr(self.model, "backbone_layers", None)
+        if scale == 1.0 or backbone is None:
+            return [(create_optimizer(train, self.model, precision), variables)]
+        if precision == "mixed_float16":
+            raise ConfigError(
+                "config.train.backbone_lr_scale: a separate backbone learning rate needs one "
+                "loss scale per optimizer; use precision mixed_bfloat16 or float32 with it"
+            )
+        backbone_ids = {id(v) for layer in backbone() for v in layer.trainable_variables}
+        head = [v for v in variables if id(v) not in backbone_ids]
+        body = [v for v in variables if id(v) in backbone_ids]
+        if not body:  # everything in the backbone is frozen
+            return [(create_optimizer(train, self.model, precision), variables)]
+        scaled = ml_collections.ConfigDict(train.to_dict())
+        scaled.learning_rate = float(train.learning_rate) * scale
+        return [
+            (create_optimizer(train, self.model, precision), head),
+            (create_optimizer(scaled, self.model, precision), body),
+        ]
 
     # ----------------------------------------------------------------- setup
     def _checkpoint_dir(self) -> str:
@@ -193,42 +223,27 @@ class LMTrainer:
                 raise ConfigError(
                     f"config.train.init_from: no checkpoint in {init_from}/checkpoints"
                 )
-            tf.train.Checkpoint(model=self.model).restore(source).expect_partial()
-            print(f"Initialised model weights from {source}", flush=True)
+            message = self.task.initialize_from(self.model, init_from, source)
+            print(message, flush=True)
         return 0
 
     def _distributed_train_iterator(self, start_step: int):
         seed = int(self.config.train.seed) + start_step  # a resumed run sees fresh shuffles
 
         def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-            return make_lm_dataset(
-                self.train_ids,
-                self.seq_len,
-                ctx.get_per_replica_batch_size(self.global_batch),
-                shuffle=True,
-                repeat=True,
-                seed=seed,
-                input_context=ctx,
+            return self.task.train_dataset(
+                ctx.get_per_replica_batch_size(self.global_batch), seed, ctx
             )
 
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
-    def _distributed_eval_dataset(self):
-        def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-            return make_lm_dataset(
-                self.eval_ids,
-                self.seq_len,
-                ctx.get_per_replica_batch_size(self.global_batch),
-                shuffle=False,
-                repeat=False,
-                input_context=ctx,
-            )
-
-        return self.strategy.distribute_datasets_from_function(dataset_fn)
-
     # ------------------------------------------------------------- tf graphs
     def _make_train_loop(self):
-        model, optimizer, strategy = self.model, self.optimizer, self.strategy
+        model, optimizer, strategy, task = self.model, self.optimizer, self.strategy, self.task
+        groups = self.param_groups
+        # Where each group's variables sit in model.trainable_variables.
+        position = {id(v): i for i, v in enumerate(model.trainable_variables)}
+        group_index = [[position[id(v)] for v in variables] for _, variables in groups]
         global_batch = self.global_batch
         clip = float(self.config.train.grad_clip_norm)
         accum = int(self.config.train.grad_accum_steps)
@@ -236,15 +251,18 @@ class LMTrainer:
 
         def forward_backward(inputs, targets):
             with tf.GradientTape() as tape:
-                logits = model(inputs, training=True)
-                per_example = tf.reduce_mean(token_cross_entropy(targets, logits), axis=-1)
+                per_example = task.per_example_loss(model, inputs, targets, training=True)
                 # Scaled by the GLOBAL batch: summing over micro-batches and
                 # replicas then gives exactly the mean over the whole batch.
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
                 if model.losses:
                     loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
                 scaled = optimizer.scale_loss(loss) if loss_scaling else loss
-            return loss, tape.gradient(scaled, model.trainable_variables)
+            grads = tape.gradient(scaled, model.trainable_variables)
+            # Embedding lookups give sparse IndexedSlices gradients; densify them so
+            # accumulation, all-reduce, clipping and scaling treat every variable alike
+            # (the tables here are small; a dense all-reduce is also simpler to fuse).
+            return loss, [tf.convert_to_tensor(g) for g in grads]
 
         if self.config.runtime.jit_compile:
             forward_backward = tf.function(forward_backward, jit_compile=True)
@@ -254,8 +272,8 @@ class LMTrainer:
             big batch, with 1/accum of the activation memory."""
             if accum == 1:
                 return forward_backward(inputs, targets)
-            micro_inputs = tf.reshape(inputs, [accum, -1, tf.shape(inputs)[-1]])
-            micro_targets = tf.reshape(targets, [accum, -1, tf.shape(targets)[-1]])
+            micro_inputs = _split_batch(inputs, accum)
+            micro_targets = _split_batch(targets, accum)
             loss = tf.constant(0.0)
             grads = [tf.zeros(v.shape, v.dtype) for v in model.trainable_variables]
             for i in tf.range(accum):
@@ -278,7 +296,8 @@ class LMTrainer:
             # Keras 3's TF optimizer sums the gradients over replicas again inside
             # `apply`; pre-dividing by the replica count makes that sum the identity.
             share = 1.0 / ctx.num_replicas_in_sync
-            optimizer.apply([g * share for g in grads], model.trainable_variables)
+            for (group_optimizer, variables), index in zip(groups, group_index, strict=True):
+                group_optimizer.apply([grads[i] * share for i in index], variables)
             return loss, scaled_norm / scale
 
         @tf.function
@@ -294,40 +313,10 @@ class LMTrainer:
 
         return train_loop
 
-    def _make_eval_step(self):
-        model, strategy = self.model, self.strategy
-
-        def replica_eval(inputs, targets):
-            ce = token_cross_entropy(targets, model(inputs, training=False))
-            return tf.reduce_sum(ce), tf.cast(tf.size(ce), tf.float32)
-
-        @tf.function
-        def eval_step(inputs, targets):
-            total, count = strategy.run(replica_eval, args=(inputs, targets))
-            return (
-                strategy.reduce(tf.distribute.ReduceOp.SUM, total, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, count, axis=None),
-            )
-
-        return eval_step
-
     # ------------------------------------------------------------- the loop
     def evaluate(self) -> dict[str, float]:
-        """Mean token loss and perplexity on the eval stream."""
-        if self.eval_ids is None:
-            return {}
-        limit = int(self.config.train.eval_batches)
-        total, count = 0.0, 0.0
-        for i, (inputs, targets) in enumerate(self._distributed_eval_dataset()):
-            if limit and i >= limit:
-                break
-            batch_total, batch_count = self._eval_step(inputs, targets)
-            total += float(batch_total)
-            count += float(batch_count)
-        if count == 0:
-            raise ConfigError("config.data: the eval split is smaller than one batch")
-        loss = total / count
-        return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+        """The task's eval metrics (at least `eval_loss`); {} without an eval split."""
+        return self.task.evaluate(self.model, self.strategy, self.global_batch)
 
     def _learning_rate(self) -> float:
         lr = self.optimizer.learning_rate
@@ -357,10 +346,10 @@ class LMTrainer:
         writer = self._summary_writer("train")
         eval_writer = self._summary_writer("eval")
         iterator = self._distributed_train_iterator(start)
-        progress = self._progress = _Progress(total_steps, start)
+        progress = self._progress = _Progress(total_steps, start, self.task.throughput_unit)
         last_eval: dict[str, float] = {}
         stats = None
-        tokens_per_step = self.global_batch * self.seq_len
+        tokens_per_step = self.global_batch * self.task.tokens_per_example
         started = time.time()
         with _StopSignal() as stop:
             while self.step < total_steps:
@@ -389,8 +378,10 @@ class LMTrainer:
                     float(norm),
                     self._learning_rate(),
                     n * tokens_per_step / elapsed,
+                    n * self.global_batch / elapsed,
                 )
                 state.tokens_per_second.append(stats.tokens_per_second)
+                state.examples_per_second.append(stats.examples_per_second)
                 self._write_train_summaries(writer, stats)
                 progress.update(stats)
                 record = {
@@ -399,6 +390,7 @@ class LMTrainer:
                     "grad_norm": stats.grad_norm,
                     "learning_rate": stats.learning_rate,
                     "tokens_per_second": stats.tokens_per_second,
+                    "examples_per_second": stats.examples_per_second,
                 }
                 at_end = self.step >= total_steps
                 if at_end or self.step % int(cfg.eval_every) == 0:
@@ -430,10 +422,12 @@ class LMTrainer:
     def _write_train_summaries(self, writer, stats: LoopStats) -> None:
         with writer.as_default(step=stats.step):
             tf.summary.scalar("loss", stats.loss)
-            tf.summary.scalar("perplexity", math.exp(min(stats.loss, 50.0)))
+            for name, value in self.task.train_scalars(stats.loss).items():
+                tf.summary.scalar(name, value)
             tf.summary.scalar("learning_rate", stats.learning_rate)
             tf.summary.scalar("grad_norm", stats.grad_norm)
             tf.summary.scalar("tokens_per_second", stats.tokens_per_second)
+            tf.summary.scalar("examples_per_second", stats.examples_per_second)
         writer.flush()
 
     def _write_eval_summaries(self, writer, results: dict[str, float]) -> None:
@@ -446,10 +440,7 @@ class LMTrainer:
                 tf.summary.text("samples", text)
         writer.flush()
         if results:
-            self._progress.note(
-                f"step {self.step}: eval loss {results['eval_loss']:.4f}, "
-                f"perplexity {results['perplexity']:.2f}"
-            )
+            self._progress.note(f"step {self.step}: {self.task.describe(results)}")
 
     def _final_metrics(
         self, state: TrainState, last_eval: dict, stats: LoopStats | None, wall: float
@@ -472,6 +463,8 @@ class LMTrainer:
             # The first loop of a process includes tracing; leave it out when we can.
             steady = state.tokens_per_second[1:] or state.tokens_per_second
             metrics["tokens_per_second"] = statistics.median(steady)
+            steady = state.examples_per_second[1:] or state.examples_per_second
+            metrics["examples_per_second"] = statistics.median(steady)
         metrics.update(last_eval)
         return metrics
 
@@ -523,11 +516,13 @@ class _Progress:
     """Keras' Progbar on a terminal; one plain line per loop in logs and pipes
     (Progbar's in-place redraw turns into one unreadable line there)."""
 
-    def __init__(self, total_steps: int, start: int) -> None:
+    def __init__(self, total_steps: int, start: int, unit: str = "tokens") -> None:
         self.total = total_steps
+        self.unit = unit
+        self.short = "tok/s" if unit == "tokens" else "ex/s"
         self.bar = None
         if sys.stdout.isatty():
-            self.bar = keras.utils.Progbar(total_steps, stateful_metrics=["loss", "tok/s", "lr"])
+            self.bar = keras.utils.Progbar(total_steps, stateful_metrics=["loss", self.short, "lr"])
             self.bar.update(start)
 
     def note(self, message: str) -> None:
@@ -535,12 +530,13 @@ class _Progress:
         print(("\n" if self.bar is not None else "") + message, flush=True)
 
     def update(self, stats: LoopStats) -> None:
+        rate = stats.tokens_per_second if self.unit == "tokens" else stats.examples_per_second
         if self.bar is not None:
             self.bar.update(
                 stats.step,
                 values=[
                     ("loss", stats.loss),
-                    ("tok/s", round(stats.tokens_per_second)),
+                    (self.short, round(rate)),
                     ("lr", stats.learning_rate),
                 ],
             )
@@ -548,11 +544,39 @@ class _Progress:
         print(
             f"step {stats.step}/{self.total}  loss {stats.loss:.4f}  "
             f"grad_norm {stats.grad_norm:.3f}  lr {stats.learning_rate:.3g}  "
-            f"{stats.tokens_per_second:,.0f} tokens/s",
+            f"{rate:,.0f} {self.unit}/s",
             flush=True,
         )
+
+
+def _split_batch(batch: tf.Tensor, parts: int) -> tf.Tensor:
+    """[B, ...] -> [parts, B / parts, ...] for gradient accumulation."""
+    shape = tf.shape(batch)
+    return tf.reshape(batch, tf.concat([[parts, shape[0] // parts], shape[1:]], axis=0))
 
 
 def _to_boundary(step: int, every: int) -> int:
     """Steps from `step` to the next multiple of `every`."""
     return every - step % every
+
+
+class LMTrainer(Trainer):
+    """A `Trainer` on an `LMTask` (token windows, next-token loss, perplexity)."""
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        workdir: str,
+        strategy: tf.distribute.Strategy,
+        build_model: Callable[[], keras.Model],
+        train_ids: np.ndarray,
+        eval_ids: np.ndarray | None,
+        sample_fn: Callable[[keras.Model, int], list[str]] | None = None,
+    ) -> None:
+        task = LMTask(
+            train_ids,
+            eval_ids,
+            int(config.model.max_length),
+            eval_batches=int(config.train.eval_batches),
+        )
+        super().__init__(config, workdir, strategy, build_model, task, sample_fn)

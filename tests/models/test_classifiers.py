@@ -1,0 +1,374 @@
+"""Tests for the text classifiers: one harness run over every family, then per-family checks.
+
+The shared contract: int `[B, T]` ids with 0 as right padding and bos (2) at
+position 0 -> float32 `[B, num_classes]` logits, independent of how much
+padding follows a row, finite even for an all-padding row, config and
+checkpoint round trips, and enough capacity to learn a trivially separable
+task with plain `compile` + `fit`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import keras
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfllm.errors import ConfigError
+from tfllm.models import (
+    AVAILABLE,
+    CNNClassifier,
+    MLPClassifier,
+    TransformerClassifier,
+    build_model,
+)
+from tfllm.models.gpt import GPT
+
+VOCAB = 30
+CLASSES = 3
+MAX_LENGTH = 40
+BOS = 2
+
+TINY_TRANSFORMER = dict(num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32)
+
+FAMILIES: dict[str, Callable[..., keras.Model]] = {
+    "transformer": lambda **kw: TransformerClassifier(
+        VOCAB, CLASSES, MAX_LENGTH, **{**TINY_TRANSFORMER, "dropout": 0.0, **kw}
+    ),
+    "cnn": lambda **kw: CNNClassifier(
+        VOCAB, CLASSES, MAX_LENGTH, **{"embedding_dim": 16, "conv_filters": 8, **kw}
+    ),
+    "cnn_flatten": lambda **kw: CNNClassifier(
+        VOCAB,
+        CLASSES,
+        MAX_LENGTH,
+        **{
+            "embedding_dim": 16,
+            "conv_widths": [3],
+            "conv_filters": 8,
+            "pooling": "max_pool_flatten",
+            **kw,
+        },
+    ),
+    "mlp": lambda **kw: MLPClassifier(
+        VOCAB, CLASSES, MAX_LENGTH, **{"embedding_dim": 16, "hidden_dims": [32, 32], **kw}
+    ),
+}
+
+
+def make(family: str, seed: int = 1, **overrides: object) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    model = FAMILIES[family](**overrides)
+    model(tf.zeros([1, MAX_LENGTH], tf.int32))
+    return model
+
+
+def rows(lengths: list[int], length: int, seed: int = 0) -> np.ndarray:
+    """bos + random real tokens (ids >= 3), right-padded with 0 to `length`."""
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((len(lengths), length), np.int32)
+    for i, n in enumerate(lengths):
+        ids[i, 0] = BOS
+        ids[i, 1:n] = rng.integers(3, VOCAB, n - 1)
+    return ids
+
+
+@pytest.fixture
+def mixed_bfloat16() -> Iterator[None]:
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+families = pytest.mark.parametrize("family", list(FAMILIES))
+
+
+@families
+def test_output_shape_and_dtype(family: str) -> None:
+    model = make(family)
+    logits = model(tf.constant(rows([3, 9], 9)))
+    assert logits.shape == (2, CLASSES) and logits.dtype == tf.float32
+    assert (model.num_classes, model.max_length, model.vocab_size) == (CLASSES, MAX_LENGTH, VOCAB)
+
+
+@families
+def test_mixed_precision_logits_are_float32(family: str, mixed_bfloat16: None) -> None:
+    model = make(family)
+    assert model.compute_dtype == "bfloat16"
+    logits = model(tf.constant(rows([3, 9], 9)), training=True)
+    assert logits.dtype == tf.float32
+    assert np.isfinite(logits.numpy()).all()
+
+
+@families
+def test_config_round_trip_gives_identical_logits(family: str, tmp_path: object) -> None:
+    model = make(family)
+    config = model.get_config()
+    clone = type(model).from_config(config)
+    assert clone.get_config() == config
+    clone(tf.zeros([1, MAX_LENGTH], tf.int32))
+    clone.set_weights(model.get_weights())
+    ids = tf.constant(rows([2, 5, 12], 12))
+    np.testing.assert_array_equal(model(ids).numpy(), clone(ids).numpy())
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    assert isinstance(restored, type(model)) and restored.get_config() == config
+    path = f"{tmp_path}/model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(model(ids).numpy(), loaded(ids).numpy(), atol=1e-6)
+
+
+@families
+def test_logits_do_not_depend_on_padding(family: str) -> None:
+    model = make(family)
+    ids = rows([1, 2, 4, 10], 10)
+    wide = np.pad(ids, [[0, 0], [0, MAX_LENGTH - 10]])
+    base = model(tf.constant(ids)).numpy()
+    np.testing.assert_allclose(model(tf.constant(wide)).numpy(), base, atol=1e-5)
+    # Rows shorter than the widest convolution, in a batch padded only to them.
+    short = rows([1, 2], 2)
+    np.testing.assert_allclose(
+        model(tf.constant(short)).numpy(),
+        model(tf.constant(np.pad(short, [[0, 0], [0, 30]]))).numpy(),
+        atol=1e-5,
+    )
+    # The traced graph with a dynamic length (as in training and the SavedModel).
+    traced = tf.function(model, input_signature=[tf.TensorSpec([None, None], tf.int32)])
+    np.testing.assert_allclose(traced(tf.constant(ids)).numpy(), base, atol=1e-5)
+    np.testing.assert_allclose(traced(tf.constant(wide)).numpy(), base, atol=1e-5)
+
+
+@families
+def test_all_padding_row_gives_finite_logits(family: str) -> None:
+    model = make(family)
+    ids = np.zeros((2, MAX_LENGTH), np.int32)
+    ids[1, :4] = [BOS, 5, 6, 7]
+    assert np.isfinite(model(tf.constant(ids)).numpy()).all()
+    assert np.isfinite(model(tf.zeros([1, 1], tf.int32)).numpy()).all()
+
+
+def marker_task(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random rows holding one marker token (5, 6 or 7); the class is which."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, 17, n)
+    ids = rows(list(lengths), 16, seed=seed)
+    ids[ids == 5] = 8
+    ids[ids == 6] = 9
+    ids[ids == 7] = 10
+    labels = rng.integers(0, CLASSES, n)
+    ids[np.arange(n), rng.integers(1, lengths)] = 5 + labels
+    return ids, labels.astype(np.int32)
+
+
+@families
+def test_learns_a_separable_task(family: str) -> None:
+    model = make(family)
+    x, y = marker_task(1536, seed=0)
+    x_test, y_test = marker_task(256, seed=1)
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(x, y, batch_size=32, epochs=4, verbose=0)
+    accuracy = np.mean(model.predict(x_test, verbose=0).argmax(-1) == y_test)
+    assert accuracy > 0.95, accuracy
+
+
+@families
+def test_checkpoint_restores_every_variable(family: str, tmp_path: object) -> None:
+    model = make(family, seed=1)
+    path = tf.train.Checkpoint(model=model).write(f"{tmp_path}/ckpt")
+    other = make(family, seed=2)
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(model.get_weights(), other.get_weights(), strict=True)
+    )
+    tf.train.Checkpoint(model=other).read(path).assert_existing_objects_matched()
+    for a, b in zip(model.weights, other.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    saved = {name for name, _ in tf.train.list_variables(path) if name.startswith("model/")}
+    assert len(saved) == len(model.weights)
+
+
+# ---- TransformerClassifier ---------------------------------------------------------------
+
+
+def tiny_lm(max_length: int = 64, **overrides: object) -> GPT:
+    keras.utils.set_random_seed(7)
+    lm = GPT(VOCAB, max_length, **{**TINY_TRANSFORMER, **overrides})
+    lm(tf.zeros([1, max_length], tf.int32))
+    return lm
+
+
+def test_load_backbone_from_gpt_copies_every_backbone_weight() -> None:
+    lm = tiny_lm()
+    model = make("transformer")
+    head = [w.numpy() for w in model.head.weights]
+    model.load_backbone_from(lm)
+    np.testing.assert_array_equal(
+        model.position_embedding.weights[0].numpy(),
+        lm.position_embedding.weights[0].numpy()[:MAX_LENGTH],
+    )
+    pairs = [(model.token_embedding, lm.token_embedding), (model.final_norm, lm.final_norm)]
+    pairs += list(zip(model.blocks, lm.blocks, strict=True))
+    copied = 1
+    for ours, theirs in pairs:
+        assert len(ours.weights) == len(theirs.weights) > 0
+        for a, b in zip(ours.weights, theirs.weights, strict=True):
+            np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+            copied += 1
+    assert copied == len(lm.weights)
+    for before, after in zip(head, model.head.weights, strict=True):
+        np.testing.assert_array_equal(before, after.numpy())
+    # The backbone layers are exactly those copied.
+    backbone = {id(w) for layer in model.backbone_layers() for w in layer.weights}
+    assert backbone == {id(w) for w in model.weights} - {id(w) for w in model.head.weights}
+
+
+@pytest.mark.parametrize(
+    ("lm_overrides", "message"),
+    [
+        (dict(hidden_dim=32), "hidden_dim differs: the classifier has 16, the LM has 32"),
+        (dict(num_layers=3), "num_layers differs: the classifier has 2, the LM has 3"),
+        (dict(intermediate_dim=64), "intermediate_dim differs"),
+        (dict(max_length=20), "max_length 40 exceeds the LM's 20"),
+    ],
+)
+def test_load_backbone_rejects_a_mismatching_lm(lm_overrides: dict, message: str) -> None:
+    lm = tiny_lm(**lm_overrides)
+    with pytest.raises(ValueError, match=message):
+        make("transformer").load_backbone_from(lm)
+
+
+def test_causal_attention_and_each_pooling_give_different_logits() -> None:
+    ids = tf.constant(rows([4, 9, 12], 12))
+    outputs = {}
+    for pooling in ("mean", "cls", "last"):
+        for causal in (False, True):
+            outputs[pooling, causal] = make("transformer", pooling=pooling, causal=causal)(ids)
+    keys = list(outputs)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1 :]:
+            if a[0] == "cls" and b[0] == "cls":
+                continue  # causal "cls" sees only the bos token: compared below
+            assert np.abs(outputs[a].numpy() - outputs[b].numpy()).max() > 1e-5, (a, b)
+    # Causal attention: position 0 attends only to itself, so "cls" cannot see the row.
+    cls_causal = outputs["cls", True].numpy()
+    np.testing.assert_allclose(cls_causal, np.broadcast_to(cls_causal[:1], cls_causal.shape))
+
+
+def test_freeze_backbone_makes_the_right_variables_non_trainable() -> None:
+    model = make("transformer")
+    model.freeze_backbone(1, embeddings=True)
+    trainable = {v.path for v in model.trainable_variables}
+    frozen = [model.token_embedding, model.position_embedding, model.block_0]
+    for layer in frozen:
+        assert not {w.path for w in layer.weights} & trainable, layer.name
+    for layer in (model.block_1, model.final_norm, model.head):
+        assert {w.path for w in layer.weights} <= trainable, layer.name
+    other = make("transformer")
+    other.freeze_backbone(2, embeddings=False)
+    assert other.token_embedding.trainable and not other.block_1.trainable
+    with pytest.raises(ValueError, match="num_blocks"):
+        other.freeze_backbone(3, embeddings=False)
+
+
+def test_transformer_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        make("transformer", pooling="max")
+    with pytest.raises(ValueError, match="divisible"):
+        make("transformer", num_heads=3)
+    with pytest.raises(ValueError, match="num_classes"):
+        TransformerClassifier(VOCAB, 1, MAX_LENGTH, **TINY_TRANSFORMER)
+
+
+# ---- CNNClassifier ------------------------------------------------------------------------
+
+
+def test_cnn_validates_its_arguments() -> None:
+    with pytest.raises(ValueError, match="exactly one width"):
+        make("cnn_flatten", conv_widths=[3, 4])
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        make("cnn", pooling="average")
+    with pytest.raises(ValueError, match="conv_filters must be a positive int"):
+        make("cnn", conv_filters=0)
+    with pytest.raises(ValueError, match="conv_widths"):
+        make("cnn", conv_widths=[3, -1])
+    with pytest.raises(ValueError, match="conv_widths"):
+        make("cnn", conv_widths=[])
+
+
+def test_cnn_flatten_head_sees_max_length_positions() -> None:
+    model = make("cnn_flatten", pool_size=4)
+    assert model.head.kernel.shape == (MAX_LENGTH // 4 * 8, CLASSES)
+    assert model(tf.constant(rows([3], 3))).shape == (1, CLASSES)
+
+
+# ---- build_model --------------------------------------------------------------------------
+
+
+def classifier_config(name: str, **overrides: object) -> ml_collections.ConfigDict:
+    config = dict(
+        name=name,
+        max_length=16,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        dropout=0.0,
+        pooling="last",
+        causal=True,
+        embedding_dim=8,
+        conv_widths=[2, 3],
+        conv_filters=4,
+        cnn_pooling="global_max",
+        pool_size=2,
+        mlp_hidden_dims=[8],
+    )
+    return ml_collections.ConfigDict({**config, **overrides})
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("transformer_classifier", TransformerClassifier),
+        ("cnn_classifier", CNNClassifier),
+        ("mlp_classifier", MLPClassifier),
+    ],
+)
+def test_build_model_builds_each_classifier(name: str, cls: type) -> None:
+    model = build_model(classifier_config(name), vocab_size=VOCAB, num_classes=4)
+    assert isinstance(model, cls) and model.built and model.count_params() > 0
+    assert (model.num_classes, model.max_length, model.vocab_size) == (4, 16, VOCAB)
+    with pytest.raises(ConfigError, match="num_classes >= 2"):
+        build_model(classifier_config(name), vocab_size=VOCAB)
+    with pytest.raises(ConfigError, match="num_classes >= 2"):
+        build_model(classifier_config(name), vocab_size=VOCAB, num_classes=1)
+
+
+def test_build_model_maps_config_keys_and_defaults() -> None:
+    transformer = build_model(classifier_config("transformer_classifier"), VOCAB, 2)
+    assert (transformer.pooling, transformer.causal, transformer.num_layers) == ("last", True, 1)
+    cnn = build_model(
+        classifier_config("cnn_classifier", cnn_pooling="max_pool_flatten", conv_widths=[3]),
+        VOCAB,
+        2,
+    )
+    assert (cnn.pooling, cnn.conv_widths, cnn.conv_filters) == ("max_pool_flatten", [3], 4)
+    assert build_model(classifier_config("mlp_classifier"), VOCAB, 2).hidden_dims == [8]
+    # An older config without the classifier keys gets the classes' defaults.
+    old = ml_collections.ConfigDict(dict(name="mlp_classifier", max_length=16, dropout=0.0))
+    assert build_model(old, VOCAB, 2).hidden_dims == [256, 256]
+    with pytest.raises(ConfigError, match="exactly one width"):
+        build_model(classifier_config("cnn_classifier", cnn_pooling="max_pool_flatten"), VOCAB, 2)
+
+
+def test_build_model_lists_every_model_for_an_unknown_name() -> None:
+    assert AVAILABLE == ("gpt", "transformer_classifier", "cnn_classifier", "mlp_classifier")
+    with pytest.raises(ConfigError, match="unknown model 'x'.*mlp_classifier"):
+        build_model(classifier_config("x"), vocab_size=VOCAB, num_classes=2)

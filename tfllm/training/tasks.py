@@ -1,0 +1,313 @@
+"""Tasks: what the one training loop needs to know about a model family.
+
+The loop in `trainer.py` (strategy, inner loops, clipping, checkpoints) is
+the same for every model; a task supplies the rest: its training batches, its
+per-example loss, its eval metrics and how to initialise from another
+workdir. `LMTask` trains next-token prediction on token windows;
+`ClassificationTask` trains a text classifier on labelled rows.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import weakref
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfllm.data.classification_data import EncodedSplit, make_classification_dataset
+from tfllm.data.lm_data import make_lm_dataset
+from tfllm.errors import ConfigError
+
+
+def token_cross_entropy(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Per-position cross entropy in float32 (Keras' loss, logits input)."""
+    return keras.losses.sparse_categorical_crossentropy(
+        targets, tf.cast(logits, tf.float32), from_logits=True
+    )
+
+
+class Task(abc.ABC):
+    """The task-specific half of training."""
+
+    throughput_unit = "tokens"  # what the progress line counts per second
+    tokens_per_example: float = 1.0  # for tokens/s: real tokens in one training example
+
+    @abc.abstractmethod
+    def train_dataset(
+        self, batch_size: int, seed: int, ctx: tf.distribute.InputContext | None
+    ) -> tf.data.Dataset:
+        """Endless, shuffled (inputs, targets) batches of `batch_size` for one input pipeline."""
+
+    @abc.abstractmethod
+    def per_example_loss(
+        self, model: keras.Model, inputs: tf.Tensor, targets: tf.Tensor, training: bool
+    ) -> tf.Tensor:
+        """Loss per example [b], float32; the loop averages it over the global batch."""
+
+    @abc.abstractmethod
+    def evaluate(
+        self, model: keras.Model, strategy: tf.distribute.Strategy, global_batch: int
+    ) -> dict[str, float]:
+        """Eval metrics with at least `eval_loss` (early stopping reads it); {} if no eval split."""
+
+    @abc.abstractmethod
+    def describe(self, results: dict[str, float]) -> str:
+        """One line for the progress log."""
+
+    def train_scalars(self, loss: float) -> dict[str, float]:
+        """Extra TensorBoard scalars derived from the training loss."""
+        del loss
+        return {}
+
+    def initialize_from(self, model: keras.Model, workdir: str, checkpoint: str) -> str:
+        """`train.init_from`: restores the model's weights from another run's checkpoint."""
+        del workdir
+        tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
+        return f"Initialised model weights from {checkpoint}"
+
+
+class LMTask(Task):
+    """Causal language modelling on one token stream cut into windows."""
+
+    def __init__(
+        self,
+        train_ids: np.ndarray,
+        eval_ids: np.ndarray | None,
+        seq_len: int,
+        eval_batches: int = 0,
+    ) -> None:
+        self.train_ids = train_ids
+        self.eval_ids = eval_ids
+        self.seq_len = seq_len
+        self.tokens_per_example = float(seq_len)
+        self.eval_batches = eval_batches
+        self._eval_steps: dict[int, tf.types.experimental.GenericFunction] = {}
+
+    def train_dataset(self, batch_size, seed, ctx):
+        return make_lm_dataset(
+            self.train_ids,
+            self.seq_len,
+            batch_size,
+            shuffle=True,
+            repeat=True,
+            seed=seed,
+            input_context=ctx,
+        )
+
+    def per_example_loss(self, model, inputs, targets, training):
+        logits = model(inputs, training=training)
+        return tf.reduce_mean(token_cross_entropy(targets, logits), axis=-1)
+
+    def _eval_step(self, model: keras.Model, strategy: tf.distribute.Strategy):
+        key = id(model)
+        if key not in self._eval_steps:
+
+            def replica_eval(inputs, targets):
+                ce = token_cross_entropy(targets, model(inputs, training=False))
+                return tf.reduce_sum(ce), tf.cast(tf.size(ce), tf.float32)
+
+            @tf.function
+            def eval_step(inputs, targets):
+                total, count = strategy.run(replica_eval, args=(inputs, targets))
+                return (
+                    strategy.reduce(tf.distribute.ReduceOp.SUM, total, axis=None),
+                    strategy.reduce(tf.distribute.ReduceOp.SUM, count, axis=None),
+                )
+
+            self._eval_steps[key] = eval_step
+        return self._eval_steps[key]
+
+    def evaluate(self, model, strategy, global_batch):
+        """Mean token loss and perplexity on the eval stream."""
+        if self.eval_ids is None:
+            return {}
+
+        def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+            return make_lm_dataset(
+                self.eval_ids,
+                self.seq_len,
+                ctx.get_per_replica_batch_size(global_batch),
+                shuffle=False,
+                repeat=False,
+                input_context=ctx,
+            )
+
+        step = self._eval_step(model, strategy)
+        total, count = 0.0, 0.0
+        for i, (inputs, targets) in enumerate(
+            strategy.distribute_datasets_from_function(dataset_fn)
+        ):
+            if self.eval_batches and i >= self.eval_batches:
+                break
+            batch_total, batch_count = step(inputs, targets)
+            total += float(batch_total)
+            count += float(batch_count)
+        if count == 0:
+            raise ConfigError("config.data: the eval split is smaller than one batch")
+        loss = total / count
+        return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+    def describe(self, results):
+        return f"eval loss {results['eval_loss']:.4f}, perplexity {results['perplexity']:.2f}"
+
+    def train_scalars(self, loss):
+        return {"perplexity": math.exp(min(loss, 50.0))}
+
+
+class ClassificationTask(Task):
+    """Text classification: softmax cross entropy, optionally class-weighted.
+
+    Eval runs the model outside `strategy.run` on every worker (the eval split
+    is small, and this needs no cross-replica reduction of predictions), so
+    all workers compute the same numbers.
+    """
+
+    throughput_unit = "examples"
+
+    def __init__(
+        self,
+        train: EncodedSplit,
+        evaluation: EncodedSplit | None,
+        num_classes: int,
+        max_length: int,
+        *,
+        weights: np.ndarray | None = None,
+        static_shapes: bool = False,
+        eval_batches: int = 0,
+    ) -> None:
+        self.train = train
+        self.eval = evaluation
+        self.num_classes = num_classes
+        self.max_length = max_length
+        self.weights = None if weights is None else tf.constant(weights, tf.float32)
+        self.static_shapes = static_shapes
+        self.eval_batches = eval_batches
+        self.tokens_per_example = train.mean_length
+
+    def train_dataset(self, batch_size, seed, ctx):
+        return make_classification_dataset(
+            self.train,
+            batch_size,
+            shuffle=True,
+            repeat=True,
+            seed=seed,
+            max_length=self.max_length,
+            static_shapes=self.static_shapes,
+            input_context=ctx,
+        )
+
+    def per_example_loss(self, model, inputs, targets, training):
+        logits = model(inputs, training=training)
+        loss = token_cross_entropy(targets, logits)
+        if self.weights is not None:
+            loss *= tf.gather(self.weights, targets)
+        return loss
+
+    def evaluate(self, model, strategy, global_batch):
+        del strategy
+        if self.eval is None:
+            return {}
+        probabilities = predict_probabilities(
+            model,
+            self.eval,
+            global_batch,
+            max_length=self.max_length,
+            static_shapes=self.static_shapes,
+            max_batches=self.eval_batches,
+        )
+        labels = self.eval.labels[: len(probabilities)]
+        return quick_classification_metrics(labels, probabilities, self.num_classes)
+
+    def describe(self, results):
+        return (
+            f"eval loss {results['eval_loss']:.4f}, accuracy {results['accuracy']:.4f}, "
+            f"macro F1 {results['macro_f1']:.4f}"
+        )
+
+    def initialize_from(self, model, workdir, checkpoint):
+        """Copies embeddings and blocks from a tfllm GPT workdir into the classifier."""
+        from tfllm.inference.loading import load_trained
+
+        if not hasattr(model, "load_backbone_from"):
+            raise ConfigError(
+                f"config.train.init_from: {type(model).__name__} has no transformer backbone to "
+                "initialise (use model.name=transformer_classifier)"
+            )
+        lm = load_trained(workdir)
+        if lm.config.model.name != "gpt":
+            raise ConfigError(
+                f"config.train.init_from: {workdir} holds a {lm.config.model.name!r} model; "
+                "a classifier is initialised from a 'gpt' language model"
+            )
+        try:
+            model.load_backbone_from(lm.model)
+        except ValueError as e:
+            raise ConfigError(f"config.train.init_from: {e}") from None
+        return f"Initialised the backbone from the LM in {workdir} ({lm.checkpoint})"
+
+
+def predict_probabilities(
+    model: keras.Model,
+    split: EncodedSplit,
+    batch_size: int,
+    *,
+    max_length: int,
+    static_shapes: bool = False,
+    max_batches: int = 0,
+) -> np.ndarray:
+    """Softmax probabilities [N, C] for a split, in order (no example dropped)."""
+    dataset = make_classification_dataset(
+        split,
+        batch_size,
+        shuffle=False,
+        repeat=False,
+        max_length=max_length,
+        static_shapes=static_shapes,
+        drop_remainder=False,
+    )
+
+    probabilities = _probability_fn(model)
+    parts = []
+    for i, (ids, _) in enumerate(dataset):
+        if max_batches and i >= max_batches:
+            break
+        parts.append(probabilities(ids).numpy())
+    return np.concatenate(parts, axis=0)
+
+
+_PROBABILITY_FNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _probability_fn(model: keras.Model):
+    """One traced softmax(model(ids)) per model, reused by every periodic eval."""
+    if model not in _PROBABILITY_FNS:
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)])
+        def probabilities(ids):
+            return tf.nn.softmax(tf.cast(model(ids, training=False), tf.float32), axis=-1)
+
+        _PROBABILITY_FNS[model] = probabilities
+    return _PROBABILITY_FNS[model]
+
+
+def quick_classification_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, num_classes: int
+) -> dict[str, float]:
+    """Loss, accuracy and macro F1, cheap enough for every periodic eval."""
+    eps = 1e-12
+    picked = probabilities[np.arange(len(labels)), labels]
+    predictions = probabilities.argmax(axis=-1)
+    f1s = []
+    for c in range(num_classes):
+        tp = float(np.sum((predictions == c) & (labels == c)))
+        fp = float(np.sum((predictions == c) & (labels != c)))
+        fn = float(np.sum((predictions != c) & (labels == c)))
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return {
+        "eval_loss": float(-np.mean(np.log(np.maximum(picked, eps)))),
+        "accuracy": float(np.mean(predictions == labels)),
+        "macro_f1": float(np.mean(f1s)),
+    }
