@@ -11,53 +11,24 @@ Stages (each skipped when its output already exists, unless forced):
 from __future__ import annotations
 
 import os
-import platform
-import shlex
-import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import ml_collections
 
+from tfllm.pipeline.common import (
+    PipelineRun,
+    StageResult,
+    command_line,
+    environment_lines,
+    plot_curves,
+    stage_lines,
+    training_done,
+)
 from tfllm.utils.io import atomic_write_json, atomic_write_text, read_json
 
+__all__ = ["STAGES", "PipelineRun", "StageResult", "run_pipeline"]
+
 STAGES = ("train", "evaluate", "samples", "export", "report")
-
-
-@dataclass
-class StageResult:
-    name: str
-    seconds: float
-    skipped: bool
-    detail: str = ""
-
-
-@dataclass
-class PipelineRun:
-    config: ml_collections.ConfigDict
-    workdir: str
-    force: set[str] = field(default_factory=set)
-    results: list[StageResult] = field(default_factory=list)
-    started: float = field(default_factory=time.time)
-
-    def stage(self, name: str, done: bool, fn: Callable[[], str]) -> None:
-        index = STAGES.index(name) + 1
-        elapsed = time.time() - self.started
-        if done and name not in self.force:
-            print(
-                f"[{index}/{len(STAGES)}] {name}: already done, skipping (--force={name} to redo)",
-                flush=True,
-            )
-            self.results.append(StageResult(name, 0.0, True))
-            return
-        print(f"\n[{index}/{len(STAGES)}] {name} (elapsed {elapsed:.0f}s)", flush=True)
-        t0 = time.time()
-        detail = fn()
-        self.results.append(StageResult(name, time.time() - t0, False, detail))
-        print(
-            f"[{index}/{len(STAGES)}] {name}: done in {time.time() - t0:.0f}s {detail}", flush=True
-        )
 
 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str, force: set[str]) -> str:
@@ -65,20 +36,15 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, force: set[str
     from tfllm.training.run import train_lm
 
     os.makedirs(workdir, exist_ok=True)
-    run = PipelineRun(config, workdir, force)
+    run = PipelineRun(config, workdir, force, stages=STAGES)
     metrics_path = os.path.join(workdir, "metrics.json")
-
-    def trained() -> bool:
-        metrics = read_json(metrics_path)
-        step = metrics.get("step", 0)
-        return step >= int(config.train.num_steps) or metrics.get("early_stopped_at") == step
 
     def train() -> str:
         metrics = train_lm(config, workdir)
         perplexity = metrics.get("perplexity", float("nan"))
         return f"(step {metrics['step']}, eval perplexity {perplexity:.2f})"
 
-    run.stage("train", trained(), train)
+    run.stage("train", training_done(config, read_json(metrics_path)), train)
     metrics = read_json(metrics_path)
     run.stage(
         "evaluate",
@@ -169,43 +135,15 @@ def _export(workdir: str) -> str:
     return f"(verified on {len(prompts)} prompts, {record['size_bytes'] / 1e6:.1f} MB)"
 
 
-def _plot_curves(history: list[dict], path: str) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [h["step"] for h in history]
-    if not steps:
-        return False
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, [h["loss"] for h in history], label="train loss (mean over loop)")
-    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-    if evals:
-        ax.plot(*zip(*evals, strict=True), "o-", label="held-out loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return True
-
-
 def _report(run: PipelineRun, path: str) -> str:
-    from tfllm.export.saved_model import versions
-
     workdir, config = run.workdir, run.config
     metrics = read_json(os.path.join(workdir, "metrics.json"))
     history = read_json(os.path.join(workdir, "history.json")).get("history", [])
     samples = read_json(os.path.join(workdir, "samples.json")).get("samples", [])
     verification = read_json(os.path.join(workdir, "export", "saved_model", "verification.json"))
-    plotted = _plot_curves(history, os.path.join(workdir, "loss_curve.png"))
+    plotted = plot_curves(history, os.path.join(workdir, "loss_curve.png"))
     m = config.model
-    command = " ".join(shlex.quote(a) for a in [os.path.basename(sys.argv[0])] + sys.argv[1:])
+    command = command_line()
     lines = [
         "# tfllm pipeline report",
         "",
@@ -252,11 +190,7 @@ def _report(run: PipelineRun, path: str) -> str:
             f"**{'match' if verification['match'] else 'MISMATCH'}**.",
             "",
         ]
-    lines += ["## Stages", "", "| stage | seconds | |", "|---|---|---|"]
-    for r in run.results:
-        lines.append(
-            f"| {r.name} | {r.seconds:.0f} | {'skipped (done)' if r.skipped else r.detail} |"
-        )
+    lines += stage_lines(run.results)
     lines += [
         "",
         "## Reproduce",
@@ -269,10 +203,7 @@ def _report(run: PipelineRun, path: str) -> str:
         f"tensorboard --logdir {os.path.join(workdir, 'tensorboard')}",
         "```",
         "",
-        "## Environment",
-        "",
     ]
-    lines += [f"- {k}: {v}" for k, v in versions().items()]
-    lines += [f"- platform: {platform.platform()}", ""]
+    lines += environment_lines()
     atomic_write_text(path, "\n".join(lines))
     return f"({path})"

@@ -1,0 +1,83 @@
+"""tfllm-pipeline on a classifier config: its own four stages, the report, resume, --force."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from conftest import classifier_overrides, last_stderr_line, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_classifier_pipeline_runs_every_stage_then_skips_them(labelled_files, tmp_path):
+    workdir = tmp_path / "c"
+    args = [
+        "--config=configs/mlp_sst2.py",
+        f"--workdir={workdir}",
+        *classifier_overrides(labelled_files, "mlp_classifier", steps=60),
+    ]
+    proc = run_cli("pipeline", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # The classifier's own stage list: 4 stages, no samples.
+    for i, stage in enumerate(("train", "evaluate", "export", "report"), start=1):
+        assert f"[{i}/4] {stage}: done" in proc.stdout, proc.stdout[-2000:]
+    assert "samples" not in proc.stdout
+    assert not (workdir / "samples.json").exists()
+
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    test = metrics["test_split"]
+    assert test["source"] == "test" and test["step"] == metrics["step"] == 60
+    assert test["num_examples"] == 150 and 0.0 <= test["accuracy"] <= 1.0
+    for png in ("loss_curve.png", "confusion_matrix.png", "confusion_matrix_test.png"):
+        assert (workdir / png).stat().st_size > 1000, png
+    verification = json.loads(
+        (workdir / "export" / "saved_model" / "verification.json").read_text()
+    )
+    assert verification["match"] is True and verification["label_mismatches"] == 0
+
+    report = (workdir / "report.md").read_text()
+    for section in (
+        "## Classifier",
+        "## Results",
+        "## Per class (test split)",
+        "## Export",
+        "## Stages",
+        "## Reproduce",
+        "## Environment",
+    ):
+        assert section in report, section
+    assert f"| accuracy | {metrics['accuracy']:.4f} | {test['accuracy']:.4f} |" in report
+    for name in ("food", "music", "sport"):
+        assert re.search(
+            rf"^\| {name} \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| \d+ \|$", report, re.M
+        ), name
+    assert "](confusion_matrix_test.png)" in report and "](loss_curve.png)" in report
+    assert "labels identical" in report
+    assert "tfllm-train --config=configs/mlp_sst2.py" in report
+    assert f"tfllm-evaluate --workdir={workdir} --split=test" in report
+    assert f"tfllm-export --workdir={workdir}" in report
+
+    again = run_cli("pipeline", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for i, stage in enumerate(("train", "evaluate", "export"), start=1):
+        assert f"[{i}/4] {stage}: already done, skipping" in again.stdout, again.stdout[-2000:]
+    assert "[4/4] report: done" in again.stdout
+    assert "| train | 0 | skipped (done) |" in (workdir / "report.md").read_text()
+
+
+def test_classifier_pipeline_rejects_lm_only_force_stage(labelled_files, tmp_path):
+    proc = run_cli(
+        "pipeline",
+        "--config=configs/mlp_sst2.py",
+        f"--workdir={tmp_path / 'c'}",
+        "--force=samples",
+        *classifier_overrides(labelled_files, "mlp_classifier", steps=60),
+    )
+    assert proc.returncode != 0
+    assert len([x for x in proc.stderr.splitlines() if x.strip()]) == 1, proc.stderr
+    line = last_stderr_line(proc)
+    assert "--force" in line and "samples" in line and "evaluate, export" in line, line
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "c").exists()  # failed before any work

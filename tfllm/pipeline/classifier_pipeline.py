@@ -1,0 +1,303 @@
+"""The text-classifier journey as resumable stages, and its report.
+
+Stages (each skipped when its output already exists, unless forced):
+  train    — learn the tokenizer and label vocabulary, train the classifier
+  evaluate — the full metric set on the test split (the eval split if there is
+             none) → metrics.json `test_split` + confusion_matrix_test.png
+  export   — verified classifier SavedModel → export/saved_model/
+  report   — report.md + loss/accuracy curve PNG
+
+Every stage calls the same library code as `tfllm-train`, `tfllm-evaluate
+--split=test` and `tfllm-export`, so the report's numbers are the ones those
+commands print.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+import sys
+import time
+
+import ml_collections
+
+from tfllm.pipeline.common import (
+    PipelineRun,
+    command_line,
+    environment_lines,
+    plot_curves,
+    stage_lines,
+    training_done,
+)
+from tfllm.utils.io import atomic_write_json, atomic_write_text, read_json
+
+STAGES = ("train", "evaluate", "export", "report")
+VERIFY_EXAMPLES = 256  # eval rows the SavedModel is checked on (tfllm-export's default)
+
+
+def run_classifier_pipeline(
+    config: ml_collections.ConfigDict, workdir: str, force: set[str]
+) -> str:
+    """Runs every stage; returns the path of report.md."""
+    from tfllm.training.run import train
+
+    os.makedirs(workdir, exist_ok=True)
+    run = PipelineRun(config, workdir, force, stages=STAGES)
+    metrics_path = os.path.join(workdir, "metrics.json")
+
+    def train_stage() -> str:
+        metrics = train(config, workdir)
+        accuracy = metrics.get("accuracy", float("nan"))
+        return f"(step {metrics['step']}, eval accuracy {accuracy:.4f})"
+
+    run.stage("train", training_done(config, read_json(metrics_path)), train_stage)
+    metrics = read_json(metrics_path)
+    evaluated = metrics.get("test_split", {}).get("step")
+    run.stage(
+        "evaluate",
+        evaluated is not None and evaluated == metrics.get("step"),
+        lambda: _evaluate(workdir),
+    )
+    verification = os.path.join(workdir, "export", "saved_model", "verification.json")
+    run.stage("export", os.path.isfile(verification), lambda: _export(workdir))
+    report = os.path.join(workdir, "report.md")
+    run.stage("report", False, lambda: _report(run, report))
+    return report
+
+
+def _evaluate(workdir: str) -> str:
+    """`tfllm-evaluate --split=test` (or the eval split when the data has no test split)."""
+    from tfllm.data.classification_data import encode_split, load_labelled_splits
+    from tfllm.evaluation.classification import format_metrics_table
+    from tfllm.evaluation.classifier_eval import evaluate_encoded
+    from tfllm.inference.loading import load_trained
+
+    trained = load_trained(workdir)
+    config = trained.config
+    splits = load_labelled_splits(config.data)
+    if splits.test is not None:
+        name, corpus, png_name = "test", splits.test, "confusion_matrix_test.png"
+    elif splits.eval is not None:
+        name, corpus, png_name = "eval", splits.eval, "confusion_matrix.png"
+    else:
+        return "(no test or eval split: nothing to evaluate)"
+    max_length = int(config.model.max_length)
+    split = encode_split(trained.tokenizer, corpus, trained.labels, max_length, name)
+    result = evaluate_encoded(
+        trained.model,
+        split,
+        trained.labels,
+        batch_size=int(config.train.batch_size),
+        max_length=max_length,
+        png_path=os.path.join(workdir, png_name),
+        title=f"Confusion matrix: {name}",
+    )
+    print(format_metrics_table(result), flush=True)
+    metrics_path = os.path.join(workdir, "metrics.json")
+    metrics = read_json(metrics_path)
+    # The layout `tfllm-evaluate --split=test` writes, plus the step it describes.
+    metrics["test_split"] = {"source": name, **result, "step": trained.step}
+    atomic_write_json(metrics_path, metrics)
+    return (
+        f"({name} accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f} "
+        f"on {result['num_examples']:,} examples)"
+    )
+
+
+def _export(workdir: str) -> str:
+    """`tfllm-export`: the SavedModel, verified on up to VERIFY_EXAMPLES eval rows."""
+    from tfllm.data.classification_data import load_labelled_splits
+    from tfllm.export.classifier_saved_model import export_classifier_saved_model
+    from tfllm.inference.loading import load_trained
+
+    trained = load_trained(workdir)
+    splits = load_labelled_splits(trained.config.data)
+    rows = splits.eval if splits.eval is not None else splits.train
+    texts = rows.texts[:VERIFY_EXAMPLES]
+    labels = trained.labels.encode(rows.labels[:VERIFY_EXAMPLES], rows.sources)
+    record = export_classifier_saved_model(
+        trained.model,
+        trained.tokenizer,
+        trained.labels,
+        os.path.join(workdir, "export", "saved_model"),
+        verify_texts=texts,
+        verify_labels=labels,
+    )
+    return (
+        f"(verified on {record['examples']} rows, max |Δp| {record['max_abs_diff']:.2g}, "
+        f"{record['size_bytes'] / 1e6:.1f} MB)"
+    )
+
+
+def _num(value: object, fmt: str = ".4f") -> str:
+    """A metric for a table cell; missing or undefined values read "n/a"."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        return "n/a"
+    return format(value, fmt)
+
+
+def _model_summary(m: ml_collections.ConfigDict) -> str:
+    """The architecture settings that matter for each classifier family."""
+    if m.name == "mlp_classifier":
+        shape = f"embedding {m.embedding_dim}, hidden {list(m.mlp_hidden_dims)}"
+    elif m.name == "cnn_classifier":
+        shape = (
+            f"embedding {m.embedding_dim}, widths {list(m.conv_widths)} × {m.conv_filters} "
+            f"filters, {m.cnn_pooling} pooling"
+        )
+    else:
+        shape = (
+            f"{m.num_layers} layers, d {m.hidden_dim}, {m.num_heads} heads, "
+            f"FFN {m.intermediate_dim}, {m.pooling} pooling"
+        )
+    return f"{m.name}: {shape}, dropout {m.dropout}, context {m.max_length}"
+
+
+def _data_summary(config: ml_collections.ConfigDict, metrics: dict) -> str:
+    d = config.data
+    if d.train_path:
+        source = f"`{d.train_path}`"
+        if d.eval_path:
+            source += f", eval `{d.eval_path}`"
+        if d.test_path:
+            source += f", test `{d.test_path}`"
+    else:
+        source = f"bundled {d.dataset}"
+    examples = metrics.get("train_examples")
+    return source + (f" ({examples:,} training examples)" if isinstance(examples, int) else "")
+
+
+def _reproduce_commands(workdir: str, split: str) -> list[str]:
+    """tfllm-train with this run's --config and overrides, then evaluate and export."""
+    keep = [a for a in sys.argv[1:] if not a.startswith(("--force", "--noforce", "--debug"))]
+    if not any(a == "--config" or a.startswith("--config=") for a in keep):
+        keep.insert(0, "--config=configs/pipeline.py")  # the pipeline's default config file
+    train = " ".join(shlex.quote(a) for a in ["tfllm-train", *keep])
+    w = shlex.quote(workdir)
+    return [
+        train,
+        f"tfllm-evaluate --workdir={w} --split={split}",
+        f"tfllm-export --workdir={w}",
+    ]
+
+
+def _report(run: PipelineRun, path: str) -> str:
+    from tfllm.cli.common import command_name
+
+    workdir, config = run.workdir, run.config
+    metrics = read_json(os.path.join(workdir, "metrics.json"))
+    history = read_json(os.path.join(workdir, "history.json")).get("history", [])
+    verification = read_json(os.path.join(workdir, "export", "saved_model", "verification.json"))
+    labels = read_json(os.path.join(workdir, "labels.json"))
+    plotted = plot_curves(
+        history,
+        os.path.join(workdir, "loss_curve.png"),
+        ylabel="cross-entropy (nats/example)",
+        eval_label="eval loss",
+        score_keys=(("accuracy", "eval accuracy"), ("macro_f1", "eval macro F1")),
+    )
+    evaluated = metrics.get("test_split", {})
+    test_name = evaluated.get("source", "test")
+    test = evaluated if test_name == "test" else {}  # the results table's test column
+    t, c = config.train, config.tokenizer
+    class_names = labels.get("names") or list(evaluated.get("per_class", {}))
+    lines = [
+        "# tfllm pipeline report",
+        "",
+        f"Workdir `{workdir}` · {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        "",
+        f"Command: `{command_line(command_name())}`",
+        "",
+        "## Classifier",
+        "",
+        "| what | value |",
+        "|---|---|",
+        f"| data | {_data_summary(config, metrics)} |",
+        f"| classes | {len(class_names)}: {', '.join(class_names)} |",
+        f"| tokenizer | SentencePiece {c.model_type}, vocab {c.vocab_size} |",
+        f"| model | {_model_summary(config.model)} |",
+        f"| training | {metrics.get('step')} steps × batch {t.batch_size}, {t.optimizer} lr "
+        f"{t.learning_rate} ({t.lr_schedule}), class weights {t.class_weights} |",
+        "",
+        "## Results",
+        "",
+        "| metric | eval | test |",
+        "|---|---|---|",
+    ]
+    rows = (
+        ("accuracy", "accuracy", "accuracy"),
+        ("macro F1", "macro_f1", "macro_f1"),
+        ("ROC-AUC", "roc_auc", "roc_auc"),
+        ("log loss", "eval_loss", "log_loss"),
+    )
+    for label, eval_key, test_key in rows:
+        lines.append(f"| {label} | {_num(metrics.get(eval_key))} | {_num(test.get(test_key))} |")
+    lines += [
+        f"| examples | {metrics.get('num_examples', 'n/a')} | {test.get('num_examples', 'n/a')} |",
+        "",
+        "| what | value |",
+        "|---|---|",
+        f"| parameters | {metrics.get('num_params', 0):,} |",
+        f"| training wall time | {metrics.get('train_wall_seconds', 0):.0f} s |",
+        f"| training speed | {metrics.get('examples_per_second', 0):,.0f} examples/s (median) |",
+        "",
+    ]
+    if not evaluated:
+        lines += ["The data has no test or eval split: nothing was evaluated.", ""]
+    elif not test:
+        lines += [
+            f"The data has no test split; the per-class table is the {test_name} split's.",
+            "",
+        ]
+    if plotted:
+        lines += ["![loss and accuracy curves](loss_curve.png)", ""]
+    if evaluated.get("per_class"):
+        lines += [
+            f"## Per class ({test_name} split)",
+            "",
+            "| class | precision | recall | F1 | support |",
+            "|---|---|---|---|---|",
+        ]
+        for name, row in evaluated["per_class"].items():
+            lines.append(
+                f"| {name} | {_num(row['precision'])} | {_num(row['recall'])} | "
+                f"{_num(row['f1'])} | {row['support']} |"
+            )
+        lines.append("")
+    images = [
+        (f"confusion matrix ({split})", png)
+        for split, png in (("eval", "confusion_matrix.png"), ("test", "confusion_matrix_test.png"))
+        if os.path.isfile(os.path.join(workdir, png))
+    ]
+    if images:
+        lines += ["## Confusion matrices", ""]
+        lines += [f"![{alt}]({png})" for alt, png in images]
+        lines.append("")
+    lines += ["## Export", ""]
+    if verification:
+        mismatches = verification.get("label_mismatches", 0)
+        accuracy = verification.get("accuracy")
+        lines += [
+            f"SavedModel `export/saved_model/` ({verification['size_bytes'] / 1e6:.1f} MB), "
+            f"signatures {', '.join(verification.get('signatures', []))}.",
+            f"Verification on {verification['examples']} eval rows: labels "
+            f"{'identical' if mismatches == 0 else f'DIFFER on {mismatches} rows'}, "
+            f"max |Δp| {verification['max_abs_diff']:.2g}"
+            + (f", artifact accuracy {accuracy:.4f}" if accuracy is not None else "")
+            + ".",
+            "",
+        ]
+    else:
+        lines += ["Not exported.", ""]
+    lines += stage_lines(run.results)
+    lines += ["", "## Reproduce", "", "```", command_line(command_name())]
+    lines += _reproduce_commands(workdir, test_name)
+    lines += [
+        f"tensorboard --logdir {shlex.quote(os.path.join(workdir, 'tensorboard'))}",
+        "```",
+        "",
+    ]
+    lines += environment_lines()
+    atomic_write_text(path, "\n".join(lines))
+    return f"({path})"

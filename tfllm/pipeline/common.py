@@ -1,0 +1,140 @@
+"""What the LM and classifier pipelines share: resumable stages, the curve plot,
+and the report's command/stages/environment sections.
+
+Kept in one place so both journeys skip, time and report their stages the same
+way; each pipeline module only knows its own stages and results.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import ml_collections
+
+
+@dataclass
+class StageResult:
+    name: str
+    seconds: float
+    skipped: bool
+    detail: str = ""
+
+
+@dataclass
+class PipelineRun:
+    """One pipeline invocation: runs stages in order, prints [i/N] progress, keeps timings.
+
+    `stages` is the pipeline's own stage list, so the [i/N] prefix counts only
+    the stages that pipeline has.
+    """
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    force: set[str] = field(default_factory=set)
+    results: list[StageResult] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    stages: Sequence[str] = ()
+
+    def stage(self, name: str, done: bool, fn: Callable[[], str]) -> None:
+        index = list(self.stages).index(name) + 1
+        total = len(self.stages)
+        elapsed = time.time() - self.started
+        if done and name not in self.force:
+            print(
+                f"[{index}/{total}] {name}: already done, skipping (--force={name} to redo)",
+                flush=True,
+            )
+            self.results.append(StageResult(name, 0.0, True))
+            return
+        print(f"\n[{index}/{total}] {name} (elapsed {elapsed:.0f}s)", flush=True)
+        t0 = time.time()
+        detail = fn()
+        self.results.append(StageResult(name, time.time() - t0, False, detail))
+        print(f"[{index}/{total}] {name}: done in {time.time() - t0:.0f}s {detail}", flush=True)
+
+
+def training_done(config: ml_collections.ConfigDict, metrics: dict) -> bool:
+    """Training is finished when it reached num_steps or stopped early at its last step."""
+    step = metrics.get("step", 0)
+    return step >= int(config.train.num_steps) or metrics.get("early_stopped_at") == step
+
+
+def command_line(program: str | None = None) -> str:
+    """This process's command line, shell-quoted (`program` replaces argv[0]'s basename)."""
+    program = program or os.path.basename(sys.argv[0])
+    return " ".join(shlex.quote(a) for a in [program] + sys.argv[1:])
+
+
+def plot_curves(
+    history: list[dict],
+    path: str,
+    *,
+    ylabel: str = "cross-entropy (nats/token)",
+    eval_label: str = "held-out loss",
+    score_keys: Sequence[tuple[str, str]] = (),
+) -> bool:
+    """Training and eval loss vs step → PNG; `score_keys` ((key, label), ...) found
+    in the eval records (e.g. accuracy) get a second panel. False if there is no history."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    if not steps:
+        return False
+    scores = [
+        (label, [(h["step"], h[key]) for h in history if key in h]) for key, label in score_keys
+    ]
+    scores = [(label, points) for label, points in scores if points]
+    if scores:
+        fig, (ax, score_ax) = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [h["loss"] for h in history], label="train loss (mean over loop)")
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label=eval_label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if scores:
+        for label, points in scores:
+            score_ax.plot(*zip(*points, strict=True), "o-", label=label)
+        score_ax.set_xlabel("step")
+        score_ax.set_ylabel("eval score")
+        score_ax.set_ylim(0.0, 1.02)
+        score_ax.grid(alpha=0.3)
+        score_ax.legend()
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True
+
+
+def stage_lines(results: Sequence[StageResult]) -> list[str]:
+    """The report's "## Stages" table: seconds per stage, or that it was already done."""
+    lines = ["## Stages", "", "| stage | seconds | |", "|---|---|---|"]
+    for r in results:
+        detail = "skipped (done)" if r.skipped else r.detail.replace("|", "\\|")  # a cell
+        lines.append(f"| {r.name} | {r.seconds:.0f} | {detail} |")
+    return lines
+
+
+def environment_lines() -> list[str]:
+    """The report's "## Environment" section: library versions and the machine."""
+    from tfllm.export.saved_model import versions
+
+    lines = ["## Environment", ""]
+    lines += [f"- {k}: {v}" for k, v in versions().items()]
+    lines += [f"- platform: {platform.platform()}", ""]
+    return lines
