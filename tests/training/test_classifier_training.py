@@ -151,3 +151,15 @@ def test_mirrored_two_replicas_trains_a_classifier(labelled_files, tmp_path):
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["replicas"] == 2
     assert metrics["accuracy"] > 0.8
+
+
+def test_resume_with_a_different_optimizer_layout_is_refused(labelled_files, tmp_path):
+    from tfllm.errors import ConfigError
+    from tfllm.training.run import train
+
+    config = classifier_config(labelled_files, "transformer_classifier", steps=25)
+    train(config, str(tmp_path))
+    config = classifier_config(labelled_files, "transformer_classifier", steps=50)
+    config.train.freeze_blocks = 1
+    with pytest.raises(ConfigError, match="config.train.freeze_blocks: 1 differs from 0"):
+        train(config, str(tmp_path))

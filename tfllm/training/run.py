@@ -28,11 +28,29 @@ def _check_resume_compatible(config: ml_collections.ConfigDict, workdir: str) ->
             if section == "tokenizer" and key == "path":
                 continue
             if saved[section].get(key) != value:
-                raise ConfigError(
-                    f"config.{section}.{key}: {value!r} differs from {saved[section].get(key)!r} "
-                    f"in {workdir}/config.json; the checkpoints there cannot be resumed with it "
-                    "(use a new --workdir)"
-                )
+                _cannot_resume(f"{section}.{key}", value, saved[section].get(key), workdir)
+    # Keys that change which optimizer slots the checkpoint holds.
+    for key, default in _OPTIMIZER_STATE_KEYS.items():
+        value, before = config.train.get(key, default), saved.train.get(key, default)
+        if key == "backbone_lr_scale":
+            value, before = value != 1.0, before != 1.0  # one optimizer or two
+        if value != before:
+            _cannot_resume(f"train.{key}", config.train.get(key), saved.train.get(key), workdir)
+
+
+_OPTIMIZER_STATE_KEYS = {
+    "optimizer": "adamw",
+    "freeze_blocks": 0,
+    "freeze_embeddings": False,
+    "backbone_lr_scale": 1.0,
+}
+
+
+def _cannot_resume(key: str, value: object, saved: object, workdir: str) -> None:
+    raise ConfigError(
+        f"config.{key}: {value!r} differs from {saved!r} in {workdir}/config.json; the "
+        "checkpoints there cannot be resumed with it (use a new --workdir)"
+    )
 
 
 def train_lm(config: ml_collections.ConfigDict, workdir: str) -> dict:
