@@ -163,3 +163,22 @@ def test_resume_with_a_different_optimizer_layout_is_refused(labelled_files, tmp
     config.train.freeze_blocks = 1
     with pytest.raises(ConfigError, match="config.train.freeze_blocks: 1 differs from 0"):
         train(config, str(tmp_path))
+
+
+def test_init_from_checks_context_and_model_family(trained_workdir, trained_classifier, tmp_path):
+    from tfllm.errors import ConfigError
+    from tfllm.training.run import adopt_backbone_architecture
+
+    config = classifier_config({"train": "x", "eval": "x", "test": "x"}, "transformer_classifier")
+    config.train.init_from = trained_workdir
+    config.model.max_length = 64  # the LM has 32 positions
+    with pytest.raises(ConfigError, match="max_length: 64 exceeds the 32 positions"):
+        adopt_backbone_architecture(config)
+    config.train.init_from = trained_classifier  # a classifier, not a GPT
+    config.model.max_length = 32
+    with pytest.raises(ConfigError, match="not a 'gpt' LM"):
+        adopt_backbone_architecture(config)
+    cnn = classifier_config({"train": "x", "eval": "x", "test": "x"}, "cnn_classifier")
+    cnn.train.init_from = trained_workdir
+    with pytest.raises(ConfigError, match="only transformer_classifier"):
+        adopt_backbone_architecture(cnn)
