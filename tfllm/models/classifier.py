@@ -33,6 +33,8 @@ import keras
 import keras_hub
 import tensorflow as tf
 
+from tfllm.models.gpt import add_backbone_layers
+
 POOLINGS = ("mean", "cls", "last")
 
 
@@ -68,11 +70,6 @@ def masked_mean(x: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     total = tf.reduce_sum(tf.cast(x, tf.float32) * weights, axis=1)
     count = tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
     return total / count
-
-
-def _init(stddev: float) -> keras.initializers.Initializer:
-    """GPT-2's N(0, 0.02) initialisation (the same as `tfllm.models.gpt`)."""
-    return keras.initializers.RandomNormal(stddev=stddev)
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -140,47 +137,17 @@ class TransformerClassifier(keras.Model):
         self.layer_norm_epsilon = layer_norm_epsilon
 
         # The backbone: GPT's layers under GPT's attribute names.
-        self.token_embedding = keras_hub.layers.ReversibleEmbedding(
-            input_dim=vocab_size,
-            output_dim=hidden_dim,
-            embeddings_initializer=_init(0.02),
-            dtype=self.dtype_policy,
-            name="token_embedding",
-        )
-        self.position_embedding = keras_hub.layers.PositionEmbedding(
-            sequence_length=max_length,
-            initializer=_init(0.02),
-            dtype=self.dtype_policy,
-            name="position_embedding",
-        )
-        self.embedding_dropout = keras.layers.Dropout(
-            dropout, dtype=self.dtype_policy, name="embedding_dropout"
-        )
-        # Attributes, not a list: tf.train.Checkpoint does not track Keras 3
-        # layers inside a plain Python list (see tfllm.models.gpt).
-        for i in range(num_layers):
-            block = keras_hub.layers.TransformerDecoder(
-                intermediate_dim=intermediate_dim,
-                num_heads=num_heads,
-                dropout=dropout,
-                activation="gelu",
-                layer_norm_epsilon=layer_norm_epsilon,
-                kernel_initializer=_init(0.02),
-                normalize_first=True,
-                dtype=self.dtype_policy,
-                name=f"block_{i}",
-            )
-            setattr(self, f"block_{i}", block)
-        self.final_norm = keras.layers.LayerNormalization(
-            epsilon=layer_norm_epsilon, dtype=self.dtype_policy, name="final_norm"
-        )
+        add_backbone_layers(self)
 
         # The head. float32 (the Keras mixed-precision advice for a model's last
         # layer): the pooled features are float32 already, and the logits feed a
         # softmax cross entropy.
         self.head_dropout = keras.layers.Dropout(dropout, dtype="float32", name="head_dropout")
         self.head = keras.layers.Dense(
-            num_classes, kernel_initializer=_init(0.02), dtype="float32", name="head"
+            num_classes,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.02),
+            dtype="float32",
+            name="head",
         )
 
     @property

@@ -32,6 +32,53 @@ def _init(stddev: float) -> keras.initializers.Initializer:
     return keras.initializers.RandomNormal(stddev=stddev)
 
 
+def add_backbone_layers(model: keras.Model) -> None:
+    """Creates the GPT backbone's layers as attributes of `model`.
+
+    `GPT` and `tfllm.models.classifier.TransformerClassifier` both call this, so
+    their backbones have the same layer classes and names and a pretrained
+    LM's weights copy into a classifier one to one. Reads the shape from the
+    model's attributes (vocab_size, max_length, num_layers, num_heads,
+    hidden_dim, intermediate_dim, dropout, layer_norm_epsilon).
+    """
+    policy = model.dtype_policy
+    model.token_embedding = keras_hub.layers.ReversibleEmbedding(
+        input_dim=model.vocab_size,
+        output_dim=model.hidden_dim,
+        embeddings_initializer=_init(0.02),
+        dtype=policy,
+        name="token_embedding",
+    )
+    model.position_embedding = keras_hub.layers.PositionEmbedding(
+        sequence_length=model.max_length,
+        initializer=_init(0.02),
+        dtype=policy,
+        name="position_embedding",
+    )
+    model.embedding_dropout = keras.layers.Dropout(
+        model.dropout, dtype=policy, name="embedding_dropout"
+    )
+    # Each block is its own attribute: `tf.train.Checkpoint` tracks Keras 3
+    # layers held in attributes, but not those inside a plain Python list
+    # (measured: a list of blocks was silently left out of checkpoints).
+    for i in range(model.num_layers):
+        block = keras_hub.layers.TransformerDecoder(
+            intermediate_dim=model.intermediate_dim,
+            num_heads=model.num_heads,
+            dropout=model.dropout,
+            activation="gelu",
+            layer_norm_epsilon=model.layer_norm_epsilon,
+            kernel_initializer=_init(0.02),
+            normalize_first=True,
+            dtype=policy,
+            name=f"block_{i}",
+        )
+        setattr(model, f"block_{i}", block)
+    model.final_norm = keras.layers.LayerNormalization(
+        epsilon=model.layer_norm_epsilon, dtype=policy, name="final_norm"
+    )
+
+
 @keras.saving.register_keras_serializable(package="tfllm")
 class GPT(keras.Model):
     """A GPT-2-style causal language model returning float32 logits.
@@ -74,41 +121,7 @@ class GPT(keras.Model):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.head_dim = hidden_dim // num_heads
 
-        self.token_embedding = keras_hub.layers.ReversibleEmbedding(
-            input_dim=vocab_size,
-            output_dim=hidden_dim,
-            embeddings_initializer=_init(0.02),
-            dtype=self.dtype_policy,
-            name="token_embedding",
-        )
-        self.position_embedding = keras_hub.layers.PositionEmbedding(
-            sequence_length=max_length,
-            initializer=_init(0.02),
-            dtype=self.dtype_policy,
-            name="position_embedding",
-        )
-        self.embedding_dropout = keras.layers.Dropout(
-            dropout, dtype=self.dtype_policy, name="embedding_dropout"
-        )
-        # Each block is its own attribute: `tf.train.Checkpoint` tracks Keras 3
-        # layers held in attributes, but not those inside a plain Python list
-        # (measured: a list of blocks was silently left out of checkpoints).
-        for i in range(num_layers):
-            block = keras_hub.layers.TransformerDecoder(
-                intermediate_dim=intermediate_dim,
-                num_heads=num_heads,
-                dropout=dropout,
-                activation="gelu",
-                layer_norm_epsilon=layer_norm_epsilon,
-                kernel_initializer=_init(0.02),
-                normalize_first=True,
-                dtype=self.dtype_policy,
-                name=f"block_{i}",
-            )
-            setattr(self, f"block_{i}", block)
-        self.final_norm = keras.layers.LayerNormalization(
-            epsilon=layer_norm_epsilon, dtype=self.dtype_policy, name="final_norm"
-        )
+        add_backbone_layers(self)
 
     @property
     def blocks(self) -> list[keras_hub.layers.TransformerDecoder]:
