@@ -104,12 +104,11 @@ def main(argv) -> None:
 
 def _evaluate_classifier(trained) -> None:
     """The full classification report on a split or --data; updates metrics.json."""
-    from tfllm.data.classification_data import encode_split, load_labelled_splits
+    from tfllm.data.classification_data import load_labelled_splits
     from tfllm.data.corpus import read_documents
     from tfllm.data.sources import bad_row_policy, data_fields
     from tfllm.evaluation.classification import format_metrics_table
-    from tfllm.evaluation.classifier_eval import evaluate_encoded
-    from tfllm.utils.io import atomic_write_json, read_json
+    from tfllm.evaluation.classifier_eval import evaluate_corpus, record_metrics
 
     config = trained.config
     if FLAGS.data:
@@ -139,37 +138,22 @@ def _evaluate_classifier(trained) -> None:
                 )
             )
         name, key = FLAGS.split, FLAGS.split
-    max_length = int(config.model.max_length)
-    split = encode_split(
-        trained.tokenizer, corpus, trained.labels, max_length, "--data" if FLAGS.data else key
-    )
     png = os.path.join(
         FLAGS.workdir, "confusion_matrix.png" if key == "eval" else f"confusion_matrix_{key}.png"
     )
-    metrics = evaluate_encoded(
-        trained.model,
-        split,
-        trained.labels,
-        batch_size=FLAGS.batch_size,
-        max_length=max_length,
-        png_path=png,
-        title=f"Confusion matrix: {name}",
+    metrics, examples = evaluate_corpus(
+        trained, corpus, "--data" if FLAGS.data else key, batch_size=FLAGS.batch_size, png_path=png
     )
-    path = os.path.join(FLAGS.workdir, "metrics.json")
     with common.workdir_lock(FLAGS.workdir, config):  # a training run may be updating it
-        saved = read_json(path)
-        if key == "eval":
-            saved.update({("eval_loss" if k == "log_loss" else k): v for k, v in metrics.items()})
-        else:
-            saved[f"{key}_split" if key != "data" else "data"] = {"source": name, **metrics}
-        atomic_write_json(path, saved)
+        slot = {"eval": "eval", "data": "data"}.get(key, f"{key}_split")
+        path = record_metrics(FLAGS.workdir, slot, metrics, source=name)
     print(format_metrics_table(metrics), flush=True)
     common.print_summary(
         "tfllm-evaluate",
         [
             ("checkpoint", trained.checkpoint),
             ("split", name),
-            ("examples", len(split)),
+            ("examples", examples),
             ("accuracy", metrics["accuracy"]),
             ("macro_f1", metrics["macro_f1"]),
             ("confusion_matrix", png),

@@ -77,23 +77,11 @@ def main(argv) -> None:
 
 
 def _export_classifier(trained) -> None:
-    from tfllm.data.classification_data import load_labelled_splits
-    from tfllm.export.classifier_saved_model import export_classifier_saved_model
+    from tfllm.export.classifier_saved_model import export_trained_classifier
 
-    splits = load_labelled_splits(trained.config.data)
-    rows = splits.eval if splits.eval is not None else splits.train
-    texts = rows.texts[: FLAGS.verify_examples]
-    labels = trained.labels.encode(rows.labels[: FLAGS.verify_examples], rows.sources)
     target = os.path.join(FLAGS.workdir, "export", "saved_model")
     with common.workdir_lock(FLAGS.workdir, trained.config):
-        record = export_classifier_saved_model(
-            trained.model,
-            trained.tokenizer,
-            trained.labels,
-            target,
-            verify_texts=texts,
-            verify_labels=labels,
-        )
+        record = export_trained_classifier(trained, target, FLAGS.verify_examples)
     common.print_summary(
         "tfllm-export",
         [

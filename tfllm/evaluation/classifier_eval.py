@@ -6,12 +6,20 @@ any split or file, so both report the same numbers the same way.
 
 from __future__ import annotations
 
+import os
+from typing import TYPE_CHECKING
+
 import keras
 
-from tfllm.data.classification_data import EncodedSplit
+from tfllm.data.classification_data import EncodedSplit, encode_split
+from tfllm.data.corpus import Corpus
 from tfllm.data.labels import LabelVocab
 from tfllm.evaluation.classification import classification_metrics, save_confusion_matrix_png
 from tfllm.training.tasks import predict_probabilities
+from tfllm.utils.io import atomic_write_json, read_json
+
+if TYPE_CHECKING:
+    from tfllm.inference.loading import TrainedModel
 
 
 def evaluate_encoded(
@@ -30,3 +38,45 @@ def evaluate_encoded(
     if png_path:
         save_confusion_matrix_png(metrics["confusion_matrix"], vocab.names, png_path, title=title)
     return metrics
+
+
+def evaluate_corpus(
+    trained: TrainedModel,
+    corpus: Corpus,
+    what: str,
+    *,
+    batch_size: int,
+    png_path: str | None = None,
+) -> tuple[dict, int]:
+    """Encodes labelled rows with the run's tokenizer and label vocabulary, then evaluates.
+
+    Returns (metrics, number of examples). Unknown labels raise naming `what` and file:line.
+    """
+    max_length = int(trained.config.model.max_length)
+    split = encode_split(trained.tokenizer, corpus, trained.labels, max_length, what)
+    metrics = evaluate_encoded(
+        trained.model,
+        split,
+        trained.labels,
+        batch_size=batch_size,
+        max_length=max_length,
+        png_path=png_path,
+        title=f"Confusion matrix: {what}",
+    )
+    return metrics, len(split)
+
+
+def record_metrics(workdir: str, key: str, metrics: dict, **extra: object) -> str:
+    """Merges a split's metrics into `W/metrics.json`; returns its path.
+
+    The eval split's numbers are the top-level keys (those `tfllm-train` writes,
+    with `log_loss` as `eval_loss`); any other split goes under `key`.
+    """
+    path = os.path.join(workdir, "metrics.json")
+    saved = read_json(path)
+    if key == "eval":
+        saved.update({("eval_loss" if k == "log_loss" else k): v for k, v in metrics.items()})
+    else:
+        saved[key] = {**extra, **metrics}
+    atomic_write_json(path, saved)
+    return path

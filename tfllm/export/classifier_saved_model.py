@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -30,6 +31,9 @@ from tfllm.data.labels import LabelVocab
 from tfllm.data.tokenizer import Tokenizer
 from tfllm.export.saved_model import VerificationError, dir_size, versions
 from tfllm.utils.io import atomic_directory, atomic_write_json
+
+if TYPE_CHECKING:
+    from tfllm.inference.loading import TrainedModel
 
 LABELS_ASSET = "labels.txt"
 # Softmax outputs of the reloaded graph may differ from eager Keras in the last
@@ -163,3 +167,26 @@ def export_classifier_saved_model(
         record["seconds"] = round(time.time() - started, 2)
         atomic_write_json(os.path.join(tmp, "verification.json"), record)
     return record
+
+
+def export_trained_classifier(trained: TrainedModel, target: str, verify_examples: int) -> dict:
+    """`tfllm-export` for a classifier workdir: verified on its first eval rows.
+
+    The eval split is the data the run never trained on; a run without one is
+    verified on training rows (parity does not need unseen data, only the
+    recorded accuracy does).
+    """
+    from tfllm.data.classification_data import load_labelled_splits
+
+    splits = load_labelled_splits(trained.config.data)
+    rows = splits.eval if splits.eval is not None else splits.train
+    texts = rows.texts[:verify_examples]
+    labels = trained.labels.encode(rows.labels[:verify_examples], rows.sources)
+    return export_classifier_saved_model(
+        trained.model,
+        trained.tokenizer,
+        trained.labels,
+        target,
+        verify_texts=texts,
+        verify_labels=labels,
+    )

@@ -30,7 +30,7 @@ from tfllm.pipeline.common import (
     stage_lines,
     training_done,
 )
-from tfllm.utils.io import atomic_write_json, atomic_write_text, read_json
+from tfllm.utils.io import atomic_write_text, read_json
 
 STAGES = ("train", "evaluate", "export", "report")
 VERIFY_EXAMPLES = 256  # eval rows the SavedModel is checked on (tfllm-export's default)
@@ -68,9 +68,9 @@ def run_classifier_pipeline(
 
 def _evaluate(workdir: str) -> str:
     """`tfllm-evaluate --split=test` (or the eval split when the data has no test split)."""
-    from tfllm.data.classification_data import encode_split, load_labelled_splits
+    from tfllm.data.classification_data import load_labelled_splits
     from tfllm.evaluation.classification import format_metrics_table
-    from tfllm.evaluation.classifier_eval import evaluate_encoded
+    from tfllm.evaluation.classifier_eval import evaluate_corpus, record_metrics
     from tfllm.inference.loading import load_trained
 
     trained = load_trained(workdir)
@@ -82,23 +82,16 @@ def _evaluate(workdir: str) -> str:
         name, corpus, png_name = "eval", splits.eval, "confusion_matrix.png"
     else:
         return "(no test or eval split: nothing to evaluate)"
-    max_length = int(config.model.max_length)
-    split = encode_split(trained.tokenizer, corpus, trained.labels, max_length, name)
-    result = evaluate_encoded(
-        trained.model,
-        split,
-        trained.labels,
+    result, _ = evaluate_corpus(
+        trained,
+        corpus,
+        name,
         batch_size=int(config.train.batch_size),
-        max_length=max_length,
         png_path=os.path.join(workdir, png_name),
-        title=f"Confusion matrix: {name}",
     )
     print(format_metrics_table(result), flush=True)
-    metrics_path = os.path.join(workdir, "metrics.json")
-    metrics = read_json(metrics_path)
     # The layout `tfllm-evaluate --split=test` writes, plus the step it describes.
-    metrics["test_split"] = {"source": name, **result, "step": trained.step}
-    atomic_write_json(metrics_path, metrics)
+    record_metrics(workdir, "test_split", result, source=name, step=trained.step)
     return (
         f"({name} accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f} "
         f"on {result['num_examples']:,} examples)"
@@ -107,22 +100,11 @@ def _evaluate(workdir: str) -> str:
 
 def _export(workdir: str) -> str:
     """`tfllm-export`: the SavedModel, verified on up to VERIFY_EXAMPLES eval rows."""
-    from tfllm.data.classification_data import load_labelled_splits
-    from tfllm.export.classifier_saved_model import export_classifier_saved_model
+    from tfllm.export.classifier_saved_model import export_trained_classifier
     from tfllm.inference.loading import load_trained
 
-    trained = load_trained(workdir)
-    splits = load_labelled_splits(trained.config.data)
-    rows = splits.eval if splits.eval is not None else splits.train
-    texts = rows.texts[:VERIFY_EXAMPLES]
-    labels = trained.labels.encode(rows.labels[:VERIFY_EXAMPLES], rows.sources)
-    record = export_classifier_saved_model(
-        trained.model,
-        trained.tokenizer,
-        trained.labels,
-        os.path.join(workdir, "export", "saved_model"),
-        verify_texts=texts,
-        verify_labels=labels,
+    record = export_trained_classifier(
+        load_trained(workdir), os.path.join(workdir, "export", "saved_model"), VERIFY_EXAMPLES
     )
     return (
         f"(verified on {record['examples']} rows, max |Δp| {record['max_abs_diff']:.2g}, "
