@@ -1,11 +1,11 @@
 """The one custom distributed training loop (DESIGN §2), for every task.
 
 Keras 3 `fit` does not run under MultiWorkerMirrored or ParameterServer, so
-every strategy and every model (LM or classifier) goes through this loop: a `tf.function` that runs
-`steps_per_loop` steps of `strategy.run(replica_step)` (Orbit-style inner loop,
-so TPUs stay fed and Python overhead is paid once per loop), periodic eval,
-checkpoints with automatic resume, TensorBoard summaries, and atomic
-`metrics.json`. Losses, metrics, optimizers and schedules are Keras'. What
+every strategy and every model (LM or classifier) goes through this loop: a
+`tf.function` that runs `steps_per_loop` steps of `strategy.run(replica_step)`
+(Orbit-style inner loop, so TPUs stay fed and Python overhead is paid once per
+loop), periodic eval, checkpoints with automatic resume, TensorBoard summaries,
+and atomic `metrics.json`. Losses, metrics, optimizers and schedules are Keras'. What
 differs between an LM and a classifier (data, loss, eval metrics) lives in a
 `Task` (`tfllm.training.tasks`); the loop itself does not know which it runs.
 """
