@@ -30,6 +30,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfllm.errors import ConfigError, TfllmError
+from tfllm.training.hparams import write_hparams
 from tfllm.training.optim import create_optimizer
 from tfllm.training.strategy import is_chief
 from tfllm.training.tasks import LMTask, Task
@@ -345,6 +346,8 @@ class Trainer:
 
         writer = self._summary_writer("train")
         eval_writer = self._summary_writer("eval")
+        if self.chief and start == 0:
+            write_hparams(self.config, os.path.join(self.workdir, "tensorboard"))
         iterator = self._distributed_train_iterator(start)
         progress = self._progress = _Progress(total_steps, start, self.task.throughput_unit)
         last_eval: dict[str, float] = {}
