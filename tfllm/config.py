@@ -127,6 +127,7 @@ def base_config() -> ml_collections.ConfigDict:
             precision="float32",
             jit_compile=False,
             tpu="",  # TPU name/address for strategy=tpu
+            profile_steps=[],  # [start, stop]: trace steps start+1..stop (TensorBoard Profile)
             tensor_parallel=1,
             pipeline_stages=1,
             num_microbatches=1,
@@ -264,6 +265,19 @@ _RULES: tuple[_Rule, ...] = (
     _Rule("runtime.jit_compile", bool),
     _Rule("runtime.tpu", str),
     _Rule(
+        "runtime.profile_steps",
+        (list, tuple),
+        lambda v: (
+            len(v) == 0
+            or (
+                len(v) == 2
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+                and 0 <= v[0] < v[1]
+            )
+        ),
+        "[] (off) or [start, stop] with 0 <= start < stop",
+    ),
+    _Rule(
         "runtime.tensor_parallel",
         int,
         lambda v: v == 1,
@@ -324,6 +338,11 @@ def _validate_relations(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             "config.runtime.strategy: 'parameter_server' needs the ClusterCoordinator loop, "
             "which is not implemented yet (use default, one_device, mirrored, multi_worker or tpu)"
+        )
+    if runtime.profile_steps and runtime.profile_steps[1] > train.num_steps:
+        raise ConfigError(
+            f"config.runtime.profile_steps: stop {runtime.profile_steps[1]} is past "
+            f"config.train.num_steps={train.num_steps}"
         )
     if runtime.logical_cpus > 1 and runtime.strategy not in ("mirrored", "default"):
         raise ConfigError(

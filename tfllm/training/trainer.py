@@ -354,7 +354,12 @@ class Trainer:
         stats = None
         tokens_per_step = self.global_batch * self.task.tokens_per_example
         started = time.time()
-        with _StopSignal() as stop:
+        profiler = _ProfileWindow(
+            list(self.config.runtime.get("profile_steps", [])),
+            os.path.join(self.workdir, "tensorboard", "train"),
+            self.chief,
+        )
+        with _StopSignal() as stop, profiler:
             while self.step < total_steps:
                 step = self.step
                 n = min(int(cfg.steps_per_loop), total_steps - step)
@@ -363,11 +368,14 @@ class Trainer:
                     n,
                     _to_boundary(step, int(cfg.eval_every)),
                     _to_boundary(step, int(cfg.checkpoint_every)),
+                    profiler.steps_to_edge(step),
                 )
+                profiler.before(step)
                 t0 = time.perf_counter()
                 loss, norm = self._train_loop(iterator, tf.constant(n, tf.int32))
                 loss = float(loss)
                 elapsed = time.perf_counter() - t0
+                profiler.after(self.step)
                 if not math.isfinite(loss):
                     last = self.manager.latest_checkpoint or "none"
                     raise NonFiniteLoss(
@@ -481,6 +489,47 @@ class Trainer:
             os.path.join(self.workdir, "metrics.json"),
             self._final_metrics(state, last_eval, stats, wall),
         )
+
+
+class _ProfileWindow:
+    """Traces optimizer steps start+1 .. stop with the TensorFlow profiler.
+
+    `config.runtime.profile_steps=[start, stop]`; the trace lands in
+    `W/tensorboard/train/plugins/profile/` for TensorBoard's Profile tab
+    (`pip install tensorboard-plugin-profile`). Inner loops are cut at both
+    edges so the trace holds exactly those steps; start after the first loop,
+    which includes tracing. Only the chief profiles.
+    """
+
+    def __init__(self, steps: list[int], logdir: str, chief: bool) -> None:
+        self.start, self.stop = (steps[0], steps[1]) if steps and chief else (-1, -1)
+        self.logdir = logdir
+        self.active = False
+
+    def steps_to_edge(self, step: int) -> int:
+        for edge in (self.start, self.stop):
+            if step < edge:
+                return edge - step
+        return sys.maxsize
+
+    def before(self, step: int) -> None:
+        if step == self.start:
+            tf.profiler.experimental.start(self.logdir)
+            self.active = True
+
+    def after(self, step: int) -> None:
+        if self.active and step >= self.stop:
+            tf.profiler.experimental.stop()
+            self.active = False
+            print(f"Profiled steps {self.start + 1}-{self.stop}: {self.logdir}", flush=True)
+
+    def __enter__(self) -> _ProfileWindow:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.active:  # stopped early (error, signal, early stopping): keep what was traced
+            tf.profiler.experimental.stop()
+            self.active = False
 
 
 class _EarlyStopping:

@@ -1,4 +1,4 @@
-"""The run's config reaches TensorBoard's HParams dashboard."""
+"""TensorBoard: the HParams dashboard gets the config; profile_steps writes a trace."""
 
 from __future__ import annotations
 
@@ -41,3 +41,27 @@ def test_training_writes_the_hparams_session(trained_workdir):
     assert hparams["model.num_layers"].number_value == 2  # the tiny run's override
     assert hparams["model.name"].string_value == "gpt"
     assert sessions[0].group_name == "w"  # the workdir's name
+
+
+def test_profile_steps_write_a_trace(corpus_file, tmp_path, capsys):
+    from conftest import build_trainer, tiny_config
+
+    config = tiny_config(corpus_file, steps=30)
+    config.runtime.profile_steps = [10, 15]
+    trainer = build_trainer(config, tmp_path)
+    trainer.train()
+    traces = glob.glob(
+        str(tmp_path / "tensorboard" / "train" / "plugins" / "profile" / "*" / "*.xplane.pb")
+    )
+    assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
+    assert "Profiled steps 11-15" in capsys.readouterr().out
+    # The loops were cut at the window's edges: records at 10 and 15.
+    steps = [r["step"] for r in trainer_history(tmp_path)]
+    assert 10 in steps and 15 in steps
+
+
+def trainer_history(workdir) -> list[dict]:
+    import json
+
+    with open(os.path.join(workdir, "history.json"), encoding="utf-8") as f:
+        return json.load(f)["history"]
