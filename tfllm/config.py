@@ -78,11 +78,11 @@ def base_config() -> ml_collections.ConfigDict:
             causal=False,  # keep the causal mask (e.g. when fine-tuning a GPT)
             # cnn_classifier / mlp_classifier
             embedding_dim=128,
-            conv_widths=[3, 4, 5],
+            conv_widths=(3, 4, 5),  # tuples: overridable as --config.model.conv_widths="(3, 4)"
             conv_filters=100,
             cnn_pooling="global_max",  # global_max (Kim 2014) | max_pool_flatten
             pool_size=2,  # max_pool_flatten only
-            mlp_hidden_dims=[256, 256],
+            mlp_hidden_dims=(256, 256),
         )
     )
     config.train = ml_collections.ConfigDict(
@@ -127,7 +127,7 @@ def base_config() -> ml_collections.ConfigDict:
             precision="float32",
             jit_compile=False,
             tpu="",  # TPU name/address for strategy=tpu
-            profile_steps=[],  # [start, stop]: trace steps start+1..stop (TensorBoard Profile)
+            profile_steps=(),  # (start, stop): trace steps start+1..stop (TensorBoard Profile)
             tensor_parallel=1,
             pipeline_stages=1,
             num_microbatches=1,
