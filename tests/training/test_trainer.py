@@ -33,7 +33,8 @@ def test_tiny_run_learns_and_writes_every_artifact(corpus_file, tmp_path, capsys
     assert json.loads((workdir / "config.json").read_text())["train"]["num_steps"] == 40
     assert (workdir / "tokenizer" / "tokenizer.model").is_file()
     events = list((workdir / "tensorboard").rglob("events.out.tfevents.*"))
-    assert {p.parent.name for p in events} == {"train", "eval"}
+    # train/ and eval/ scalars, and the HParams session at the root (tensorboard/)
+    assert {p.parent.name for p in events} == {"train", "eval", "tensorboard"}
     assert any(p.name.startswith("ckpt-40") for p in (workdir / "checkpoints").iterdir())
 
     # Resume: a longer run in the same workdir starts from the saved step.
