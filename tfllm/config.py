@@ -137,6 +137,9 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             max_new_tokens=64,  # serving_default generates this many tokens per prompt
             verify_prompts=["ROMEO:", "First Citizen:", ""],
+            # TFLite LMs: extra prefill signatures for prompts up to these lengths
+            # (a `prefill` for the whole context always exists; see docs/edge.md).
+            prefill_buckets=(32,),
         )
     )
     return config
@@ -291,6 +294,12 @@ _RULES: tuple[_Rule, ...] = (
     ),
     _Rule("runtime.num_microbatches", int, _positive, "a positive integer"),
     _Rule("export.max_new_tokens", int, _positive, "a positive integer"),
+    _Rule(
+        "export.prefill_buckets",
+        (list, tuple),
+        lambda v: all(isinstance(w, int) and w > 0 for w in v),
+        "a tuple of positive integers",
+    ),
 )
 
 

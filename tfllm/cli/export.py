@@ -1,12 +1,20 @@
-"""tfllm-export: write a verified SavedModel (raw strings in; text or labels out).
+"""tfllm-export: write a verified SavedModel or TFLite/LiteRT file.
 
   tfllm-export --workdir=runs/tiny --format=saved_model
+  tfllm-export --workdir=runs/tiny --format=tflite --quantize=dynamic
 
-The artifact is built in a temp dir, reloaded, and compared with the Keras
-model: an LM's greedy output on `config.export.verify_prompts` must be
-identical; a classifier's labels and probabilities on up to
-`--verify_examples` eval rows must match. Only then is it renamed into
-`W/export/saved_model/` (with `verification.json`).
+Every artifact is built in a temp dir, loaded back and compared with the Keras
+model; only then is it renamed into place with its `verification.json`.
+
+- SavedModel (`W/export/saved_model/`, raw strings in): an LM's greedy output
+  on `config.export.verify_prompts` must be identical; a classifier's labels
+  and probabilities on up to `--verify_examples` eval rows must match.
+- TFLite (`W/export/tflite_<quantize>/model.tflite`, token ids in, the
+  tokenizer beside it): an LM gets `prefill`/`decode` KV-cache signatures and
+  is checked on eval windows (logits, perplexity, greedy text); a classifier
+  gets a `classify` signature and is checked on eval rows (probabilities,
+  accuracy). Float exports must match Keras; quantized ones must stay within
+  the mode's perplexity/accuracy budget (override with the tolerance flags).
 """
 
 from __future__ import annotations
@@ -21,35 +29,72 @@ FLAGS = flags.FLAGS
 common.define_workdir_flag()
 common.define_debug_flag()
 flags.adopt_module_key_flags(common)  # --helpshort lists --workdir and --debug too
+flags.DEFINE_enum("format", "saved_model", ["saved_model", "tflite"], "Artifact format.")
 flags.DEFINE_enum(
-    "format",
-    "saved_model",
-    ["saved_model"],
-    "Artifact format (TFLite export is a separate feature, not in this release).",
+    "quantize",
+    "none",
+    ["none", "dynamic", "float16", "int8"],
+    "TFLite post-training quantization: dynamic (int8 weights), float16 (fp16 weights), "
+    "int8 (full integer, calibrated on training data). SavedModel: none only.",
 )
-flags.DEFINE_enum("quantize", "none", ["none"], "Quantization (none for SavedModel).")
 flags.DEFINE_integer(
     "max_new_tokens", None, "Tokens serving_default generates per prompt (default: config.export)."
 )
-
-
-flags.DEFINE_integer("verify_examples", 256, "Classifiers: eval rows the artifact is verified on.")
+flags.DEFINE_integer(
+    "verify_examples",
+    None,
+    "Eval rows (classifiers, default 256) or eval windows (LM TFLite, default 4) to verify on.",
+)
+flags.DEFINE_float(
+    "max_abs_diff",
+    None,
+    "TFLite: largest allowed |Δ| vs Keras (logits for LMs, probabilities "
+    "for classifiers); default 1e-3 / 1e-4 for float exports, unchecked for quantized ones.",
+)
+flags.DEFINE_float(
+    "max_perplexity_increase",
+    None,
+    "LM TFLite: allowed relative perplexity increase over "
+    "Keras (default: none 0.001, float16 0.01, dynamic 0.05, int8 0.25).",
+)
+flags.DEFINE_float(
+    "max_accuracy_drop",
+    None,
+    "Classifier TFLite: allowed accuracy drop vs Keras in points "
+    "(default per quantize mode, see docs/edge.md).",
+)
 
 
 def main(argv) -> None:
     del argv
-    from tfllm.export.saved_model import export_saved_model
-    from tfllm.inference.generate import Generator, generate_text
     from tfllm.inference.loading import load_trained
 
     if FLAGS.max_new_tokens is not None and not 1 <= FLAGS.max_new_tokens <= 100_000:
         common.fail(f"--max_new_tokens: must be in [1, 100000], got {FLAGS.max_new_tokens}")
-    if not 1 <= FLAGS.verify_examples <= 100_000:
+    if FLAGS.verify_examples is not None and not 1 <= FLAGS.verify_examples <= 100_000:
         common.fail(f"--verify_examples: must be in [1, 100000], got {FLAGS.verify_examples}")
+    if FLAGS.format == "saved_model" and FLAGS.quantize != "none":
+        common.fail("--quantize: SavedModel export is float only; use --format=tflite to quantize")
+    for name in ("max_abs_diff", "max_perplexity_increase", "max_accuracy_drop"):
+        value = getattr(FLAGS, name)
+        if value is not None and not value >= 0:
+            common.fail(f"--{name}: must be ≥ 0, got {value}")
     trained = load_trained(FLAGS.workdir)
-    if trained.is_classifier:
+    if FLAGS.format == "tflite":
+        if trained.is_classifier:
+            _export_classifier_tflite(trained)
+        else:
+            _export_lm_tflite(trained)
+    elif trained.is_classifier:
         _export_classifier(trained)
-        return
+    else:
+        _export_lm_saved_model(trained)
+
+
+def _export_lm_saved_model(trained) -> None:
+    from tfllm.export.saved_model import export_saved_model
+    from tfllm.inference.generate import Generator, generate_text
+
     max_new = FLAGS.max_new_tokens or int(trained.config.export.max_new_tokens)
     prompts = list(trained.config.export.verify_prompts)
     target = os.path.join(FLAGS.workdir, "export", "saved_model")
@@ -76,12 +121,77 @@ def main(argv) -> None:
     )
 
 
+def _export_lm_tflite(trained) -> None:
+    from tfllm.data.sources import lm_token_streams, load_text_splits
+    from tfllm.export.litert import tflite_dir
+    from tfllm.export.lm_tflite import DEFAULT_VERIFY_WINDOWS, export_lm_tflite
+
+    target = tflite_dir(FLAGS.workdir, FLAGS.quantize)
+    train_ids, eval_ids = lm_token_streams(
+        trained.config, trained.tokenizer, load_text_splits(trained.config.data)
+    )
+    with common.workdir_lock(FLAGS.workdir, trained.config):
+        record = export_lm_tflite(
+            trained,
+            target,
+            FLAGS.quantize,
+            eval_ids=train_ids if eval_ids is None else eval_ids,
+            train_ids=train_ids,
+            verify_windows=FLAGS.verify_examples or DEFAULT_VERIFY_WINDOWS,
+            max_abs_diff=FLAGS.max_abs_diff,
+            max_perplexity_increase=FLAGS.max_perplexity_increase,
+        )
+    common.print_summary(
+        "tfllm-export",
+        [
+            ("tflite", os.path.join(target, record["file"])),
+            ("checkpoint", trained.checkpoint),
+            ("signatures", ", ".join(sorted(record["signatures"]))),
+            ("verified", f"{record['windows']} eval windows ({record['tokens']} tokens)"),
+            ("max_abs_diff", record["max_abs_diff"]),
+            ("perplexity", f"{record['perplexity']:.4g} (Keras {record['keras_perplexity']:.4g})"),
+            ("greedy_identical", record["greedy"]["identical"]),
+            ("decode_ms", record["latency"]["decode"]["median_ms"]),
+            ("size_bytes", record["size_bytes"]),
+            ("verification", os.path.join(target, "verification.json")),
+        ],
+    )
+
+
+def _export_classifier_tflite(trained) -> None:
+    from tfllm.export.classifier_tflite import export_classifier_tflite
+    from tfllm.export.litert import tflite_dir
+
+    target = tflite_dir(FLAGS.workdir, FLAGS.quantize)
+    with common.workdir_lock(FLAGS.workdir, trained.config):
+        record = export_classifier_tflite(
+            trained,
+            target,
+            FLAGS.quantize,
+            FLAGS.verify_examples or 256,
+            max_abs_diff=FLAGS.max_abs_diff,
+            max_accuracy_drop=FLAGS.max_accuracy_drop,
+        )
+    common.print_summary(
+        "tfllm-export",
+        [
+            ("tflite", os.path.join(target, record["file"])),
+            ("checkpoint", trained.checkpoint),
+            ("verified", f"{record['examples']} eval rows"),
+            ("max_abs_diff", record["max_abs_diff"]),
+            ("accuracy", record.get("accuracy")),
+            ("size_bytes", record["size_bytes"]),
+            ("verification", os.path.join(target, "verification.json")),
+        ],
+    )
+
+
 def _export_classifier(trained) -> None:
     from tfllm.export.classifier_saved_model import export_trained_classifier
 
     target = os.path.join(FLAGS.workdir, "export", "saved_model")
     with common.workdir_lock(FLAGS.workdir, trained.config):
-        record = export_trained_classifier(trained, target, FLAGS.verify_examples)
+        record = export_trained_classifier(trained, target, FLAGS.verify_examples or 256)
     common.print_summary(
         "tfllm-export",
         [

@@ -3,8 +3,11 @@
   tfllm-generate --workdir=runs/tiny --prompt="ROMEO:" --max_new_tokens=50 \
       --sampler=top_p --top_p=0.9 --temperature=0.8 --seed=1
 
-Backends: `keras` (the checkpoint) or `saved_model` (W/export/saved_model, the
-artifact TF Serving would run). Same seed ⇒ same text, on both backends.
+Backends: `keras` (the checkpoint), `saved_model` (W/export/saved_model, the
+artifact TF Serving would run) or `litert` (W/export/tflite_<quantize>/model.tflite
+through its prefill/decode signatures, as on a phone). All three share one
+sampling rule, so a seed gives the same text on each (a float export's greedy
+text is identical to Keras'; a quantized one may drift).
 Prompts longer than the context are truncated from the left.
 """
 
@@ -33,8 +36,14 @@ flags.DEFINE_integer("seed", 0, "Sampling seed; the same seed gives the same tex
 flags.DEFINE_enum(
     "backend",
     "keras",
-    ["keras", "saved_model"],
-    "keras: the checkpoint; saved_model: W/export/saved_model.",
+    ["keras", "saved_model", "litert"],
+    "keras: the checkpoint; saved_model: W/export/saved_model; litert: the TFLite export.",
+)
+flags.DEFINE_enum(
+    "quantize",
+    "none",
+    ["none", "dynamic", "float16", "int8"],
+    "--backend=litert: which export, W/export/tflite_<quantize>/model.tflite.",
 )
 flags.DEFINE_integer("num_samples", 1, "Independent samples (seeds seed, seed+1, ...).")
 
@@ -52,6 +61,8 @@ def main(argv) -> None:
         common.fail("--num_samples: must be ≥ 1")
     if FLAGS.backend == "keras":
         texts = _generate_keras()
+    elif FLAGS.backend == "litert":
+        texts = _generate_litert()
     else:
         texts = _generate_saved_model()
     for i, text in enumerate(texts):
@@ -79,6 +90,43 @@ def _generate_keras() -> list[str]:
         generate_text(
             generator,
             trained.tokenizer,
+            [FLAGS.prompt],
+            FLAGS.max_new_tokens,
+            sampler=FLAGS.sampler,
+            temperature=FLAGS.temperature,
+            top_k=FLAGS.top_k,
+            top_p=FLAGS.top_p,
+            seed=FLAGS.seed + i,
+        )[0]
+        for i in range(FLAGS.num_samples)
+    ]
+
+
+def _generate_litert() -> list[str]:
+    from tfllm.config import CLASSIFIER_NAMES, load_workdir_config
+    from tfllm.data.tokenizer import Tokenizer
+    from tfllm.export.litert import tflite_path
+    from tfllm.inference.generate import generate_text
+    from tfllm.inference.litert_lm import LiteRTGenerator, LiteRTLM
+
+    config = load_workdir_config(FLAGS.workdir)
+    if config.model.name in CLASSIFIER_NAMES:
+        common.fail(f"--workdir: {FLAGS.workdir} holds a {config.model.name}, not a language model")
+    path = tflite_path(FLAGS.workdir, FLAGS.quantize)
+    if not os.path.isfile(path):
+        common.fail(
+            f"--backend=litert: {path} not found "
+            f"(run tfllm-export --workdir={FLAGS.workdir} --format=tflite "
+            f"--quantize={FLAGS.quantize})"
+        )
+    # The tokenizer shipped beside the .tflite, so the file and its vocabulary travel together.
+    with open(os.path.join(os.path.dirname(path), "tokenizer.model"), "rb") as f:
+        tokenizer = Tokenizer(f.read())
+    generator = LiteRTGenerator(LiteRTLM(path))
+    return [
+        generate_text(
+            generator,
+            tokenizer,
             [FLAGS.prompt],
             FLAGS.max_new_tokens,
             sampler=FLAGS.sampler,

@@ -10,6 +10,11 @@ tracked explicitly or the save fails with "untracked resource"). Endpoints:
 - `generate_<sampler>(prompts, max_new_tokens, temperature, top_k, top_p, seed)`
   for sampler in greedy / temperature / top_k / top_p: the same decode loop as
   `tfllm-generate --backend=keras`, so a seed gives the same text on both.
+- `score(texts: string[None]) -> {"log_likelihood": float32[None], "tokens": int32[None]}`:
+  each text's log-likelihood as a document (its tokens after an eos, the
+  document separator training saw), summed over its first `max_length` tokens;
+  `tokens` says how many were scored (0 for an empty text). For ranking
+  candidates, filtering data, or perplexity outside Python.
 
 Prompts are generated one at a time (`tf.map_fn`): rows of different lengths
 never share padding, so each continuation equals the Keras one exactly.
@@ -80,6 +85,31 @@ def _generate_endpoint(complete):
     return generate
 
 
+def _score_endpoint(model: keras.Model, tokenizer: Tokenizer):
+    """`texts -> {log_likelihood, tokens}`, one text at a time (no shared padding)."""
+    max_length = int(model.max_length)
+    eos = int(tokenizer.eos_id)
+
+    def score_one(text):
+        ids = tf.cast(tokenizer.tokenize(text), tf.int32)[:max_length]
+        inputs = tf.concat([tf.constant([eos], tf.int32), ids[:-1]], axis=0)
+
+        def log_likelihood():
+            logits = tf.cast(model(inputs[tf.newaxis], training=False)[0], tf.float32)
+            return -tf.reduce_sum(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=ids, logits=logits)
+            )
+
+        total = tf.cond(tf.size(ids) > 0, log_likelihood, lambda: tf.constant(0.0))
+        return total, tf.size(ids)
+
+    def score(texts):
+        totals, counts = tf.map_fn(score_one, texts, fn_output_signature=(tf.float32, tf.int32))
+        return {"log_likelihood": totals, "tokens": counts}
+
+    return score
+
+
 def build_archive(
     model: keras.Model, tokenizer: Tokenizer, max_new_tokens: int
 ) -> keras.export.ExportArchive:
@@ -100,6 +130,12 @@ def build_archive(
         return {"completions": completions}
 
     archive.add_endpoint("serving_default", serving_default, input_signature=[prompts_spec])
+
+    archive.add_endpoint(
+        "score",
+        _score_endpoint(model, tokenizer),
+        input_signature=[tf.TensorSpec([None], tf.string, name="texts")],
+    )
 
     for sampler in SAMPLERS:
         archive.add_endpoint(

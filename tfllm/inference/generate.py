@@ -78,6 +78,33 @@ def _prefill(
     return logits[:, -1, :], cache
 
 
+def sample_step(
+    step: tf.Tensor | int,
+    logits: tf.Tensor,
+    done: tf.Tensor,
+    seed: tf.Tensor,
+    sampler: str,
+    temperature: TensorLike,
+    top_k: TensorLike,
+    top_p: TensorLike,
+    eos_id: int | None,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """New token `step` from `logits` [B, V]: `(token [B] int32, done [B] bool)`.
+
+    The one sampling rule every backend shares (the Keras/XLA loop below and
+    the LiteRT loop in `tfllm.inference.litert_lm`): step `i` draws with seed
+    `fold_in(seed, i)`, so a seed gives the same text everywhere, and rows that
+    already emitted `eos_id` keep emitting it.
+    """
+    step = tf.convert_to_tensor(step, tf.int32)
+    step_seed = tf.random.experimental.stateless_fold_in(seed, step, alg="philox")
+    token = sample_next(logits, sampler, temperature, top_k, top_p, step_seed)
+    if eos_id is not None:
+        token = tf.where(done, tf.constant(eos_id, tf.int32), token)
+        done = tf.logical_or(done, tf.equal(token, eos_id))
+    return token, done
+
+
 def _decode_loop(
     model: keras.Model,
     logits: tf.Tensor,
@@ -105,12 +132,9 @@ def _decode_loop(
     slots = tf.range(width, dtype=tf.int32)[tf.newaxis, :]
 
     def sample(step: tf.Tensor, step_logits: tf.Tensor, done: tf.Tensor) -> tuple:
-        step_seed = tf.random.experimental.stateless_fold_in(seed, step, alg="philox")
-        token = sample_next(step_logits, sampler, temperature, top_k, top_p, step_seed)
-        if eos_id is not None:
-            token = tf.where(done, tf.constant(eos_id, tf.int32), token)
-            done = tf.logical_or(done, tf.equal(token, eos_id))
-        return token, done
+        return sample_step(
+            step, step_logits, done, seed, sampler, temperature, top_k, top_p, eos_id
+        )
 
     def write(buffer: tf.Tensor, step: tf.Tensor, token: tf.Tensor) -> tf.Tensor:
         return tf.where(tf.equal(slots, step), token[:, tf.newaxis], buffer)

@@ -23,6 +23,7 @@ class TrainedModel:
     checkpoint: str
     step: int
     labels: LabelVocab | None = None  # classifiers only
+    workdir: str = ""
 
     @property
     def is_classifier(self) -> bool:
@@ -58,4 +59,4 @@ def load_trained(workdir: str) -> TrainedModel:
             f"{latest}: checkpoint does not match the model in config.json ({str(e)[:120]})"
         ) from None
     step = int(latest.rsplit("-", 1)[-1]) if latest.rsplit("-", 1)[-1].isdigit() else -1
-    return TrainedModel(config, model, tokenizer, latest, step, labels)
+    return TrainedModel(config, model, tokenizer, latest, step, labels, workdir)

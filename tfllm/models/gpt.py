@@ -180,17 +180,33 @@ class GPT(keras.Model):
         prefill (`t` = prompt length, `cache_index` = 0) and one-token decode
         steps (`t` = 1). Returns `(logits [B, t, V] float32, new_cache)`.
         """
+        layer_caches = [cache[:, i, ...] for i in range(self.num_layers)]
+        logits, layer_caches = self.call_with_layer_caches(token_ids, layer_caches, cache_index)
+        return logits, tf.stack(layer_caches, axis=1)
+
+    def call_with_layer_caches(
+        self,
+        token_ids: tf.Tensor,
+        layer_caches: list[tf.Tensor],
+        cache_index: int | tf.Tensor,
+    ) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        """`call_with_cache` with one `[B, 2, length, heads, head_dim]` cache per layer.
+
+        The TFLite export uses this form: it never builds the 6-D stacked
+        cache, which TFLite's STRIDED_SLICE (≤ 5-D) cannot slice, and each
+        layer's cache is updated in place instead of being re-packed per step.
+        """
         x = self._embed(token_ids, cache_index, training=False)
-        layer_caches = []
-        for i, block in enumerate(self.blocks):
+        new_caches = []
+        for block, layer_cache in zip(self.blocks, layer_caches, strict=True):
             x, layer_cache = block(
                 x,
-                self_attention_cache=cache[:, i, ...],
+                self_attention_cache=layer_cache,
                 self_attention_cache_update_index=cache_index,
                 training=False,
             )
-            layer_caches.append(layer_cache)
-        return self._logits(x), tf.stack(layer_caches, axis=1)
+            new_caches.append(layer_cache)
+        return self._logits(x), new_caches
 
     def num_params(self, include_position_embedding: bool = True) -> int:
         """Parameter count; the token embedding counts once (it is tied)."""
