@@ -148,6 +148,16 @@ def test_cli_export_and_litert_generate(trained_workdir):
         assert litert_out.returncode == 0, litert_out.stderr[-2000:]
         assert keras_out.stdout == litert_out.stdout
 
+    # The edge benchmark times every backend the workdir was exported to (smoke mode).
+    out = Path(trained_workdir) / "edge.json"
+    proc = run_cli("benchmark", "--mode=edge", f"--workdir={trained_workdir}",
+                   "--decode_new_tokens=4", "--repeats=1", "--warmup=1", f"--output={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    edge = json.loads(out.read_text())["edge"]
+    assert {"keras", "litert_none"} <= set(edge["backends"])
+    assert all(side["tokens_per_second"] > 0 for side in edge["backends"].values())
+    assert edge["tflite_exports"]["none"]["perplexity_increase"] < 1e-3
+
     # A forced parity break fails with one line and keeps the previous export.
     before = path.read_bytes()
     proc = run_cli("export", f"--workdir={trained_workdir}", "--format=tflite",

@@ -1,6 +1,7 @@
 """tfllm-benchmark: training tokens/s and MFU, decode tokens/s, against keras-hub.
 
   tfllm-benchmark --config=configs/bench_gpt_small_cpu.py --mode=all --peer=keras_hub
+  tfllm-benchmark --mode=edge --workdir=runs/quickstart   # keras vs SavedModel vs LiteRT
 
 Random token ids at the config's model dimensions: no data, tokenizer or
 downloaded weights. Prints one JSON line and writes it to `--output`.
@@ -22,7 +23,14 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Benchmark config (model dims, batch).")
 common.define_debug_flag()
 flags.adopt_module_key_flags(common)
-flags.DEFINE_enum("mode", "all", ["train", "decode", "all"], "What to measure.")
+flags.DEFINE_enum(
+    "mode",
+    "all",
+    ["train", "decode", "all", "edge"],
+    "What to measure; edge: batch-1 generation of a trained --workdir's LM through Keras, "
+    "its SavedModel and each of its TFLite exports.",
+)
+flags.DEFINE_string("workdir", "", "--mode=edge: the trained LM workdir (with its exports).")
 flags.DEFINE_enum(
     "peer", "none", ["none", "keras_hub"], "Also time keras-hub's GPT-2, interleaved with ours."
 )
@@ -37,7 +45,10 @@ flags.DEFINE_string("output", "benchmarks.json", "Where the JSON result is writt
 
 def _validate_flags() -> None:
     """One-line errors before TensorFlow starts (seconds saved on a typo)."""
-    if FLAGS.config is None:
+    if FLAGS.mode == "edge":
+        if not FLAGS.workdir:
+            common.fail("--workdir: required with --mode=edge (a trained LM with exports)")
+    elif FLAGS.config is None:
         common.fail("--config: required (e.g. configs/bench_gpt_small_cpu.py)")
     for name, least in (
         ("steps", 1),
@@ -58,6 +69,9 @@ def _validate_flags() -> None:
 def main(argv) -> None:
     del argv
     _validate_flags()
+    if FLAGS.mode == "edge":
+        _edge()
+        return
     config = common.resolve_config(FLAGS.config, None)
     decode_len = FLAGS.decode_prompt_len + FLAGS.decode_new_tokens
     if FLAGS.mode != "train" and decode_len > config.model.max_length:
@@ -102,6 +116,34 @@ def main(argv) -> None:
         if key in result:
             rows.append((key, float(result[key])))
     # The table goes to stderr: stdout is exactly one JSON line for scripts.
+    stdout, sys.stdout = sys.stdout, sys.stderr
+    try:
+        common.print_summary("tfllm-benchmark", rows)
+    finally:
+        sys.stdout = stdout
+
+
+def _edge() -> None:
+    from tfllm.benchmark.edge_bench import run_edge_benchmark
+    from tfllm.benchmark.runner import environment
+    from tfllm.utils.io import atomic_write_json
+
+    result = {
+        "mode": "edge",
+        **run_edge_benchmark(
+            FLAGS.workdir, FLAGS.decode_new_tokens, FLAGS.warmup, max(FLAGS.repeats, 5)
+        ),
+        "environment": environment(),
+        "command": " ".join([common.command_name(), *sys.argv[1:]]),
+    }
+    atomic_write_json(FLAGS.output, result)
+    print(json.dumps(result, sort_keys=True, default=str), flush=True)
+    rows: list[tuple[str, object]] = [("output", FLAGS.output)]
+    for name, side in result["edge"]["backends"].items():
+        rows.append((f"{name} tokens/s", side["tokens_per_second"]))
+    for mode, record in result["edge"]["tflite_exports"].items():
+        if record.get("perplexity_increase") is not None:
+            rows.append((f"litert_{mode} perplexity Δ", f"{record['perplexity_increase']:+.2%}"))
     stdout, sys.stdout = sys.stdout, sys.stderr
     try:
         common.print_summary("tfllm-benchmark", rows)

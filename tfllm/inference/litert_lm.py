@@ -117,6 +117,32 @@ class LiteRTGenerator:
 
     def __init__(self, lm: LiteRTLM) -> None:
         self.lm = lm
+        self._samplers: dict[tuple[str, int | None], Any] = {}
+
+    def _sampler(self, sampler: str, eos_id: int | None):
+        """`sample_step` compiled once per (sampler, eos_id): run eagerly it costs
+        more per token than the LiteRT decode step itself."""
+        key = (sampler, eos_id)
+        if key not in self._samplers:
+
+            def sample(step, logits, done, seed, temperature, top_k, top_p):
+                return sample_step(
+                    step, logits, done, seed, sampler, temperature, top_k, top_p, eos_id
+                )
+
+            self._samplers[key] = tf.function(
+                sample,
+                input_signature=[
+                    tf.TensorSpec([], tf.int32),
+                    tf.TensorSpec([1, None], tf.float32),
+                    tf.TensorSpec([1], tf.bool),
+                    tf.TensorSpec([2], tf.int64),
+                    tf.TensorSpec([], tf.float32),
+                    tf.TensorSpec([], tf.int32),
+                    tf.TensorSpec([], tf.float32),
+                ],
+            )
+        return self._samplers[key]
 
     def generate(
         self,
@@ -138,17 +164,30 @@ class LiteRTGenerator:
             raise ValueError("prompt_ids is empty; start from e.g. [eos_id]")
         prompt, max_new_tokens = fit_prompt(prompt, max_new_tokens, self.lm.max_length)
         seed_pair = tf.constant([seed, 0], tf.int64)
+        settings = (
+            tf.constant(temperature, tf.float32),
+            tf.constant(top_k, tf.int32),
+            tf.constant(top_p, tf.float32),
+        )
+        sample = self._sampler(sampler, eos_id)
         done = tf.zeros([1], tf.bool)
         logits, cache = self.lm.prefill(prompt)
         out = np.full([max_new_tokens], 0 if eos_id is None else eos_id, np.int32)
         for step in range(max_new_tokens):
             if step:
                 logits, cache = self.lm.decode(int(out[step - 1]), len(prompt) + step - 1, cache)
-            token, done = sample_step(
-                step, logits[np.newaxis], done, seed_pair, sampler,
-                temperature, top_k, top_p, eos_id,
-            )  # fmt: skip
-            out[step] = int(token[0])
-            if bool(done[0]):
+            if sampler == "greedy":
+                # sample_step's greedy rule (first index of the max, as tf.argmax),
+                # in numpy: calling into TensorFlow per token costs more than
+                # the LiteRT decode step of a small model.
+                out[step] = int(np.argmax(logits))
+                finished = out[step] == eos_id
+            else:
+                token, done = sample(
+                    tf.constant(step, tf.int32), logits[np.newaxis], done, seed_pair, *settings
+                )
+                out[step] = int(token[0])
+                finished = bool(done[0])
+            if finished:
                 break
         return out
