@@ -2,12 +2,14 @@
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import last_stderr_line, run_cli
+from conftest import REPO, last_stderr_line, run_cli
 
 from tfllm.data.sources import lm_token_streams, load_text_splits
 from tfllm.export.lm_tflite import export_lm_tflite
@@ -147,6 +149,14 @@ def test_cli_export_and_litert_generate(trained_workdir):
         litert_out = run_cli("generate", *args, *extra, "--backend=litert")
         assert litert_out.returncode == 0, litert_out.stderr[-2000:]
         assert keras_out.stdout == litert_out.stdout
+
+    # The TensorFlow-free example in docs/edge.md gives the same greedy text.
+    example = subprocess.run(
+        [sys.executable, "examples/litert_generate.py", str(path.parent), "KING:", "12"],
+        cwd=str(REPO), capture_output=True, text=True, timeout=120,
+    )
+    assert example.returncode == 0, example.stderr[-2000:]
+    assert example.stdout == run_cli("generate", *args).stdout
 
     # The edge benchmark times every backend the workdir was exported to (smoke mode).
     out = Path(trained_workdir) / "edge.json"
