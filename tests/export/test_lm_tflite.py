@@ -150,6 +150,16 @@ def test_cli_export_and_litert_generate(trained_workdir):
         assert litert_out.returncode == 0, litert_out.stderr[-2000:]
         assert keras_out.stdout == litert_out.stdout
 
+    # tfllm-evaluate through the .tflite: the same windows, the same perplexity.
+    window_args = [f"--workdir={trained_workdir}", "--max_batches=1", "--batch_size=2"]
+    keras_eval = run_cli("evaluate", *window_args)
+    litert_eval = run_cli("evaluate", *window_args, "--backend=litert")
+    assert litert_eval.returncode == 0, litert_eval.stderr[-2000:]
+    metrics = json.loads((Path(trained_workdir) / "metrics.json").read_text())
+    assert metrics["litert_none_eval_tokens"] == metrics["eval_tokens"] == 2 * 32
+    assert abs(metrics["litert_none_eval_perplexity"] / metrics["perplexity"] - 1) < 1e-4
+    assert keras_eval.returncode == 0
+
     # The TensorFlow-free example in docs/edge.md gives the same greedy text.
     example = subprocess.run(
         [sys.executable, "examples/litert_generate.py", str(path.parent), "KING:", "12"],
