@@ -2,6 +2,7 @@
 
   tfllm-evaluate --workdir=runs/tiny [--split=eval|train] [--data=FILE --format=text]
   tfllm-evaluate --workdir=runs/cnn [--split=eval|train|test] [--data=FILE --format=tsv]
+  tfllm-evaluate --workdir=W --backend=litert [--quantize=none|dynamic|float16|int8]
 
 Language models: loss and perplexity. Updates `W/metrics.json`: `eval_loss`/
 `perplexity` for the eval split, `train_split_loss`/`train_split_perplexity`
@@ -11,6 +12,13 @@ Classifiers: accuracy, macro/micro precision/recall/F1, per-class scores,
 confusion matrix (also as `W/confusion_matrix[_<split>].png`), ROC-AUC and log
 loss. The eval split's numbers go to the top level of `metrics.json` (the keys
 `tfllm-train` writes); other splits under `train_split`, `test_split`, `data`.
+
+`--backend=litert` evaluates the exported `.tflite` in
+`W/export/tflite_<quantize>/` (written by `tfllm-export --format=tflite`)
+instead of the Keras checkpoint: the same metrics, stored apart so the Keras
+numbers stay: an LM's under `litert_<quantize>_<prefix>loss` /
+`..._perplexity` / `..._tokens`, a classifier's under `litert_<quantize>_<split>`
+(with its confusion matrix as `confusion_matrix_litert_<quantize>_<split>.png`).
 """
 
 from __future__ import annotations
@@ -36,6 +44,19 @@ flags.DEFINE_string("text_field", None, "Text column/field of --data (default: t
 flags.DEFINE_string("label_field", None, "Label column/field of --data (default: the run's).")
 flags.DEFINE_integer("batch_size", 16, "Windows (LM) or examples (classifier) per batch.")
 flags.DEFINE_integer("max_batches", 0, "Stop after this many batches (0 = all).")
+flags.DEFINE_enum(
+    "backend",
+    "keras",
+    ["keras", "litert"],
+    "keras: the checkpoint; litert: the .tflite tfllm-export --format=tflite wrote.",
+)
+# The modes of tfllm.export.litert.QUANTIZE_MODES (not imported here: it pulls in TensorFlow).
+flags.DEFINE_enum(
+    "quantize",
+    None,
+    ["none", "dynamic", "float16", "int8"],
+    "--backend=litert: which export, W/export/tflite_<quantize>/ (default none).",
+)
 
 
 def main(argv) -> None:
@@ -44,6 +65,8 @@ def main(argv) -> None:
         common.fail(f"--batch_size: must be ≥ 1, got {FLAGS.batch_size}")
     if FLAGS.max_batches < 0:
         common.fail(f"--max_batches: must be ≥ 0, got {FLAGS.max_batches}")
+    if FLAGS.quantize is not None and FLAGS.backend != "litert":
+        common.fail("--quantize: only with --backend=litert (it picks which TFLite export to run)")
     from tfllm.data.corpus import read_documents
     from tfllm.data.lm_data import tokenize_documents
     from tfllm.data.sources import bad_row_policy, data_fields, lm_token_streams, load_text_splits
@@ -52,6 +75,8 @@ def main(argv) -> None:
     from tfllm.utils.io import atomic_write_json, read_json
 
     trained = load_trained(FLAGS.workdir)
+    if FLAGS.backend == "litert":
+        _check_tflite_export(trained)
     if trained.is_classifier:
         _evaluate_classifier(trained)
         return
@@ -79,20 +104,34 @@ def main(argv) -> None:
             ids, prefix = eval_ids, "eval_"
         else:
             ids, prefix = train_ids, "train_split_"
-    result = lm_loss_and_perplexity(
-        trained.model, ids, int(config.model.max_length), FLAGS.batch_size, FLAGS.max_batches
-    )
+    if FLAGS.backend == "litert":
+        from tfllm.export.lm_tflite import litert_perplexity  # only when asked for
+
+        result = litert_perplexity(trained, ids, _quantize(), FLAGS.max_batches * FLAGS.batch_size)
+        keys = {
+            name: f"litert_{_quantize()}_{prefix}{name}"
+            for name in ("loss", "perplexity", "tokens")
+        }
+    else:
+        result = lm_loss_and_perplexity(
+            trained.model, ids, int(config.model.max_length), FLAGS.batch_size, FLAGS.max_batches
+        )
+        keys = {
+            "loss": f"{prefix}loss",
+            "perplexity": "perplexity" if prefix == "eval_" else f"{prefix}perplexity",
+            "tokens": f"{prefix}tokens",
+        }
     path = os.path.join(FLAGS.workdir, "metrics.json")
     with common.workdir_lock(FLAGS.workdir, config):  # a training run may be updating it
         metrics = read_json(path)
-        metrics[f"{prefix}loss"] = result["loss"]
-        metrics["perplexity" if prefix == "eval_" else f"{prefix}perplexity"] = result["perplexity"]
-        metrics[f"{prefix}tokens"] = result["tokens"]
+        for name, key in keys.items():
+            metrics[key] = result[name]
         atomic_write_json(path, metrics)
     common.print_summary(
         "tfllm-evaluate",
         [
             ("checkpoint", trained.checkpoint),
+            ("backend", _backend_label()),
             ("split", FLAGS.data or FLAGS.split),
             ("tokens", result["tokens"]),
             ("loss", result["loss"]),
@@ -108,7 +147,11 @@ def _evaluate_classifier(trained) -> None:
     from tfllm.data.corpus import read_documents
     from tfllm.data.sources import bad_row_policy, data_fields
     from tfllm.evaluation.classification import format_metrics_table
-    from tfllm.evaluation.classifier_eval import evaluate_corpus, record_metrics
+    from tfllm.evaluation.classifier_eval import (
+        evaluate_corpus,
+        evaluate_corpus_litert,
+        record_metrics,
+    )
 
     config = trained.config
     if FLAGS.data:
@@ -138,20 +181,35 @@ def _evaluate_classifier(trained) -> None:
                 )
             )
         name, key = FLAGS.split, FLAGS.split
-    png = os.path.join(
-        FLAGS.workdir, "confusion_matrix.png" if key == "eval" else f"confusion_matrix_{key}.png"
-    )
-    metrics, examples = evaluate_corpus(
-        trained, corpus, "--data" if FLAGS.data else key, batch_size=FLAGS.batch_size, png_path=png
-    )
-    with common.workdir_lock(FLAGS.workdir, config):  # a training run may be updating it
+    what = "--data" if FLAGS.data else key
+    extra: dict[str, str] = {}
+    if FLAGS.backend == "litert":
+        from tfllm.export.litert import tflite_dir
+
+        slot = f"litert_{_quantize()}_{key}"
+        png = os.path.join(FLAGS.workdir, f"confusion_matrix_{slot}.png")
+        export_dir = tflite_dir(FLAGS.workdir, _quantize())
+        metrics, examples = evaluate_corpus_litert(
+            trained, corpus, what, export_dir, batch_size=FLAGS.batch_size, png_path=png
+        )
+        extra = {"backend": "litert", "quantize": _quantize(), "export": export_dir}
+    else:
         slot = {"eval": "eval", "data": "data"}.get(key, f"{key}_split")
-        path = record_metrics(FLAGS.workdir, slot, metrics, source=name)
+        png = os.path.join(
+            FLAGS.workdir,
+            "confusion_matrix.png" if key == "eval" else f"confusion_matrix_{key}.png",
+        )
+        metrics, examples = evaluate_corpus(
+            trained, corpus, what, batch_size=FLAGS.batch_size, png_path=png
+        )
+    with common.workdir_lock(FLAGS.workdir, config):  # a training run may be updating it
+        path = record_metrics(FLAGS.workdir, slot, metrics, source=name, **extra)
     print(format_metrics_table(metrics), flush=True)
     common.print_summary(
         "tfllm-evaluate",
         [
             ("checkpoint", trained.checkpoint),
+            ("backend", _backend_label()),
             ("split", name),
             ("examples", examples),
             ("accuracy", metrics["accuracy"]),
@@ -160,6 +218,45 @@ def _evaluate_classifier(trained) -> None:
             ("metrics", path),
         ],
     )
+
+
+def _quantize() -> str:
+    return FLAGS.quantize or "none"
+
+
+def _backend_label() -> str:
+    return f"litert ({_quantize()})" if FLAGS.backend == "litert" else "keras"
+
+
+def _check_tflite_export(trained) -> None:
+    """Fails with one line unless `W/export/tflite_<quantize>/` exists; warns if it is stale.
+
+    The export records the checkpoint it was made from; a newer checkpoint
+    means the numbers would describe an older model.
+    """
+    from absl import logging
+
+    from tfllm.export.litert import tflite_dir, tflite_path
+    from tfllm.utils.io import read_json
+
+    quantize = _quantize()
+    if not os.path.isfile(tflite_path(FLAGS.workdir, quantize)):
+        common.fail(
+            f"--backend=litert: no TFLite export in {tflite_dir(FLAGS.workdir, quantize)} "
+            f"(run tfllm-export --workdir={FLAGS.workdir} --format=tflite --quantize={quantize})"
+        )
+    try:
+        record = read_json(os.path.join(tflite_dir(FLAGS.workdir, quantize), "verification.json"))
+    except (OSError, ValueError):  # the record is informational here; the .tflite is what runs
+        record = {}
+    exported = record.get("checkpoint") if isinstance(record, dict) else None
+    if exported and os.path.basename(exported) != os.path.basename(trained.checkpoint):
+        logging.warning(
+            "%s was exported from %s but the latest checkpoint is %s; re-export to evaluate it",
+            tflite_path(FLAGS.workdir, quantize),
+            os.path.basename(exported),
+            os.path.basename(trained.checkpoint),
+        )
 
 
 def run() -> None:

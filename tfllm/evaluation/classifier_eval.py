@@ -1,7 +1,10 @@
 """Evaluating a trained classifier on labelled rows: predictions -> the full metric set.
 
 `tfllm-train` calls it once at the end of training and `tfllm-evaluate` on
-any split or file, so both report the same numbers the same way.
+any split or file, so both report the same numbers the same way. With
+`tfllm-evaluate --backend=litert` the probabilities come from the exported
+`.tflite` instead (tokenized by its runner, exactly as a deployment would),
+and go through the same metrics.
 """
 
 from __future__ import annotations
@@ -64,6 +67,43 @@ def evaluate_corpus(
         title=f"Confusion matrix: {what}",
     )
     return metrics, len(split)
+
+
+def evaluate_corpus_litert(
+    trained: TrainedModel,
+    corpus: Corpus,
+    what: str,
+    export_dir: str,
+    *,
+    batch_size: int,
+    png_path: str | None = None,
+) -> tuple[dict, int]:
+    """`evaluate_corpus` for the `.tflite` in `export_dir`, run by `LiteRTClassifier`.
+
+    The run's label vocabulary maps the rows' labels to class ids; an export
+    whose class names differ (made from another run) is an error, not a
+    silently permuted confusion matrix.
+    """
+    from tfllm.errors import WorkdirError
+    from tfllm.inference.litert_classifier import LiteRTClassifier
+
+    classifier = LiteRTClassifier(export_dir)
+    if classifier.labels != trained.labels.names:
+        raise WorkdirError(
+            f"{export_dir}: exported for classes {classifier.labels}, but the run has "
+            f"{trained.labels.names} (re-run tfllm-export --format=tflite)"
+        )
+    labels = trained.labels.encode(corpus.labels or [], corpus.sources, what=what)
+    probabilities = classifier.predict_proba(corpus.texts, batch_size=batch_size)
+    metrics = classification_metrics(labels, probabilities, trained.labels.names)
+    if png_path:
+        save_confusion_matrix_png(
+            metrics["confusion_matrix"],
+            trained.labels.names,
+            png_path,
+            title=f"Confusion matrix (LiteRT): {what}",
+        )
+    return metrics, len(labels)
 
 
 def record_metrics(workdir: str, key: str, metrics: dict, **extra: object) -> str:

@@ -57,13 +57,15 @@ def convert(
     signature_keys: list[str],
     quantize: str,
     representative_dataset: RepresentativeData | None = None,
+    float_ops: tuple[str, ...] = (),
 ) -> tuple[bytes, dict[str, Any]]:
     """Converts the SavedModel's `signature_keys` to one `.tflite` flatbuffer.
 
     Returns `(flatbuffer, notes)`; `notes` records how int8 was done.
     `representative_dataset` (int8 only) yields what the converter expects:
     a list of inputs for one signature, or `(signature_key, {name: array})`
-    pairs for several.
+    pairs for several. `float_ops` (int8 only): op types kept in float
+    (`INT8_ATTENTION_FLOAT_OPS` for transformers, see there).
     """
     if quantize not in QUANTIZE_MODES:
         choices = ", ".join(QUANTIZE_MODES)
@@ -88,6 +90,12 @@ def convert(
     try:
         if quantize != "int8":
             return converter().convert(), notes
+        if float_ops:
+            mixed = converter([tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS])
+            return _int8_except(mixed, representative_dataset, float_ops), {
+                "int8_only": False,
+                "int8_float_ops": list(float_ops),
+            }
         try:
             blob = converter([tf.lite.OpsSet.TFLITE_BUILTINS_INT8]).convert()
             notes["int8_only"] = True
@@ -104,6 +112,39 @@ def convert(
         raise ExportError(f"TFLite conversion ({quantize}) failed: {one_line(e)}") from None
 
 
+# Op types a transformer's int8 export keeps in float: the attention core.
+# Attention scores are masked with a huge negative constant before the
+# softmax, so the calibrated int8 range of the score tensor is enormous
+# (scale 3.9e6 on the SST-2 transformer) and every real score rounds to the
+# same value: attention turns uniform (SST-2: -4.5 accuracy points; the
+# quantization debugger located it). MUL is included because the converter
+# may fuse the query scaling into the score matmul. All weights stay int8.
+INT8_ATTENTION_FLOAT_OPS = ("BATCH_MATMUL", "MUL", "SELECT_V2", "SOFTMAX", "TRANSPOSE", "RESHAPE")
+
+
+def _int8_except(
+    converter: tf.lite.TFLiteConverter,
+    representative_dataset: RepresentativeData | None,
+    float_ops: tuple[str, ...],
+) -> bytes:
+    """int8 quantization of every op except the types `float_ops`.
+
+    The converter's selective quantization lives in
+    `tf.lite.experimental.QuantizationDebugger` (its `denylisted_ops`); the
+    non-debug model it returns is an ordinary `.tflite` with quantize /
+    dequantize ops around the float ones.
+    """
+    import warnings
+
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(float_ops))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # it builds a (deprecated) tf.lite.Interpreter
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=representative_dataset, debug_options=options
+        )
+        return debugger.get_nondebug_quantized_model()
+
+
 def one_line(error: BaseException, limit: int = 300) -> str:
     """The most informative single line of a (often multi-line) converter error."""
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
@@ -113,17 +154,25 @@ def one_line(error: BaseException, limit: int = 300) -> str:
     return (lines[0] if lines else type(error).__name__)[:limit]
 
 
-def interpreter(model: str | bytes, num_threads: int | None = None):
-    """A LiteRT interpreter for a `.tflite` path or flatbuffer, tensors allocated."""
-    from ai_edge_litert.interpreter import Interpreter
+def interpreter(
+    model: str | bytes, num_threads: int | None = None, *, default_delegates: bool = True
+):
+    """A LiteRT interpreter for a `.tflite` path or flatbuffer, tensors allocated.
 
-    threads = num_threads or os.cpu_count() or 1
+    `default_delegates=False` skips XNNPACK, whose DELEGATE nodes would hide
+    the ops it took over (`ops_used` wants the file's real op list).
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    kwargs: dict[str, Any] = {"num_threads": num_threads or os.cpu_count() or 1}
+    if not default_delegates:
+        kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     if isinstance(model, bytes):
-        interp = Interpreter(model_content=model, num_threads=threads)
+        interp = Interpreter(model_content=model, **kwargs)
     else:
         if not os.path.isfile(model):
             raise TfllmError(f"{model}: no .tflite file here (run tfllm-export --format=tflite)")
-        interp = Interpreter(model_path=model, num_threads=threads)
+        interp = Interpreter(model_path=model, **kwargs)
     interp.allocate_tensors()
     return interp
 
@@ -198,7 +247,7 @@ def write_verified_tflite(
             "file": TFLITE_FILE,
             "size_bytes": len(flatbuffer),
             "gzip_bytes": len(gzip.compress(flatbuffer, compresslevel=9)),
-            "ops": ops_used(interpreter(path, num_threads=1)),
+            "ops": ops_used(interpreter(path, num_threads=1, default_delegates=False)),
             "versions": versions(),
         }
         record["seconds"] = round(time.time() - started, 2)

@@ -246,7 +246,13 @@ def export_lm_tflite(
         calibration = (
             representative_dataset(model, train_ids, buckets) if quantize == "int8" else None
         )
-        blob, notes = litert.convert(scratch, signature_names(buckets), quantize, calibration)
+        blob, notes = litert.convert(
+            scratch,
+            signature_names(buckets),
+            quantize,
+            calibration,
+            float_ops=litert.INT8_ATTENTION_FLOAT_OPS,  # same masked attention as classifiers
+        )
 
     def verify(path: str) -> dict[str, Any]:
         lm = LiteRTLM(path)

@@ -65,8 +65,8 @@ class LiteRTClassifier:
         missing = [name for name, path in paths.items() if not os.path.isfile(path)]
         if missing:
             raise LiteRTClassifierError(
-                f"{export_dir}: not a tfllm classifier TFLite export (missing {', '.join(missing)}; "
-                "run tfllm-export --format=tflite)"
+                f"{export_dir}: not a tfllm classifier TFLite export (missing "
+                f"{', '.join(missing)}; run tfllm-export --format=tflite)"
             )
         with open(paths[CONFIG_FILE], encoding="utf-8") as f:
             self.config: dict = json.load(f)
@@ -90,7 +90,10 @@ class LiteRTClassifier:
 
         def describe(details: dict) -> dict:
             return {
-                name: {"shape": [int(n) for n in d["shape_signature"]], "dtype": d["dtype"].__name__}
+                name: {
+                    "shape": [int(n) for n in d["shape_signature"]],
+                    "dtype": d["dtype"].__name__,
+                }
                 for name, d in details.items()
             }
 
