@@ -3,11 +3,16 @@
 `tfllm-benchmark --mode=edge --workdir=W` times batch-1 greedy generation of
 the same prompt with the Keras checkpoint (XLA decode loop), the SavedModel
 (`generate_greedy`) and each `W/export/tflite_<quantize>/model.tflite` found
-(LiteRT prefill/decode signatures), interleaved in rounds. Every backend
-stops at eos the same way, so the token count is read off its own output
-(for the SavedModel, which returns text, it is the Keras greedy output's
-length: the export was verified to produce that exact text). The perplexity
-each TFLite file was verified with comes from its `verification.json`.
+(LiteRT prefill/decode signatures), interleaved in rounds.
+
+Keras and LiteRT generate exactly `--decode_new_tokens` tokens (eos does not
+stop them), so their tokens/s is decode throughput, prefill included. The
+SavedModel's endpoint always stops at eos; its token count is the length of
+the Keras greedy output up to eos (the export was verified to produce that
+exact text), recorded as `tokens` — if the model emits eos early, that row
+is dominated by the prefill and says so by its small `tokens`. The
+perplexity each TFLite file was verified with comes from its
+`verification.json`.
 """
 
 from __future__ import annotations
@@ -65,10 +70,10 @@ def run_edge_benchmark(workdir: str, new_tokens: int, warmup: int, repeats: int)
     keras_gen = Generator(trained.model)
 
     def keras_run() -> int:
-        return _generated(keras_gen.generate(prompt, new_tokens, eos_id=eos), eos)
+        return len(keras_gen.generate(prompt, new_tokens))
 
     sides = [_Side("keras", keras_run)]
-    keras_steps = keras_run()
+    keras_steps = _generated(keras_gen.generate(prompt, new_tokens, eos_id=eos), eos)
     saved_dir = os.path.join(workdir, "export", "saved_model")
     if os.path.isfile(os.path.join(saved_dir, "saved_model.pb")):
         serving = load_serving(saved_dir)
@@ -91,7 +96,7 @@ def run_edge_benchmark(workdir: str, new_tokens: int, warmup: int, repeats: int)
         generator = LiteRTGenerator(LiteRTLM(path))
 
         def litert_run(g: LiteRTGenerator = generator) -> int:
-            return _generated(g.generate(prompt, new_tokens, eos_id=eos), eos)
+            return len(g.generate(prompt, new_tokens))
 
         sides.append(_Side(f"litert_{mode}", litert_run))
         record = read_json(os.path.join(tflite_dir(workdir, mode), "verification.json"))

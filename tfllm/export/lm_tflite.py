@@ -83,9 +83,8 @@ def build_lm_archive(model: keras.Model, buckets: list[int]) -> keras.export.Exp
         return outputs(logits[:, 0], caches)
 
     for width in buckets:
-        name = "prefill" if width == buckets[-1] else f"prefill_{width}"
         archive.add_endpoint(
-            name,
+            prefill_name(width, buckets),
             prefill,
             input_signature=[
                 tf.TensorSpec([1, width], tf.int32, name="tokens"),
@@ -104,21 +103,21 @@ def build_lm_archive(model: keras.Model, buckets: list[int]) -> keras.export.Exp
     return archive
 
 
+def prefill_name(width: int, buckets: list[int]) -> str:
+    """`prefill` for the whole-context bucket, `prefill_<width>` for the others."""
+    return "prefill" if width == buckets[-1] else f"prefill_{width}"
+
+
 def signature_names(buckets: list[int]) -> list[str]:
-    return ["decode"] + [
-        "prefill" if width == buckets[-1] else f"prefill_{width}" for width in buckets
-    ]
+    return ["decode"] + [prefill_name(width, buckets) for width in buckets]
 
 
 def eval_windows(ids: np.ndarray, seq_len: int, count: int) -> np.ndarray:
     """The first `count` windows `tfllm-evaluate` scores: [n, seq_len + 1] token ids."""
     ids = np.asarray(ids, np.int32).reshape(-1)
     n = min(count, max(0, (len(ids) - 1) // seq_len))
-    return (
-        np.stack([ids[k * seq_len : k * seq_len + seq_len + 1] for k in range(n)])
-        if n
-        else (np.zeros([0, seq_len + 1], np.int32))
-    )
+    windows = [ids[k * seq_len : k * seq_len + seq_len + 1] for k in range(n)]
+    return np.stack(windows) if windows else np.zeros([0, seq_len + 1], np.int32)
 
 
 def representative_dataset(
@@ -143,8 +142,13 @@ def representative_dataset(
             length = int(rng.integers(1, min(width, len(window) - 1) + 1))
             tokens = np.zeros([1, width], np.int32)
             tokens[0, :length] = window[:length]
-            name = "prefill" if width == buckets[-1] else f"prefill_{width}"
-            yield name, {"tokens": tokens, "length": np.array([length], np.int32)}
+            yield (
+                prefill_name(width, buckets),
+                {
+                    "tokens": tokens,
+                    "length": np.array([length], np.int32),
+                },
+            )
             _, cache = model.call_with_cache(
                 tf.constant(window[np.newaxis, :length]), model.init_cache(1), 0
             )
