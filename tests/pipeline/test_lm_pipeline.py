@@ -24,12 +24,16 @@ def test_pipeline_runs_every_stage_then_skips_them(corpus_file, tmp_path):
     verification = json.loads(
         (workdir / "export" / "saved_model" / "verification.json").read_text())
     assert verification["match"] is True
+    edge = json.loads(
+        (workdir / "export" / "tflite_dynamic" / "verification.json").read_text())
+    assert edge["quantize"] == "dynamic" and edge["perplexity_increase"] < 0.05
+    assert "export/tflite_dynamic/model.tflite" in report
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["step"] == 30 and metrics["full_eval_perplexity"] > 1
 
     again = run_cli("pipeline", *args)
     assert again.returncode == 0, again.stderr[-3000:]
-    for stage in ("train", "evaluate", "samples", "export"):
+    for stage in ("train", "evaluate", "samples", "export", "tflite"):
         assert f"{stage}: already done, skipping" in again.stdout, again.stdout[-2000:]
 
 

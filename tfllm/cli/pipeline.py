@@ -32,7 +32,8 @@ flags.adopt_module_key_flags(common)  # --helpshort lists --workdir and --debug 
 flags.DEFINE_list(
     "force",
     [],
-    "Stages to redo even if done: evaluate, samples (LMs), export. (To retrain, delete "
+    "Stages to redo even if done: evaluate, samples and tflite (LMs), export. (To retrain, "
+    "delete "
     "the workdir's checkpoints/.)",
 )
 

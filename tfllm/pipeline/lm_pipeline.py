@@ -5,6 +5,7 @@ Stages (each skipped when its output already exists, unless forced):
   evaluate — perplexity on the held-out split
   samples  — generated text (greedy and nucleus) → samples.json
   export   — verified SavedModel → export/saved_model/
+  tflite   — verified LiteRT file (dynamic-range int8) → export/tflite_dynamic/
   report   — report.md + loss curve PNG
 """
 
@@ -28,7 +29,9 @@ from tfllm.utils.io import atomic_write_json, atomic_write_text, read_json
 
 __all__ = ["STAGES", "PipelineRun", "StageResult", "run_pipeline"]
 
-STAGES = ("train", "evaluate", "samples", "export", "report")
+STAGES = ("train", "evaluate", "samples", "export", "tflite", "report")
+# The edge format docs/edge.md recommends: ~0.4x the float file, no perplexity cost.
+EDGE_QUANTIZE = "dynamic"
 
 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str, force: set[str]) -> str:
@@ -55,6 +58,8 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, force: set[str
     run.stage("samples", os.path.isfile(samples_path), lambda: _samples(workdir, samples_path))
     verification = os.path.join(workdir, "export", "saved_model", "verification.json")
     run.stage("export", os.path.isfile(verification), lambda: _export(workdir))
+    tflite_record = os.path.join(_edge_dir(workdir), "verification.json")
+    run.stage("tflite", os.path.isfile(tflite_record), lambda: _tflite(workdir))
     report = os.path.join(workdir, "report.md")
     run.stage("report", False, lambda: _report(run, report))
     return report
@@ -135,6 +140,54 @@ def _export(workdir: str) -> str:
     return f"(verified on {len(prompts)} prompts, {record['size_bytes'] / 1e6:.1f} MB)"
 
 
+def _edge_dir(workdir: str) -> str:
+    from tfllm.export.litert import tflite_dir  # TensorFlow loads only when needed
+
+    return tflite_dir(workdir, EDGE_QUANTIZE)
+
+
+def _tflite(workdir: str) -> str:
+    from tfllm.data.sources import lm_token_streams, load_text_splits
+    from tfllm.export.lm_tflite import export_lm_tflite
+    from tfllm.inference.loading import load_trained
+
+    trained = load_trained(workdir)
+    train_ids, eval_ids = lm_token_streams(
+        trained.config, trained.tokenizer, load_text_splits(trained.config.data)
+    )
+    record = export_lm_tflite(
+        trained,
+        _edge_dir(workdir),
+        EDGE_QUANTIZE,
+        eval_ids=train_ids if eval_ids is None else eval_ids,
+        train_ids=train_ids,
+    )
+    return (
+        f"({EDGE_QUANTIZE}: {record['size_bytes'] / 1e6:.1f} MB, perplexity "
+        f"{record['perplexity']:.2f} vs Keras {record['keras_perplexity']:.2f})"
+    )
+
+
+def _tflite_lines(workdir: str) -> list[str]:
+    record = read_json(os.path.join(_edge_dir(workdir), "verification.json"))
+    if not record:
+        return []
+    return [
+        "",
+        f"LiteRT `export/tflite_{EDGE_QUANTIZE}/model.tflite` (signatures "
+        f"{', '.join(sorted(record['signatures']))}; see docs/edge.md):",
+        "",
+        "| file bytes | gzip bytes | perplexity (file) | perplexity (Keras) | max \\|Δ logit\\| "
+        "| decode ms (median of 100) | greedy text = Keras |",
+        "|---|---|---|---|---|---|---|",
+        f"| {record['size_bytes']:,} | {record['gzip_bytes']:,} | {record['perplexity']:.3f} "
+        f"| {record['keras_perplexity']:.3f} | {record['max_abs_diff']:.3g} "
+        f"| {record['latency']['decode']['median_ms']:.2f} "
+        f"| {'yes' if record['greedy']['identical'] else 'no'} |",
+        "",
+    ]
+
+
 def _report(run: PipelineRun, path: str) -> str:
     workdir, config = run.workdir, run.config
     metrics = read_json(os.path.join(workdir, "metrics.json"))
@@ -190,6 +243,7 @@ def _report(run: PipelineRun, path: str) -> str:
             f"**{'match' if verification['match'] else 'MISMATCH'}**.",
             "",
         ]
+    lines += _tflite_lines(workdir)
     lines += stage_lines(run.results)
     lines += [
         "",
@@ -198,6 +252,7 @@ def _report(run: PipelineRun, path: str) -> str:
         "```",
         command,
         f"tfllm-evaluate --workdir={workdir}",
+        f"tfllm-export --workdir={workdir} --format=tflite --quantize={EDGE_QUANTIZE}",
         f"tfllm-generate --workdir={workdir} --prompt='ROMEO:' --sampler=top_p --top_p=0.9 "
         "--temperature=0.8 --seed=1",
         f"tensorboard --logdir {os.path.join(workdir, 'tensorboard')}",
