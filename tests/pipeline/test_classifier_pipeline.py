@@ -20,9 +20,9 @@ def test_classifier_pipeline_runs_every_stage_then_skips_them(labelled_files, tm
     ]
     proc = run_cli("pipeline", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # The classifier's own stage list: 4 stages, no samples.
-    for i, stage in enumerate(("train", "evaluate", "export", "report"), start=1):
-        assert f"[{i}/4] {stage}: done" in proc.stdout, proc.stdout[-2000:]
+    # The classifier's own stage list: 5 stages, no samples.
+    for i, stage in enumerate(("train", "evaluate", "export", "tflite", "report"), start=1):
+        assert f"[{i}/5] {stage}: done" in proc.stdout, proc.stdout[-2000:]
     assert "samples" not in proc.stdout
     assert not (workdir / "samples.json").exists()
 
@@ -36,6 +36,11 @@ def test_classifier_pipeline_runs_every_stage_then_skips_them(labelled_files, tm
         (workdir / "export" / "saved_model" / "verification.json").read_text()
     )
     assert verification["match"] is True and verification["label_mismatches"] == 0
+    edge = json.loads(
+        (workdir / "export" / "tflite_dynamic" / "verification.json").read_text()
+    )
+    assert edge["quantize"] == "dynamic"
+    assert 100 * edge["accuracy_drop"] <= edge["tolerance"]["max_accuracy_drop_points"]
 
     report = (workdir / "report.md").read_text()
     for section in (
@@ -58,12 +63,13 @@ def test_classifier_pipeline_runs_every_stage_then_skips_them(labelled_files, tm
     assert "tfllm-train --config=configs/mlp_sst2.py" in report
     assert f"tfllm-evaluate --workdir={workdir} --split=test" in report
     assert f"tfllm-export --workdir={workdir}" in report
+    assert "export/tflite_dynamic/model.tflite" in report
 
     again = run_cli("pipeline", *args)
     assert again.returncode == 0, again.stderr[-3000:]
-    for i, stage in enumerate(("train", "evaluate", "export"), start=1):
-        assert f"[{i}/4] {stage}: already done, skipping" in again.stdout, again.stdout[-2000:]
-    assert "[4/4] report: done" in again.stdout
+    for i, stage in enumerate(("train", "evaluate", "export", "tflite"), start=1):
+        assert f"[{i}/5] {stage}: already done, skipping" in again.stdout, again.stdout[-2000:]
+    assert "[5/5] report: done" in again.stdout
     assert "| train | 0 | skipped (done) |" in (workdir / "report.md").read_text()
 
 
