@@ -26,6 +26,7 @@ setup(
         "ai-edge-litert>=2.3,<3",
         "numpy>=1.26",
         "matplotlib>=3.8",
+        "markdown>=3.4",
         "scikit-learn>=1.5,<2",
     ],
     extras_require={

@@ -64,6 +64,8 @@ def test_classifier_pipeline_runs_every_stage_then_skips_them(labelled_files, tm
     assert f"tfllm-evaluate --workdir={workdir} --split=test" in report
     assert f"tfllm-export --workdir={workdir}" in report
     assert "export/tflite_dynamic/model.tflite" in report
+    page = (workdir / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 3  # curves + two confusion matrices
 
     again = run_cli("pipeline", *args)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -28,6 +28,9 @@ def test_pipeline_runs_every_stage_then_skips_them(corpus_file, tmp_path):
         (workdir / "export" / "tflite_dynamic" / "verification.json").read_text())
     assert edge["quantize"] == "dynamic" and edge["perplexity_increase"] < 0.05
     assert "export/tflite_dynamic/model.tflite" in report
+    page = (workdir / "report.html").read_text()  # self-contained: the plot is inlined
+    assert page.startswith("<!DOCTYPE html>") and "<table>" in page
+    assert 'src="data:image/png;base64,' in page and 'src="loss_curve.png"' not in page
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["step"] == 30 and metrics["full_eval_perplexity"] > 1
 

@@ -6,7 +6,7 @@ Stages (each skipped when its output already exists, unless forced):
              none) → metrics.json `test_split` + confusion_matrix_test.png
   export   — verified classifier SavedModel → export/saved_model/
   tflite   — verified LiteRT file (dynamic-range int8) → export/tflite_dynamic/
-  report   — report.md + loss/accuracy curve PNG
+  report   — report.md + loss/accuracy curve PNG, and a self-contained report.html
 
 Every stage calls the same library code as `tfllm-train`, `tfllm-evaluate
 --split=test` and `tfllm-export`, so the report's numbers are the ones those
@@ -31,6 +31,7 @@ from tfllm.pipeline.common import (
     stage_lines,
     training_done,
 )
+from tfllm.pipeline.html_report import write_html_report
 from tfllm.utils.io import atomic_write_text, read_json
 
 STAGES = ("train", "evaluate", "export", "tflite", "report")
@@ -328,4 +329,5 @@ def _report(run: PipelineRun, path: str) -> str:
     ]
     lines += environment_lines()
     atomic_write_text(path, "\n".join(lines))
-    return f"({path})"
+    html_path = write_html_report(path)
+    return f"({path}, {html_path})"

@@ -6,7 +6,7 @@ Stages (each skipped when its output already exists, unless forced):
   samples  — generated text (greedy and nucleus) → samples.json
   export   — verified SavedModel → export/saved_model/
   tflite   — verified LiteRT file (dynamic-range int8) → export/tflite_dynamic/
-  report   — report.md + loss curve PNG
+  report   — report.md + loss curve PNG, and a self-contained report.html
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from tfllm.pipeline.common import (
     stage_lines,
     training_done,
 )
+from tfllm.pipeline.html_report import write_html_report
 from tfllm.utils.io import atomic_write_json, atomic_write_text, read_json
 
 __all__ = ["STAGES", "PipelineRun", "StageResult", "run_pipeline"]
@@ -261,4 +262,5 @@ def _report(run: PipelineRun, path: str) -> str:
     ]
     lines += environment_lines()
     atomic_write_text(path, "\n".join(lines))
-    return f"({path})"
+    html_path = write_html_report(path)
+    return f"({path}, {html_path})"
