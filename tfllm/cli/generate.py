@@ -75,7 +75,7 @@ def main(argv) -> None:
 def _generate_keras() -> list[str]:
     import keras
 
-    from tfllm.inference.generate import Generator, generate_text
+    from tfllm.inference.generate import Generator
     from tfllm.inference.loading import load_trained
 
     keras.utils.set_random_seed(FLAGS.seed)  # before the tokenizer exists (DESIGN §2)
@@ -85,11 +85,18 @@ def _generate_keras() -> list[str]:
             f"--workdir: {FLAGS.workdir} holds a {trained.config.model.name}, which classifies "
             "text rather than generating it (use tfllm-evaluate or the exported SavedModel)"
         )
-    generator = Generator(trained.model)
+    return _sample_texts(Generator(trained.model), trained.tokenizer)
+
+
+def _sample_texts(generator, tokenizer) -> list[str]:
+    """--num_samples continuations of --prompt (seeds seed, seed+1, ...) with any backend's
+    generator: the Keras and LiteRT backends share this loop and its sampling rule."""
+    from tfllm.inference.generate import generate_text
+
     return [
         generate_text(
             generator,
-            trained.tokenizer,
+            tokenizer,
             [FLAGS.prompt],
             FLAGS.max_new_tokens,
             sampler=FLAGS.sampler,
@@ -106,7 +113,6 @@ def _generate_litert() -> list[str]:
     from tfllm.config import CLASSIFIER_NAMES, load_workdir_config
     from tfllm.data.tokenizer import Tokenizer
     from tfllm.export.litert import tflite_path
-    from tfllm.inference.generate import generate_text
     from tfllm.inference.litert_lm import LiteRTGenerator, LiteRTLM
 
     config = load_workdir_config(FLAGS.workdir)
@@ -122,21 +128,7 @@ def _generate_litert() -> list[str]:
     # The tokenizer shipped beside the .tflite, so the file and its vocabulary travel together.
     with open(os.path.join(os.path.dirname(path), "tokenizer.model"), "rb") as f:
         tokenizer = Tokenizer(f.read())
-    generator = LiteRTGenerator(LiteRTLM(path))
-    return [
-        generate_text(
-            generator,
-            tokenizer,
-            [FLAGS.prompt],
-            FLAGS.max_new_tokens,
-            sampler=FLAGS.sampler,
-            temperature=FLAGS.temperature,
-            top_k=FLAGS.top_k,
-            top_p=FLAGS.top_p,
-            seed=FLAGS.seed + i,
-        )[0]
-        for i in range(FLAGS.num_samples)
-    ]
+    return _sample_texts(LiteRTGenerator(LiteRTLM(path)), tokenizer)
 
 
 def _generate_saved_model() -> list[str]:

@@ -24,8 +24,10 @@ import time
 import ml_collections
 
 from tfllm.pipeline.common import (
+    EDGE_QUANTIZE,
     PipelineRun,
     command_line,
+    edge_dir,
     environment_lines,
     plot_curves,
     stage_lines,
@@ -36,8 +38,6 @@ from tfllm.utils.io import atomic_write_text, read_json
 
 STAGES = ("train", "evaluate", "export", "tflite", "report")
 VERIFY_EXAMPLES = 256  # eval rows the exports are checked on (tfllm-export's default)
-# The edge format docs/edge.md measures best on CPU: ~0.25x the float file, no accuracy cost.
-EDGE_QUANTIZE = "dynamic"
 
 
 def run_classifier_pipeline(
@@ -65,7 +65,7 @@ def run_classifier_pipeline(
     )
     verification = os.path.join(workdir, "export", "saved_model", "verification.json")
     run.stage("export", os.path.isfile(verification), lambda: _export(workdir))
-    edge_record = os.path.join(_edge_dir(workdir), "verification.json")
+    edge_record = os.path.join(edge_dir(workdir), "verification.json")
     run.stage("tflite", os.path.isfile(edge_record), lambda: _tflite(workdir))
     report = os.path.join(workdir, "report.md")
     run.stage("report", False, lambda: _report(run, report))
@@ -118,19 +118,13 @@ def _export(workdir: str) -> str:
     )
 
 
-def _edge_dir(workdir: str) -> str:
-    from tfllm.export.litert import tflite_dir  # TensorFlow loads only when needed
-
-    return tflite_dir(workdir, EDGE_QUANTIZE)
-
-
 def _tflite(workdir: str) -> str:
     """`tfllm-export --format=tflite --quantize=dynamic`, verified on VERIFY_EXAMPLES rows."""
     from tfllm.export.classifier_tflite import export_classifier_tflite
     from tfllm.inference.loading import load_trained
 
     record = export_classifier_tflite(
-        load_trained(workdir), _edge_dir(workdir), EDGE_QUANTIZE, VERIFY_EXAMPLES
+        load_trained(workdir), edge_dir(workdir), EDGE_QUANTIZE, VERIFY_EXAMPLES
     )
     return (
         f"({EDGE_QUANTIZE}: {record['size_bytes'] / 1e6:.2f} MB, accuracy "
@@ -140,7 +134,7 @@ def _tflite(workdir: str) -> str:
 
 
 def _tflite_lines(workdir: str) -> list[str]:
-    record = read_json(os.path.join(_edge_dir(workdir), "verification.json"))
+    record = read_json(os.path.join(edge_dir(workdir), "verification.json"))
     if not record:
         return []
     latency = record.get("latency_batch1", {}).get("median_ms")

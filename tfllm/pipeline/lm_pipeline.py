@@ -17,9 +17,11 @@ import time
 import ml_collections
 
 from tfllm.pipeline.common import (
+    EDGE_QUANTIZE,
     PipelineRun,
     StageResult,
     command_line,
+    edge_dir,
     environment_lines,
     plot_curves,
     stage_lines,
@@ -31,8 +33,6 @@ from tfllm.utils.io import atomic_write_json, atomic_write_text, read_json
 __all__ = ["STAGES", "PipelineRun", "StageResult", "run_pipeline"]
 
 STAGES = ("train", "evaluate", "samples", "export", "tflite", "report")
-# The edge format docs/edge.md recommends: ~0.4x the float file, no perplexity cost.
-EDGE_QUANTIZE = "dynamic"
 
 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str, force: set[str]) -> str:
@@ -59,7 +59,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, force: set[str
     run.stage("samples", os.path.isfile(samples_path), lambda: _samples(workdir, samples_path))
     verification = os.path.join(workdir, "export", "saved_model", "verification.json")
     run.stage("export", os.path.isfile(verification), lambda: _export(workdir))
-    tflite_record = os.path.join(_edge_dir(workdir), "verification.json")
+    tflite_record = os.path.join(edge_dir(workdir), "verification.json")
     run.stage("tflite", os.path.isfile(tflite_record), lambda: _tflite(workdir))
     report = os.path.join(workdir, "report.md")
     run.stage("report", False, lambda: _report(run, report))
@@ -141,12 +141,6 @@ def _export(workdir: str) -> str:
     return f"(verified on {len(prompts)} prompts, {record['size_bytes'] / 1e6:.1f} MB)"
 
 
-def _edge_dir(workdir: str) -> str:
-    from tfllm.export.litert import tflite_dir  # TensorFlow loads only when needed
-
-    return tflite_dir(workdir, EDGE_QUANTIZE)
-
-
 def _tflite(workdir: str) -> str:
     from tfllm.data.sources import lm_token_streams, load_text_splits
     from tfllm.export.lm_tflite import export_lm_tflite
@@ -158,7 +152,7 @@ def _tflite(workdir: str) -> str:
     )
     record = export_lm_tflite(
         trained,
-        _edge_dir(workdir),
+        edge_dir(workdir),
         EDGE_QUANTIZE,
         eval_ids=train_ids if eval_ids is None else eval_ids,
         train_ids=train_ids,
@@ -170,7 +164,7 @@ def _tflite(workdir: str) -> str:
 
 
 def _tflite_lines(workdir: str) -> list[str]:
-    record = read_json(os.path.join(_edge_dir(workdir), "verification.json"))
+    record = read_json(os.path.join(edge_dir(workdir), "verification.json"))
     if not record:
         return []
     return [
