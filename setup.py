@@ -40,6 +40,7 @@ setup(
             "tfllm-export=tfllm.cli.export:run",
             "tfllm-pipeline=tfllm.cli.pipeline:run",
             "tfllm-benchmark=tfllm.cli.benchmark:run",
+            "tfllm-compress=tfllm.cli.compress:run",
         ],
     },
 )

@@ -29,6 +29,8 @@ POOLINGS = ("mean", "cls", "last")
 CNN_POOLINGS = ("global_max", "max_pool_flatten")
 CLASS_WEIGHTS = ("none", "balanced")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu", "parameter_server")
+COMPRESS_METHODS = ("prune", "qat", "distill")
+PRUNE_SCHEDULES = ("polynomial", "constant")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 OPTIMIZERS = ("sgd", "adam", "adamw", "adamax")
 LR_SCHEDULES = ("constant", "cosine", "linear", "inverse_sqrt", "step")
@@ -140,6 +142,20 @@ def base_config() -> ml_collections.ConfigDict:
             # TFLite LMs: extra prefill signatures for prompts up to these lengths
             # (a `prefill` for the whole context always exists; see docs/edge.md).
             prefill_buckets=(32,),
+        )
+    )
+    # Set by tfllm-compress (docs/compression.md); a plain training run leaves method empty.
+    config.compress = ml_collections.ConfigDict(
+        dict(
+            method="",  # "" | prune | qat | distill
+            source="",  # the workdir being compressed (prune/qat start from it; distill's teacher)
+            sparsity=0.8,  # prune: final fraction of zeros in every kernel
+            schedule="polynomial",  # prune: polynomial (0 -> sparsity) | constant
+            m_by_n="",  # prune: e.g. "2:4" = 2 zeros in every 4 weights (structured)
+            prune_frequency=0,  # prune: update masks every N steps; 0 = 1/10 of the ramp
+            prune_end_fraction=0.75,  # prune: the ramp ends here; the rest fine-tunes
+            temperature=2.0,  # distill: softmax temperature T
+            alpha=0.5,  # distill: weight of the hard-label loss
         )
     )
     return config
@@ -294,6 +310,20 @@ _RULES: tuple[_Rule, ...] = (
     ),
     _Rule("runtime.num_microbatches", int, _positive, "a positive integer"),
     _Rule("export.max_new_tokens", int, _positive, "a positive integer"),
+    _Rule(
+        "compress.method",
+        str,
+        _one_of(("", *COMPRESS_METHODS)),
+        f"empty or one of {', '.join(COMPRESS_METHODS)}",
+    ),
+    _Rule("compress.source", str),
+    _Rule("compress.sparsity", (int, float), _fraction, "in [0, 1)"),
+    _Rule("compress.schedule", str, _one_of(PRUNE_SCHEDULES), "polynomial or constant"),
+    _Rule("compress.m_by_n", str),
+    _Rule("compress.prune_frequency", int, _non_negative, "a non-negative integer (0 = auto)"),
+    _Rule("compress.prune_end_fraction", (int, float), lambda v: 0 < v <= 1, "in (0, 1]"),
+    _Rule("compress.temperature", (int, float), _positive, "a positive number"),
+    _Rule("compress.alpha", (int, float), lambda v: 0 <= v <= 1, "in [0, 1]"),
     _Rule(
         "export.prefill_buckets",
         (list, tuple),

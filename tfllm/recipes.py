@@ -224,3 +224,44 @@ def transformer_sst2_finetune() -> ml_collections.ConfigDict:
         dict(num_steps=1500, learning_rate=2e-4, warmup_steps=150, backbone_lr_scale=1.0)
     )
     return config
+
+
+def transformer_sst2_student() -> ml_collections.ConfigDict:
+    """A 5× smaller transformer classifier, distilled from `transformer_sst2`.
+
+    d 96, 2 blocks, FFN 384: ≈1.0 M parameters against the teacher's 5.2 M
+    (most of both is the 8000-token embedding). Used with
+    `tfllm-compress --method=distill` (docs/compression.md), which gives it
+    the teacher's data and tokenizer.
+    """
+    config = _sst2_base("transformer_classifier")
+    config.model.update(
+        dict(
+            num_layers=2,
+            num_heads=4,
+            hidden_dim=96,
+            intermediate_dim=384,
+            dropout=0.1,
+            pooling="mean",
+            causal=False,
+        )
+    )
+    config.train.update(
+        dict(
+            num_steps=1500,
+            learning_rate=1e-3,
+            warmup_steps=150,
+            steps_per_loop=100,
+            eval_every=500,
+            checkpoint_every=500,
+        )
+    )
+    return config
+
+
+def gpt_tiny_student() -> ml_collections.ConfigDict:
+    """A 5× smaller GPT (d 64, 2 blocks, FFN 256) distilled from `gpt_tiny` runs."""
+    config = gpt_tiny()
+    config.model.update(dict(num_layers=2, num_heads=4, hidden_dim=64, intermediate_dim=256))
+    config.train.update(dict(num_steps=1200, learning_rate=3e-3))
+    return config

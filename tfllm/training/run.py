@@ -55,6 +55,7 @@ def _cannot_resume(key: str, value: object, saved: object, workdir: str) -> None
 
 def train_lm(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) the language model described by `config` in `workdir`."""
+    from tfllm.compress.run import training_plugins
     from tfllm.data.sources import ensure_tokenizer, lm_token_streams, load_text_splits
     from tfllm.inference.generate import Generator, generate_text
     from tfllm.models import build_model
@@ -105,6 +106,7 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train_ids=train_ids,
         eval_ids=eval_ids,
         sample_fn=sample_fn,
+        plugins=training_plugins(config),
     )
     metrics = trainer.train()
     metrics["train_tokens"] = int(len(train_ids))
@@ -165,6 +167,7 @@ def adopt_backbone_architecture(config: ml_collections.ConfigDict) -> None:
 
 def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) a text classifier on labelled rows."""
+    from tfllm.compress.run import training_plugins
     from tfllm.data.classification_data import (
         class_weights,
         encode_split,
@@ -232,7 +235,9 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
             )
         return model
 
-    trainer = Trainer(config, workdir, strategy, build_model=build, task=task)
+    trainer = Trainer(
+        config, workdir, strategy, build_model=build, task=task, plugins=training_plugins(config)
+    )
     metrics = trainer.train()
     metrics["train_examples"] = len(train_split)
     if eval_split is not None:

@@ -32,6 +32,7 @@ from absl import logging
 from tfllm.errors import ConfigError, TfllmError
 from tfllm.training.hparams import write_hparams
 from tfllm.training.optim import create_optimizer
+from tfllm.training.plugins import TrainingPlugin
 from tfllm.training.strategy import is_chief
 from tfllm.training.tasks import LMTask, Task
 from tfllm.utils.io import atomic_write_json, read_json
@@ -123,6 +124,7 @@ class Trainer:
       build_model: builds the Keras model (called under the strategy scope).
       task: data, loss and eval metrics of the task (`tfllm.training.tasks`).
       sample_fn: optional `(model, step) -> list[str]` for text samples at eval.
+      plugins: `TrainingPlugin`s (pruning, QAT, distillation) hooked into the step.
     """
 
     def __init__(
@@ -133,12 +135,14 @@ class Trainer:
         build_model: Callable[[], keras.Model],
         task: Task,
         sample_fn: Callable[[keras.Model, int], list[str]] | None = None,
+        plugins: tuple[TrainingPlugin, ...] = (),
     ) -> None:
         self.config = config
         self.workdir = workdir
         self.strategy = strategy
         self.task = task
         self.sample_fn = sample_fn
+        self.plugins = tuple(plugins)
         self.chief = is_chief(strategy)
         self.global_batch = int(config.train.batch_size)
         check_batch_divisible(config, strategy)
@@ -147,10 +151,15 @@ class Trainer:
             self.param_groups = self._create_optimizers()
             for optimizer, variables in self.param_groups:
                 optimizer.build(variables)
-        self.optimizer = self.param_groups[0][0]  # its iteration count is the step
+            self.optimizer = self.param_groups[0][0]  # its iteration count is the step
+            for plugin in self.plugins:
+                plugin.setup(self.model, self.optimizer)
         objects = {"model": self.model, "optimizer": self.optimizer}
         if len(self.param_groups) > 1:
             objects["backbone_optimizer"] = self.param_groups[1][0]
+        for plugin in self.plugins:
+            if plugin.trackable() is not None:
+                objects[plugin.name] = plugin.trackable()
         self.checkpoint = tf.train.Checkpoint(**objects)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint,
@@ -226,6 +235,11 @@ class Trainer:
                 )
             message = self.task.initialize_from(self.model, init_from, source)
             print(message, flush=True)
+        for plugin in self.plugins:
+            with self.strategy.scope():  # cross-replica: assignments reach every replica
+                message = plugin.initialize(self.model)
+            if message:
+                print(message, flush=True)
         return 0
 
     def _distributed_train_iterator(self, start_step: int):
@@ -249,10 +263,18 @@ class Trainer:
         clip = float(self.config.train.grad_clip_norm)
         accum = int(self.config.train.grad_accum_steps)
         loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        plugins = self.plugins
+
+        def per_example_loss(inputs, targets):
+            for plugin in plugins:
+                loss = plugin.per_example_loss(task, model, inputs, targets, training=True)
+                if loss is not None:
+                    return loss
+            return task.per_example_loss(model, inputs, targets, training=True)
 
         def forward_backward(inputs, targets):
             with tf.GradientTape() as tape:
-                per_example = task.per_example_loss(model, inputs, targets, training=True)
+                per_example = per_example_loss(inputs, targets)
                 # Scaled by the GLOBAL batch: summing over micro-batches and
                 # replicas then gives exactly the mean over the whole batch.
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
@@ -299,6 +321,8 @@ class Trainer:
             share = 1.0 / ctx.num_replicas_in_sync
             for (group_optimizer, variables), index in zip(groups, group_index, strict=True):
                 group_optimizer.apply([grads[i] * share for i in index], variables)
+            for plugin in plugins:
+                plugin.after_update()
             return loss, scaled_norm / scale
 
         @tf.function
@@ -477,6 +501,8 @@ class Trainer:
             steady = state.examples_per_second[1:] or state.examples_per_second
             metrics["examples_per_second"] = statistics.median(steady)
         metrics.update(last_eval)
+        for plugin in self.plugins:
+            metrics.update(plugin.summary(self.model))
         return metrics
 
     def _save(self, state: TrainState, last_eval: dict, stats: LoopStats, wall: float) -> None:
@@ -624,6 +650,7 @@ class LMTrainer(Trainer):
         train_ids: np.ndarray,
         eval_ids: np.ndarray | None,
         sample_fn: Callable[[keras.Model, int], list[str]] | None = None,
+        plugins: tuple[TrainingPlugin, ...] = (),
     ) -> None:
         task = LMTask(
             train_ids,
@@ -631,4 +658,4 @@ class LMTrainer(Trainer):
             int(config.model.max_length),
             eval_batches=int(config.train.eval_batches),
         )
-        super().__init__(config, workdir, strategy, build_model, task, sample_fn)
+        super().__init__(config, workdir, strategy, build_model, task, sample_fn, plugins)

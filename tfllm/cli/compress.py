@@ -1,0 +1,102 @@
+"""tfllm-compress: prune, quantization-aware-train or distil a trained workdir.
+
+  tfllm-compress --workdir=runs/sst2 --method=prune --sparsity=0.8 --output=runs/sst2_p80
+  tfllm-compress --workdir=runs/sst2 --method=prune --m_by_n=2:4 --output=runs/sst2_24
+  tfllm-compress --workdir=runs/sst2 --method=qat --output=runs/sst2_qat
+  tfllm-compress --workdir=runs/sst2 --method=distill \
+      --student_config=configs/transformer_sst2_student.py --output=runs/sst2_student
+
+OUT is an ordinary workdir (evaluate / export / generate work on it) with a
+`compression.json` record; re-running the same command resumes it. The source
+workdir is only read. See docs/compression.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+
+from tfllm.cli import common
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Trained workdir to compress (read only).", required=True)
+flags.DEFINE_string("output", None, "New workdir for the compressed model.", required=True)
+flags.DEFINE_string("method", None, "prune | qat | distill.", required=True)
+flags.DEFINE_integer(
+    "steps",
+    0,
+    "Fine-tuning steps; 0 = prune: half the source's steps, "
+    "qat: a quarter, distill: the student config's num_steps.",
+)
+flags.DEFINE_float(
+    "learning_rate",
+    0.0,
+    "Peak learning rate; 0 = prune: 0.5×, qat: 0.1× the source's, distill: the student config's.",
+)
+flags.DEFINE_float("sparsity", 0.8, "prune: final fraction of zero weights per kernel, in [0, 1).")
+flags.DEFINE_string("schedule", "polynomial", "prune: polynomial (ramp from 0) | constant.")
+flags.DEFINE_string(
+    "m_by_n", "", "prune: structured sparsity M:N, e.g. 2:4 (overrides --sparsity)."
+)
+flags.DEFINE_integer("prune_frequency", 0, "prune: update masks every N steps; 0 = auto.")
+flags.DEFINE_string("student_config", "", "distill: config file of the student model.")
+flags.DEFINE_float("temperature", 2.0, "distill: softmax temperature T.")
+flags.DEFINE_float("alpha", 0.5, "distill: weight of the hard-label loss (1 - alpha: soft).")
+common.define_debug_flag()
+flags.adopt_module_key_flags(common)
+
+
+def main(argv) -> None:
+    del argv
+    from tfllm.compress.run import CompressOptions, compress, compress_config
+
+    options = CompressOptions(
+        method=FLAGS.method,
+        steps=FLAGS.steps,
+        learning_rate=FLAGS.learning_rate,
+        sparsity=FLAGS.sparsity,
+        schedule=FLAGS.schedule,
+        m_by_n=FLAGS.m_by_n,
+        prune_frequency=FLAGS.prune_frequency,
+        student_config=FLAGS.student_config,
+        temperature=FLAGS.temperature,
+        alpha=FLAGS.alpha,
+    )
+    config = compress_config(FLAGS.workdir, options)  # every flag checked before any work
+    common.setup_runtime(config)
+    os.makedirs(FLAGS.output, exist_ok=True)
+    with common.workdir_lock(FLAGS.output, config):
+        record = compress(FLAGS.workdir, FLAGS.output, options)
+    rows: list[tuple[str, object]] = [
+        ("output", FLAGS.output),
+        ("method", record["method"]),
+        ("steps", record["steps"]),
+    ]
+    for key in ("accuracy", "macro_f1", "perplexity"):
+        if key in record["metrics"]:
+            before = record["source_metrics"].get(key)
+            after = record["metrics"][key]
+            rows.append((key, f"{before:.4f} → {after:.4f}" if before is not None else after))
+    if record["method"] == "prune":
+        rows.append(("sparsity", f"{record['sparsity']:.3f} (zeros in the saved kernels)"))
+    if "teacher_params" in record:
+        ratio = record["teacher_params"] / record["num_params"]
+        rows.append(
+            ("parameters", f"{record['num_params']:,} ({ratio:.1f}× fewer than the teacher)")
+        )
+    else:
+        rows.append(("parameters", f"{record['num_params']:,}"))
+    rows += [
+        ("record", os.path.join(FLAGS.output, "compression.json")),
+        ("next", f"tfllm-export --workdir={FLAGS.output} --format=tflite --quantize=int8"),
+    ]
+    common.print_summary("tfllm-compress", rows)
+
+
+def run() -> None:
+    common.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,79 @@
+"""Knowledge distillation: a student trained on its teacher's softened outputs.
+
+Loss per position (LM) or per example (classifier), Hinton et al. 2015:
+
+    α · CE(labels, student)  +  (1 − α) · T² · KL(softmax(teacher/T) ‖ softmax(student/T))
+
+T² keeps the soft term's gradients on the scale of the hard term's as T
+grows. Keras' own `sparse_categorical_crossentropy` and `kl_divergence` do the
+arithmetic; the teacher runs frozen (inference mode) inside the same step.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tfllm.training.plugins import TrainingPlugin
+
+
+def distillation_loss(
+    targets: tf.Tensor,
+    student_logits: tf.Tensor,
+    teacher_logits: tf.Tensor,
+    temperature: float,
+    alpha: float,
+) -> tf.Tensor:
+    """The loss above for every position/example (the logits' leading axes)."""
+    student_logits = tf.cast(student_logits, tf.float32)
+    teacher_logits = tf.cast(teacher_logits, tf.float32)
+    hard = keras.losses.sparse_categorical_crossentropy(targets, student_logits, from_logits=True)
+    soft = keras.losses.kl_divergence(
+        tf.nn.softmax(teacher_logits / temperature), tf.nn.softmax(student_logits / temperature)
+    )
+    return alpha * hard + (1.0 - alpha) * temperature**2 * soft
+
+
+class DistillationPlugin(TrainingPlugin):
+    """Replaces the task loss with `distillation_loss` against a frozen teacher."""
+
+    name = "distillation"
+
+    def __init__(self, teacher_workdir: str, temperature: float, alpha: float) -> None:
+        self.teacher_workdir = teacher_workdir
+        self.temperature = float(temperature)
+        self.alpha = float(alpha)
+        self.teacher: keras.Model | None = None
+
+    def setup(self, model, optimizer):
+        del optimizer
+        from tfllm.inference.loading import load_trained
+
+        # Built inside the strategy scope, so the teacher is replicated like the student.
+        self.teacher = load_trained(self.teacher_workdir).model
+        self.teacher.trainable = False
+        self._student_params = int(model.count_params())
+
+    def initialize(self, model):
+        teacher = int(self.teacher.count_params())
+        student = int(model.count_params())
+        return (
+            f"Distilling from {self.teacher_workdir} ({teacher:,} parameters) into a "
+            f"{student:,}-parameter student ({teacher / student:.1f}× fewer); "
+            f"T={self.temperature:g}, α={self.alpha:g}"
+        )
+
+    def per_example_loss(self, task, model, inputs, targets, training):
+        del task
+        student = model(inputs, training=training)
+        teacher = self.teacher(inputs, training=False)
+        loss = distillation_loss(targets, student, teacher, self.temperature, self.alpha)
+        if loss.shape.rank > 1:  # LM: [batch, positions] -> [batch]
+            loss = tf.reduce_mean(loss, axis=list(range(1, loss.shape.rank)))
+        return loss
+
+    def summary(self, model):
+        return {
+            "teacher_params": int(self.teacher.count_params()),
+            "student_params": int(model.count_params()),
+        }

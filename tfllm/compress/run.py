@@ -1,0 +1,270 @@
+"""`tfllm-compress` as a library call: a trained workdir in, a compressed workdir out.
+
+The output is an ordinary workdir (config.json, tokenizer/, checkpoints/,
+metrics.json): `tfllm-evaluate`, `tfllm-export` and `tfllm-generate` work on
+it unchanged. Its `config.compress` section records the method, so re-running
+the same command (or `tfllm-train --workdir=OUT`) resumes it, masks and
+quantizer ranges included. `compression.json` records what was measured.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from dataclasses import dataclass
+
+import ml_collections
+import tensorflow as tf
+
+from tfllm.config import (
+    CLASSIFIER_NAMES,
+    COMPRESS_METHODS,
+    PRUNE_SCHEDULES,
+    base_config,
+    load_config_file,
+    load_workdir_config,
+    validate,
+)
+from tfllm.errors import ConfigError, WorkdirError
+from tfllm.training.plugins import TrainingPlugin
+from tfllm.utils.io import atomic_write_json, read_json
+
+COMPRESSION_FILE = "compression.json"
+# Metrics carried into compression.json, before and after.
+_REPORTED = ("accuracy", "macro_f1", "roc_auc", "eval_loss", "perplexity", "num_params")
+
+
+@dataclass(frozen=True)
+class CompressOptions:
+    """The `tfllm-compress` flags (0 / "" = the method's default)."""
+
+    method: str
+    steps: int = 0
+    learning_rate: float = 0.0
+    sparsity: float = 0.8
+    schedule: str = "polynomial"
+    m_by_n: str = ""
+    prune_frequency: int = 0
+    student_config: str = ""
+    temperature: float = 2.0
+    alpha: float = 0.5
+
+
+class StartFromSource(TrainingPlugin):
+    """Prune/QAT runs start from the source workdir's whole model (head included)."""
+
+    name = "start_from_source"
+
+    def __init__(self, workdir: str) -> None:
+        self.workdir = workdir
+
+    def initialize(self, model):
+        latest = tf.train.latest_checkpoint(os.path.join(self.workdir, "checkpoints"))
+        if not latest:
+            raise WorkdirError(f"--workdir: {self.workdir} has no checkpoint to compress")
+        status = tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+        try:
+            status.assert_existing_objects_matched()
+        except AssertionError as e:
+            raise WorkdirError(
+                f"{latest}: does not match the model in config.json ({str(e)[:120]})"
+            ) from None
+        return f"Starting from {latest}"
+
+
+def training_plugins(config: ml_collections.ConfigDict) -> tuple[TrainingPlugin, ...]:
+    """The plugins `config.compress.method` asks for (none for a plain training run)."""
+    c = config.compress
+    if not c.method:
+        return ()
+    if c.method == "prune":
+        from tfllm.compress.pruning import PruningPlugin, spec_from_config
+
+        return StartFromSource(c.source), PruningPlugin(spec_from_config(config))
+    if c.method == "qat":
+        from tfllm.compress.quantization import QATPlugin
+
+        return StartFromSource(c.source), QATPlugin()
+    from tfllm.compress.distill import DistillationPlugin
+
+    return (DistillationPlugin(c.source, float(c.temperature), float(c.alpha)),)
+
+
+def _check_options(options: CompressOptions) -> None:
+    if options.method not in COMPRESS_METHODS:
+        raise ConfigError(
+            f"--method: must be one of {', '.join(COMPRESS_METHODS)}, got {options.method!r}"
+        )
+    if not 0.0 <= options.sparsity < 1.0:
+        raise ConfigError(f"--sparsity: must be in [0, 1), got {options.sparsity:g}")
+    if options.schedule not in PRUNE_SCHEDULES:
+        raise ConfigError(
+            f"--schedule: must be one of {', '.join(PRUNE_SCHEDULES)}, got {options.schedule!r}"
+        )
+    if options.m_by_n:
+        from tfllm.compress.pruning import parse_m_by_n
+
+        parse_m_by_n(options.m_by_n)
+    if options.steps < 0:
+        raise ConfigError(f"--steps: must be positive (or 0 for the default), got {options.steps}")
+    if options.learning_rate < 0:
+        raise ConfigError(f"--learning_rate: must be positive, got {options.learning_rate:g}")
+    if options.temperature <= 0:
+        raise ConfigError(f"--temperature: must be positive, got {options.temperature:g}")
+    if not 0.0 <= options.alpha <= 1.0:
+        raise ConfigError(f"--alpha: must be in [0, 1], got {options.alpha:g}")
+    if options.method == "distill" and not options.student_config:
+        raise ConfigError("--student_config: required with --method=distill")
+    if options.method != "distill" and options.student_config:
+        raise ConfigError(
+            f"--student_config: only used with --method=distill, not {options.method}"
+        )
+
+
+def _student_config(
+    teacher: ml_collections.ConfigDict, source: str, path: str
+) -> ml_collections.ConfigDict:
+    """The student's config file, on the teacher's data and tokenizer."""
+    given = load_config_file(path)
+    defaults = base_config().tokenizer
+    tokenizer = given.get("tokenizer")
+    if tokenizer is not None:
+        # Keys left at their defaults are inherited; a value that names another
+        # tokenizer is a mistake (the student would read different token ids).
+        for key in ("model_type", "vocab_size"):
+            value = tokenizer.get(key, defaults[key])
+            if value not in (defaults[key], teacher.tokenizer[key]):
+                raise ConfigError(
+                    f"--student_config: {path} sets tokenizer.{key}={value!r} but the teacher "
+                    f"in {source} uses {teacher.tokenizer[key]!r}; a student must share its "
+                    "teacher's tokenizer (drop the tokenizer settings to inherit it)"
+                )
+        other = tokenizer.get("path", "")
+        if other and os.path.realpath(other) != os.path.realpath(source):
+            raise ConfigError(
+                f"--student_config: {path} names another tokenizer ({other}); a student "
+                f"must share its teacher's tokenizer in {source}"
+            )
+    config = base_config()
+    config.update(given)
+    config.data = copy.deepcopy(teacher.data)
+    config.tokenizer = copy.deepcopy(teacher.tokenizer)
+    student, teacher_name = config.model.name, teacher.model.name
+    if (teacher_name == "gpt") != (student == "gpt"):
+        kind = "a 'gpt' language model" if teacher_name == "gpt" else "a classifier"
+        raise ConfigError(
+            f"--student_config: the teacher in {source} is {kind} ({teacher_name}); the student "
+            f"{student!r} must be one too"
+        )
+    if config.model.max_length > teacher.model.max_length:
+        raise ConfigError(
+            f"--student_config: model.max_length {config.model.max_length} exceeds the teacher's "
+            f"{teacher.model.max_length} (the teacher must see the student's inputs)"
+        )
+    return config
+
+
+def compress_config(source: str, options: CompressOptions) -> ml_collections.ConfigDict:
+    """The output workdir's config: the source's (prune/qat) or the student's (distill)."""
+    _check_options(options)
+    teacher = load_workdir_config(source)
+    if not tf.train.latest_checkpoint(os.path.join(source, "checkpoints")):
+        raise WorkdirError(f"--workdir: {source} has no checkpoint (run tfllm-train first)")
+    if options.method == "distill":
+        config = _student_config(teacher, source, options.student_config)
+        steps = options.steps or int(config.train.num_steps)
+        learning_rate = options.learning_rate or float(config.train.learning_rate)
+    else:
+        config = copy.deepcopy(teacher)
+        source_steps = int(teacher.train.num_steps)
+        # Fine-tuning defaults: pruning needs room to recover, QAT only to adapt.
+        fraction, lr_scale = (0.5, 0.5) if options.method == "prune" else (0.25, 0.1)
+        steps = options.steps or max(50, int(source_steps * fraction))
+        learning_rate = options.learning_rate or float(teacher.train.learning_rate) * lr_scale
+        config.train.init_from = ""  # the whole model comes from `source` (StartFromSource)
+        config.train.freeze_blocks = 0
+        config.train.freeze_embeddings = False
+        config.train.backbone_lr_scale = 1.0
+    config.tokenizer.path = source
+    config.train.num_steps = int(steps)
+    config.train.learning_rate = float(learning_rate)
+    config.train.warmup_steps = min(int(config.train.warmup_steps), steps // 10)
+    config.compress = ml_collections.ConfigDict(
+        dict(
+            method=options.method,
+            source=os.path.abspath(source),
+            sparsity=float(options.sparsity),
+            schedule=options.schedule,
+            m_by_n=options.m_by_n,
+            prune_frequency=int(options.prune_frequency),
+            prune_end_fraction=float(base_config().compress.prune_end_fraction),
+            temperature=float(options.temperature),
+            alpha=float(options.alpha),
+        )
+    )
+    validate(config)
+    return config
+
+
+def _check_output(source: str, output: str, config: ml_collections.ConfigDict) -> None:
+    if os.path.realpath(source) == os.path.realpath(output):
+        raise ConfigError("--output: must differ from --workdir (the source is never modified)")
+    if os.path.isfile(os.path.join(output, "config.json")):
+        before = load_workdir_config(output).compress.to_dict()
+        if before != config.compress.to_dict():
+            what = before.get("method") or "a plain training run"
+            raise ConfigError(
+                f"--output: {output} already holds another run ({what}) with different "
+                "settings; use a new --output"
+            )
+
+
+def compress(source: str, output: str, options: CompressOptions) -> dict:
+    """Runs (or resumes) one compression method; returns the compression record."""
+    from tfllm.data.labels import LABELS_FILE
+    from tfllm.training.run import train
+
+    config = compress_config(source, options)
+    _check_output(source, output, config)
+    os.makedirs(output, exist_ok=True)
+    labels = os.path.join(source, LABELS_FILE)
+    if config.model.name in CLASSIFIER_NAMES and os.path.isfile(labels):
+        if not os.path.isfile(os.path.join(output, LABELS_FILE)):
+            shutil.copyfile(labels, os.path.join(output, LABELS_FILE))  # same class ids
+    metrics = train(config, output)
+    record = compression_record(source, output, config, metrics)
+    atomic_write_json(os.path.join(output, COMPRESSION_FILE), record)
+    return record
+
+
+def compression_record(
+    source: str, output: str, config: ml_collections.ConfigDict, metrics: dict
+) -> dict:
+    """What was done and measured: settings, metrics before/after, sparsity, sizes."""
+    import tensorflow_model_optimization as tfmot
+
+    from tfllm.compress.pruning import model_sparsity
+    from tfllm.inference.loading import load_trained
+
+    before = read_json(os.path.join(source, "metrics.json"))
+    record = {
+        "method": config.compress.method,
+        "source": os.path.abspath(source),
+        "output": os.path.abspath(output),
+        "settings": config.compress.to_dict(),
+        "steps": int(config.train.num_steps),
+        "learning_rate": float(config.train.learning_rate),
+        "source_metrics": {k: before[k] for k in _REPORTED if k in before},
+        "metrics": {k: metrics[k] for k in _REPORTED if k in metrics},
+        "versions": {"tensorflow": tf.__version__, "tfmot": tfmot.__version__},
+    }
+    # Measured on the reloaded checkpoint: what an export will actually ship.
+    trained = load_trained(output)
+    sparsity = model_sparsity(trained.model)
+    record["sparsity"] = sparsity["sparsity"]
+    record["sparsity_by_layer"] = {k: v["sparsity"] for k, v in sparsity["layers"].items()}
+    record["num_params"] = int(trained.model.count_params())
+    if config.compress.method == "distill":
+        record["teacher_params"] = int(load_trained(source).model.count_params())
+    return record

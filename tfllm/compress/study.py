@@ -1,0 +1,282 @@
+"""The compression trade-off table: every method on one trained model, measured alike.
+
+For a trained workdir, `run_study` makes each row's model (`tfllm-compress`),
+exports it (`tfllm-export --format=tflite`), scores the `.tflite` itself in
+LiteRT on the eval split (`tfllm-evaluate --backend=litert`), and reads size,
+gzip size and batch-1 latency from the export's verification record. Every
+row is therefore the deployed artifact's number, not the Keras model's. Each
+step is skipped when its output already exists, so an interrupted study
+resumes. The commands run as subprocesses: exactly what a user would type.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+from tfllm.config import CLASSIFIER_NAMES, load_workdir_config
+from tfllm.errors import TfllmError
+from tfllm.utils.io import atomic_write_json, atomic_write_text, read_json
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str  # row id, and the compressed workdir's name under the study root
+    label: str
+    quantize: str  # which TFLite export is measured
+    method: str = ""  # "" = the source model itself
+    flags: tuple[str, ...] = ()
+    workdir_key: str = ""  # share another row's workdir (e.g. pruned + int8)
+
+
+def default_rows(student_config: str, prune_steps: int, qat_steps: int) -> list[Row]:
+    prune = (f"--steps={prune_steps}",) if prune_steps else ()
+    qat = (f"--steps={qat_steps}",) if qat_steps else ()
+    rows = [
+        Row("dense", "dense (float32)", "none"),
+        Row("prune50", "pruned 50%", "none", "prune", ("--sparsity=0.5", *prune)),
+        Row("prune80", "pruned 80%", "none", "prune", ("--sparsity=0.8", *prune)),
+        Row("prune90", "pruned 90%", "none", "prune", ("--sparsity=0.9", *prune)),
+        Row("prune_2of4", "pruned 2:4", "none", "prune", ("--m_by_n=2:4", *prune)),
+        Row("ptq_dynamic", "PTQ dynamic range", "dynamic"),
+        Row("ptq_float16", "PTQ float16", "float16"),
+        Row("ptq_int8", "PTQ int8", "int8"),
+        Row("qat_int8", "QAT int8", "int8", "qat", qat),
+        Row("prune80_int8", "pruned 80% + PTQ int8", "int8", workdir_key="prune80"),
+    ]
+    if student_config:
+        rows.append(
+            Row(
+                "student",
+                "distilled student",
+                "none",
+                "distill",
+                (f"--student_config={student_config}",),
+            )
+        )
+    return rows
+
+
+@dataclass
+class Measured:
+    row: Row
+    workdir: str
+    metric: float
+    size_bytes: int
+    gzip_bytes: int
+    latency_ms: float
+    params: int
+    nonzero_params: int
+    extra: dict = field(default_factory=dict)
+
+
+def _cli(command: str, *args: str, log: str) -> None:
+    """Runs one tfllm command, its output appended to `log`; a failure stops the study."""
+    cmd = [sys.executable, "-m", f"tfllm.cli.{command}", *args]
+    print("$ tfllm-" + command + " " + " ".join(args), flush=True)
+    with open(log, "a", encoding="utf-8") as out:
+        out.write("\n$ " + " ".join(cmd) + "\n")
+        out.flush()
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode:
+        raise TfllmError(
+            f"tfllm-{command} {' '.join(args)} failed (exit {proc.returncode}); see {log}"
+        )
+
+
+def _row_workdir(source: str, root: str, row: Row) -> str:
+    key = row.workdir_key or (row.key if row.method else "")
+    return os.path.join(root, key) if key else source
+
+
+def _metric_key(workdir: str, quantize: str) -> tuple[str, str | None]:
+    if load_workdir_config(workdir).model.name in CLASSIFIER_NAMES:
+        return f"litert_{quantize}_eval", "accuracy"
+    return f"litert_{quantize}_eval_perplexity", None
+
+
+def measure_row(source: str, root: str, row: Row, eval_batches: int, log: str) -> Measured:
+    """Compress (if needed), export, evaluate in LiteRT; read the numbers back."""
+    from tfllm.export.litert import tflite_dir
+    from tfllm.inference.loading import load_trained
+
+    workdir = _row_workdir(source, root, row)
+    if row.method and not os.path.isfile(os.path.join(workdir, "compression.json")):
+        _cli(
+            "compress",
+            f"--workdir={source}",
+            f"--output={workdir}",
+            f"--method={row.method}",
+            *row.flags,
+            log=log,
+        )
+    export_dir = tflite_dir(workdir, row.quantize)
+    verification_path = os.path.join(export_dir, "verification.json")
+    if not os.path.isfile(verification_path):
+        _cli(
+            "export",
+            f"--workdir={workdir}",
+            "--format=tflite",
+            f"--quantize={row.quantize}",
+            log=log,
+        )
+    slot, field_name = _metric_key(workdir, row.quantize)
+    metrics = read_json(os.path.join(workdir, "metrics.json"))
+    if slot not in metrics:
+        args = [f"--workdir={workdir}", "--backend=litert", f"--quantize={row.quantize}"]
+        if field_name is None and eval_batches:
+            args.append(f"--max_batches={eval_batches}")
+        _cli("evaluate", *args, log=log)
+        metrics = read_json(os.path.join(workdir, "metrics.json"))
+    metric = metrics[slot][field_name] if field_name else metrics[slot]
+    verification = read_json(verification_path)
+    if "latency_batch1" in verification:
+        latency = verification["latency_batch1"]["median_ms"]
+    else:
+        latency = verification["latency"]["decode"]["median_ms"]
+    trained = load_trained(workdir)
+    params = int(trained.model.count_params())
+    zeros = sum(int((v.numpy() == 0).sum()) for v in trained.model.weights)
+    return Measured(
+        row=row,
+        workdir=workdir,
+        metric=float(metric),
+        size_bytes=int(verification["size_bytes"]),
+        gzip_bytes=int(verification["gzip_bytes"]),
+        latency_ms=float(latency),
+        params=params,
+        nonzero_params=params - zeros,
+    )
+
+
+def run_study(
+    source: str,
+    root: str,
+    rows: list[Row],
+    eval_batches: int = 8,
+) -> list[Measured]:
+    os.makedirs(root, exist_ok=True)
+    log = os.path.join(root, "study.log")
+    results = []
+    for i, row in enumerate(rows, 1):
+        print(f"[{i}/{len(rows)}] {row.label}", flush=True)
+        results.append(measure_row(source, root, row, eval_batches, log))
+        write_outputs(source, root, results)  # partial tables survive an interruption
+    return results
+
+
+def _is_lm(source: str) -> bool:
+    return load_workdir_config(source).model.name not in CLASSIFIER_NAMES
+
+
+def format_table(source: str, results: list[Measured]) -> str:
+    lm = _is_lm(source)
+    dense = next((r for r in results if r.row.key == "dense"), results[0])
+    metric_name = "perplexity (LiteRT)" if lm else "accuracy (LiteRT)"
+    lines = [
+        f"| model | {metric_name} | Δ vs dense | .tflite bytes | × dense | gzip bytes | × dense | "
+        f"{'decode' if lm else 'batch-1'} latency ms (median of 100) | parameters | non-zero |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if lm:
+            value, delta = f"{r.metric:.2f}", f"{(r.metric / dense.metric - 1) * 100:+.1f}%"
+        else:
+            value, delta = f"{r.metric * 100:.2f}%", f"{(r.metric - dense.metric) * 100:+.2f} pt"
+        lines.append(
+            f"| {r.row.label} | {value} | {delta} | {r.size_bytes:,} | "
+            f"{r.size_bytes / dense.size_bytes:.2f} | {r.gzip_bytes:,} | "
+            f"{r.gzip_bytes / dense.gzip_bytes:.2f} | {r.latency_ms:.3f} | {r.params:,} | "
+            f"{r.nonzero_params:,} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(source: str, results: list[Measured], path: str) -> None:
+    """Size (gzip bytes, log scale) against the task metric, one labelled point per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lm = _is_lm(source)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        y = r.metric if lm else r.metric * 100
+        ax.scatter(r.gzip_bytes, y, s=30)
+        ax.annotate(
+            r.row.label, (r.gzip_bytes, y), fontsize=7, xytext=(4, 3), textcoords="offset points"
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("gzip-compressed .tflite bytes (log scale)")
+    ax.set_ylabel("perplexity (lower is better)" if lm else "accuracy % (LiteRT, eval split)")
+    ax.set_title(f"Size vs quality: {os.path.basename(os.path.normpath(source))}")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_outputs(source: str, root: str, results: list[Measured]) -> None:
+    atomic_write_text(os.path.join(root, "compression_table.md"), format_table(source, results))
+    atomic_write_json(
+        os.path.join(root, "study.json"),
+        {
+            "source": os.path.abspath(source),
+            "rows": [
+                {
+                    "key": r.row.key,
+                    "label": r.row.label,
+                    "workdir": r.workdir,
+                    "quantize": r.row.quantize,
+                    "method": r.row.method,
+                    "flags": list(r.row.flags),
+                    "metric": r.metric,
+                    "size_bytes": r.size_bytes,
+                    "gzip_bytes": r.gzip_bytes,
+                    "latency_ms": r.latency_ms,
+                    "params": r.params,
+                    "nonzero_params": r.nonzero_params,
+                }
+                for r in results
+            ],
+        },
+    )
+    plot(source, results, os.path.join(root, "size_vs_quality.png"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", required=True, help="trained workdir")
+    parser.add_argument("--root", required=True, help="where the compressed workdirs go")
+    parser.add_argument("--student_config", default="", help="distill row's student config")
+    parser.add_argument("--prune_steps", type=int, default=0)
+    parser.add_argument("--qat_steps", type=int, default=0)
+    parser.add_argument("--eval_batches", type=int, default=8, help="LM: LiteRT eval batches")
+    parser.add_argument("--rows", default="", help="comma-separated row keys (default: all)")
+    args = parser.parse_args(argv)
+    rows = default_rows(args.student_config, args.prune_steps, args.qat_steps)
+    if args.rows:
+        wanted = args.rows.split(",")
+        unknown = sorted(set(wanted) - {r.key for r in rows})
+        if unknown:
+            parser.error(f"--rows: unknown {', '.join(unknown)}")
+        rows = [r for r in rows if r.key in wanted]
+    try:
+        results = run_study(args.source, args.root, rows, args.eval_batches)
+    except TfllmError as e:
+        print(f"compression study: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(format_table(args.source, results))
+    print(json.dumps({"table": os.path.join(args.root, "compression_table.md")}))
+
+
+if __name__ == "__main__":
+    main()
