@@ -29,7 +29,7 @@ POOLINGS = ("mean", "cls", "last")
 CNN_POOLINGS = ("global_max", "max_pool_flatten")
 CLASS_WEIGHTS = ("none", "balanced")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu", "parameter_server")
-COMPRESS_METHODS = ("prune", "qat", "distill")
+COMPRESS_METHODS = ("prune", "qat", "distill", "quantize")
 PRUNE_SCHEDULES = ("polynomial", "constant")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 OPTIMIZERS = ("sgd", "adam", "adamw", "adamax")
@@ -147,7 +147,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Set by tfllm-compress (docs/compression.md); a plain training run leaves method empty.
     config.compress = ml_collections.ConfigDict(
         dict(
-            method="",  # "" | prune | qat | distill
+            method="",  # "" | prune | qat | distill | quantize
             source="",  # the workdir being compressed (prune/qat start from it; distill's teacher)
             sparsity=0.8,  # prune: final fraction of zeros in every kernel
             schedule="polynomial",  # prune: polynomial (0 -> sparsity) | constant
@@ -156,6 +156,7 @@ def base_config() -> ml_collections.ConfigDict:
             prune_end_fraction=0.75,  # prune: the ramp ends here; the rest fine-tunes
             temperature=2.0,  # distill: softmax temperature T
             alpha=0.5,  # distill: weight of the hard-label loss
+            quantize_mode="int8",  # quantize: Keras 3 weight-only int8 | int4
         )
     )
     return config
@@ -324,6 +325,7 @@ _RULES: tuple[_Rule, ...] = (
     _Rule("compress.prune_end_fraction", (int, float), lambda v: 0 < v <= 1, "in (0, 1]"),
     _Rule("compress.temperature", (int, float), _positive, "a positive number"),
     _Rule("compress.alpha", (int, float), lambda v: 0 <= v <= 1, "in [0, 1]"),
+    _Rule("compress.quantize_mode", str, _one_of(("int8", "int4")), "int8 or int4"),
     _Rule(
         "export.prefill_buckets",
         (list, tuple),

@@ -103,7 +103,10 @@ def run(main: Callable[[Sequence[str]], int | None]) -> None:
     # warnings and our own progress lines unless they pass --verbosity=0.
     FLAGS.set_default("verbosity", -1)
 
+    started = []  # set once flags parsed: later AttributeErrors are bugs, not config keys
+
     def wrapped(argv: Sequence[str]) -> int | None:
+        started.append(True)
         if len(argv) > 1:
             fail(f"unexpected positional arguments: {' '.join(argv[1:])} (flags are --name=value)")
         debug = "debug" in FLAGS and FLAGS.debug
@@ -131,7 +134,7 @@ def run(main: Callable[[Sequence[str]], int | None]) -> None:
     except (AttributeError, KeyError) as e:
         # ml_collections raises these while parsing `--config.a.b=v` for a key
         # the config does not have; anything raised later is handled above.
-        if "debug" in FLAGS and FLAGS.is_parsed() and FLAGS.debug:
+        if started or ("debug" in FLAGS and FLAGS.is_parsed() and FLAGS.debug):
             raise
         overrides = [a.split("=", 1)[0] for a in sys.argv[1:] if a.startswith("--config.")]
         lines = str(e.args[0] if e.args else e).splitlines() or [""]

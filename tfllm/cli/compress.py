@@ -3,6 +3,7 @@
   tfllm-compress --workdir=runs/sst2 --method=prune --sparsity=0.8 --output=runs/sst2_p80
   tfllm-compress --workdir=runs/sst2 --method=prune --m_by_n=2:4 --output=runs/sst2_24
   tfllm-compress --workdir=runs/sst2 --method=qat --output=runs/sst2_qat
+  tfllm-compress --workdir=runs/tiny --method=quantize --mode=int4 --output=runs/tiny_int4
   tfllm-compress --workdir=runs/sst2 --method=distill \
       --student_config=configs/transformer_sst2_student.py --output=runs/sst2_student
 
@@ -22,7 +23,7 @@ from tfllm.cli import common
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Trained workdir to compress (read only).", required=True)
 flags.DEFINE_string("output", None, "New workdir for the compressed model.", required=True)
-flags.DEFINE_string("method", None, "prune | qat | distill.", required=True)
+flags.DEFINE_string("method", None, "prune | qat | distill | quantize.", required=True)
 flags.DEFINE_integer(
     "steps",
     0,
@@ -43,13 +44,14 @@ flags.DEFINE_integer("prune_frequency", 0, "prune: update masks every N steps; 0
 flags.DEFINE_string("student_config", "", "distill: config file of the student model.")
 flags.DEFINE_float("temperature", 2.0, "distill: softmax temperature T.")
 flags.DEFINE_float("alpha", 0.5, "distill: weight of the hard-label loss (1 - alpha: soft).")
+flags.DEFINE_string("mode", "int8", "quantize: Keras 3 weight-only int8 | int4 (no training).")
 common.define_debug_flag()
 flags.adopt_module_key_flags(common)
 
 
 def main(argv) -> None:
     del argv
-    from tfllm.compress.run import CompressOptions, compress, compress_config
+    from tfllm.compress.run import CompressOptions, check_output, compress, compress_config
 
     options = CompressOptions(
         method=FLAGS.method,
@@ -62,8 +64,10 @@ def main(argv) -> None:
         student_config=FLAGS.student_config,
         temperature=FLAGS.temperature,
         alpha=FLAGS.alpha,
+        mode=FLAGS.mode,
     )
     config = compress_config(FLAGS.workdir, options)  # every flag checked before any work
+    check_output(FLAGS.workdir, FLAGS.output, config)
     common.setup_runtime(config)
     os.makedirs(FLAGS.output, exist_ok=True)
     with common.workdir_lock(FLAGS.output, config):
@@ -80,6 +84,9 @@ def main(argv) -> None:
             rows.append((key, f"{before:.4f} → {after:.4f}" if before is not None else after))
     if record["method"] == "prune":
         rows.append(("sparsity", f"{record['sparsity']:.3f} (zeros in the saved kernels)"))
+    if "weight_bytes" in record:
+        ratio = record["weight_bytes"] / record["source_weight_bytes"]
+        rows.append(("weight_bytes", f"{record['weight_bytes']:,} ({ratio:.2f}× the source's)"))
     if "teacher_params" in record:
         ratio = record["teacher_params"] / record["num_params"]
         rows.append(
@@ -87,10 +94,13 @@ def main(argv) -> None:
         )
     else:
         rows.append(("parameters", f"{record['num_params']:,}"))
-    rows += [
-        ("record", os.path.join(FLAGS.output, "compression.json")),
-        ("next", f"tfllm-export --workdir={FLAGS.output} --format=tflite --quantize=int8"),
-    ]
+    if record["method"] == "quantize":  # Keras-quantized kernels do not convert to TFLite
+        follow = (
+            f"tfllm-evaluate --workdir={FLAGS.output} (or tfllm-generate / --format=saved_model)"
+        )
+    else:
+        follow = f"tfllm-export --workdir={FLAGS.output} --format=tflite --quantize=int8"
+    rows += [("record", os.path.join(FLAGS.output, "compression.json")), ("next", follow)]
     common.print_summary("tfllm-compress", rows)
 
 

@@ -80,6 +80,13 @@ def main(argv) -> None:
         if value is not None and not value >= 0:
             common.fail(f"--{name}: must be ≥ 0, got {value}")
     trained = load_trained(FLAGS.workdir)
+    if FLAGS.format == "tflite" and trained.config.compress.method == "quantize":
+        common.fail(
+            f"--format=tflite: {FLAGS.workdir} holds Keras-quantized "
+            f"({trained.config.compress.quantize_mode}) kernels, which the TFLite converter "
+            "rejects ('tfl.fully_connected' op operand #0 must be … but got i8); export the "
+            "float source workdir with --quantize=dynamic|int8 instead (docs/compression.md)"
+        )
     if FLAGS.format == "tflite":
         if trained.is_classifier:
             _export_classifier_tflite(trained)

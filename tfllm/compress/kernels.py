@@ -97,6 +97,8 @@ def find_kernels(model: keras.Model, kinds: tuple[str, ...] = PRUNABLE_KINDS) ->
         if classified is None:
             continue
         kind, variable, in_axes = classified
+        if not isinstance(variable, keras.Variable):
+            continue  # e.g. an int4-quantized Dense unpacks its kernel into a tensor
         if kind in kinds and variable.path not in found:
             found[variable.path] = Kernel(layer, variable, kind, in_axes)
     return [found[k] for k in sorted(found)]

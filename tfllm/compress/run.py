@@ -49,6 +49,7 @@ class CompressOptions:
     student_config: str = ""
     temperature: float = 2.0
     alpha: float = 0.5
+    mode: str = "int8"  # quantize: Keras 3 weight-only int8 | int4
 
 
 class StartFromSource(TrainingPlugin):
@@ -78,6 +79,11 @@ def training_plugins(config: ml_collections.ConfigDict) -> tuple[TrainingPlugin,
     c = config.compress
     if not c.method:
         return ()
+    if c.method == "quantize":
+        raise ConfigError(
+            "config.compress.method: a 'quantize' workdir holds int8/int4 kernels and cannot be "
+            "trained further; train the source and quantize again"
+        )
     if c.method == "prune":
         from tfllm.compress.pruning import PruningPlugin, spec_from_config
 
@@ -114,6 +120,8 @@ def _check_options(options: CompressOptions) -> None:
         raise ConfigError(f"--temperature: must be positive, got {options.temperature:g}")
     if not 0.0 <= options.alpha <= 1.0:
         raise ConfigError(f"--alpha: must be in [0, 1], got {options.alpha:g}")
+    if options.mode not in ("int8", "int4"):
+        raise ConfigError(f"--mode: must be int8 or int4, got {options.mode!r}")
     if options.method == "distill" and not options.student_config:
         raise ConfigError("--student_config: required with --method=distill")
     if options.method != "distill" and options.student_config:
@@ -187,9 +195,10 @@ def compress_config(source: str, options: CompressOptions) -> ml_collections.Con
         config.train.freeze_embeddings = False
         config.train.backbone_lr_scale = 1.0
     config.tokenizer.path = source
-    config.train.num_steps = int(steps)
-    config.train.learning_rate = float(learning_rate)
-    config.train.warmup_steps = min(int(config.train.warmup_steps), steps // 10)
+    if options.method != "quantize":  # quantize does not train: the source's settings stay
+        config.train.num_steps = int(steps)
+        config.train.learning_rate = float(learning_rate)
+        config.train.warmup_steps = min(int(config.train.warmup_steps), steps // 10)
     config.compress = ml_collections.ConfigDict(
         dict(
             method=options.method,
@@ -201,13 +210,15 @@ def compress_config(source: str, options: CompressOptions) -> ml_collections.Con
             prune_end_fraction=float(base_config().compress.prune_end_fraction),
             temperature=float(options.temperature),
             alpha=float(options.alpha),
+            quantize_mode=options.mode,
         )
     )
     validate(config)
     return config
 
 
-def _check_output(source: str, output: str, config: ml_collections.ConfigDict) -> None:
+def check_output(source: str, output: str, config: ml_collections.ConfigDict) -> None:
+    """OUT is new, or holds this same compress run (to resume); never the source."""
     if os.path.realpath(source) == os.path.realpath(output):
         raise ConfigError("--output: must differ from --workdir (the source is never modified)")
     if os.path.isfile(os.path.join(output, "config.json")):
@@ -226,13 +237,18 @@ def compress(source: str, output: str, options: CompressOptions) -> dict:
     from tfllm.training.run import train
 
     config = compress_config(source, options)
-    _check_output(source, output, config)
+    check_output(source, output, config)
     os.makedirs(output, exist_ok=True)
     labels = os.path.join(source, LABELS_FILE)
     if config.model.name in CLASSIFIER_NAMES and os.path.isfile(labels):
         if not os.path.isfile(os.path.join(output, LABELS_FILE)):
             shutil.copyfile(labels, os.path.join(output, LABELS_FILE))  # same class ids
-    metrics = train(config, output)
+    if config.compress.method == "quantize":
+        from tfllm.compress.keras_quantize import quantize_workdir
+
+        metrics = quantize_workdir(source, output, config)
+    else:
+        metrics = train(config, output)
     record = compression_record(source, output, config, metrics)
     atomic_write_json(os.path.join(output, COMPRESSION_FILE), record)
     return record
@@ -265,6 +281,9 @@ def compression_record(
     record["sparsity"] = sparsity["sparsity"]
     record["sparsity_by_layer"] = {k: v["sparsity"] for k, v in sparsity["layers"].items()}
     record["num_params"] = int(trained.model.count_params())
+    if "weight_bytes" in metrics:
+        record["weight_bytes"] = metrics["weight_bytes"]
+        record["source_weight_bytes"] = metrics["source_weight_bytes"]
     if config.compress.method == "distill":
         record["teacher_params"] = int(load_trained(source).model.count_params())
     return record

@@ -51,6 +51,11 @@ def load_trained(workdir: str) -> TrainedModel:
     tokenizer = Tokenizer.load(tokenizer_dir)
     labels = LabelVocab.load(workdir) if config.model.name in CLASSIFIER_NAMES else None
     model = build_model(config.model, tokenizer.vocab_size, labels and labels.num_classes)
+    if config.get("compress") and config.compress.method == "quantize":
+        from tfllm.compress import keras_quantize
+
+        # The checkpoint holds int8 kernels + scales: give the model those variables first.
+        keras_quantize.apply(model, config.compress.quantize_mode)
     status = tf.train.Checkpoint(model=model).restore(latest).expect_partial()
     try:
         status.assert_existing_objects_matched()

@@ -1,0 +1,93 @@
+"""Weight-only quantization inside Keras (`model.quantize("int8" | "int4")`).
+
+Keras 3 quantizes Dense / EinsumDense kernels in place (int8: per output
+channel; int4: packed, with a scale per channel), dequantizing on the fly in
+`call`, so the model stays a Keras model: evaluate, generate and resume from
+it as usual. It needs no data and no training — the in-Keras counterpart of
+the TFLite converter's dynamic-range mode. A quantized model's checkpoint
+holds int8 kernels plus scales, so `tfllm.inference.loading.load_trained`
+calls `quantize(mode)` on the freshly built model *before* restoring
+(`config.compress.method == "quantize"`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+
+import keras
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from tfllm.config import CLASSIFIER_NAMES, config_to_json
+from tfllm.utils.io import atomic_write_json, atomic_write_text
+
+KERAS_QUANTIZE_MODES = ("int8", "int4")
+
+
+def apply(model: keras.Model, mode: str) -> None:
+    """`model.quantize(mode)`, without Keras' warning for every LayerNorm/Softmax it skips."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have a `quantize` method.*")
+        model.quantize(mode)
+
+
+def weight_bytes(model: keras.Model) -> int:
+    """Bytes of the model's weights as stored (int8 kernels count 1 byte per value)."""
+    return int(sum(np.prod(w.shape) * np.dtype(w.dtype).itemsize for w in model.weights))
+
+
+def quantize_workdir(source: str, output: str, config: ml_collections.ConfigDict) -> dict:
+    """Writes OUT: the source model quantized, its tokenizer, labels, config, metrics."""
+    from tfllm.data.labels import LABELS_FILE
+    from tfllm.inference.loading import load_trained
+
+    trained = load_trained(source)
+    before = weight_bytes(trained.model)
+    apply(trained.model, config.compress.quantize_mode)
+    os.makedirs(output, exist_ok=True)
+    for name in ("tokenizer",):
+        target = os.path.join(output, name)
+        if not os.path.isdir(target):
+            shutil.copytree(os.path.join(source, name), target + ".tmp-copy", dirs_exist_ok=True)
+            os.replace(target + ".tmp-copy", target)
+    if config.model.name in CLASSIFIER_NAMES:
+        shutil.copyfile(os.path.join(source, LABELS_FILE), os.path.join(output, LABELS_FILE))
+    atomic_write_text(os.path.join(output, "config.json"), config_to_json(config))
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=trained.model), os.path.join(output, "checkpoints"), 1
+    )
+    manager.save(checkpoint_number=max(trained.step, 0))
+    metrics = {"step": trained.step, "num_params": int(trained.model.count_params())}
+    metrics.update(_evaluate(trained, config))
+    metrics["weight_bytes"] = weight_bytes(trained.model)
+    metrics["source_weight_bytes"] = before
+    atomic_write_json(os.path.join(output, "metrics.json"), metrics)
+    return metrics
+
+
+def _evaluate(trained, config: ml_collections.ConfigDict) -> dict:
+    """The eval split's headline metrics of the quantized Keras model."""
+    if config.model.name in CLASSIFIER_NAMES:
+        from tfllm.data.classification_data import load_labelled_splits
+        from tfllm.evaluation.classifier_eval import evaluate_corpus
+
+        splits = load_labelled_splits(config.data)
+        if splits.eval is None:
+            return {}
+        metrics, _ = evaluate_corpus(
+            trained, splits.eval, "eval", batch_size=int(config.train.batch_size)
+        )
+        return {("eval_loss" if k == "log_loss" else k): v for k, v in metrics.items()}
+    from tfllm.data.sources import lm_token_streams, load_text_splits
+    from tfllm.evaluation.metrics import lm_loss_and_perplexity
+
+    _, eval_ids = lm_token_streams(config, trained.tokenizer, load_text_splits(config.data))
+    if eval_ids is None:
+        return {}
+    result = lm_loss_and_perplexity(
+        trained.model, eval_ids, int(config.model.max_length), int(config.train.batch_size)
+    )
+    return {"eval_loss": result["loss"], "perplexity": result["perplexity"]}
