@@ -1,4 +1,4 @@
-"""tfllm-pipeline on a classifier config: its own four stages, the report, resume, --force."""
+"""tfllm-pipeline on a classifier config: its own six stages, the report, resume, --force."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ def test_classifier_pipeline_runs_every_stage_then_skips_them(labelled_files, tm
     ]
     proc = run_cli("pipeline", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # The classifier's own stage list: 5 stages, no samples.
-    for i, stage in enumerate(("train", "evaluate", "export", "tflite", "report"), start=1):
-        assert f"[{i}/5] {stage}: done" in proc.stdout, proc.stdout[-2000:]
+    # The classifier's own stage list: 6 stages, no samples.
+    stages = ("train", "evaluate", "export", "tflite", "compress", "report")
+    for i, stage in enumerate(stages, start=1):
+        assert f"[{i}/6] {stage}: done" in proc.stdout, proc.stdout[-2000:]
     assert "samples" not in proc.stdout
     assert not (workdir / "samples.json").exists()
 
@@ -64,14 +65,15 @@ def test_classifier_pipeline_runs_every_stage_then_skips_them(labelled_files, tm
     assert f"tfllm-evaluate --workdir={workdir} --split=test" in report
     assert f"tfllm-export --workdir={workdir}" in report
     assert "export/tflite_dynamic/model.tflite" in report
+    assert "## Compression" in report and "| pruned 80% |" in report
     page = (workdir / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 3  # curves + two confusion matrices
 
     again = run_cli("pipeline", *args)
     assert again.returncode == 0, again.stderr[-3000:]
-    for i, stage in enumerate(("train", "evaluate", "export", "tflite"), start=1):
-        assert f"[{i}/5] {stage}: already done, skipping" in again.stdout, again.stdout[-2000:]
-    assert "[5/5] report: done" in again.stdout
+    for i, stage in enumerate(stages[:-1], start=1):
+        assert f"[{i}/6] {stage}: already done, skipping" in again.stdout, again.stdout[-2000:]
+    assert "[6/6] report: done" in again.stdout
     assert "| train | 0 | skipped (done) |" in (workdir / "report.md").read_text()
 
 

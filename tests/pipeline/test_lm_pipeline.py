@@ -15,8 +15,8 @@ def test_pipeline_runs_every_stage_then_skips_them(corpus_file, tmp_path):
     proc = run_cli("pipeline", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (workdir / "report.md").read_text()
-    for section in ("## Language model", "## Samples", "## Export", "## Reproduce",
-                    "## Environment", "loss_curve.png"):
+    for section in ("## Language model", "## Samples", "## Export", "## Compression",
+                    "## Reproduce", "## Environment", "loss_curve.png"):
         assert section in report, section
     assert (workdir / "loss_curve.png").stat().st_size > 1000
     samples = json.loads((workdir / "samples.json").read_text())["samples"]
@@ -33,10 +33,14 @@ def test_pipeline_runs_every_stage_then_skips_them(corpus_file, tmp_path):
     assert 'src="data:image/png;base64,' in page and 'src="loss_curve.png"' not in page
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["step"] == 30 and metrics["full_eval_perplexity"] > 1
+    pruned = json.loads((workdir / "compressed" / "prune80" / "compression.json").read_text())
+    assert pruned["method"] == "prune" and pruned["sparsity"] >= 0.79
+    assert (workdir / "compressed" / "prune80" / "export" / "tflite_dynamic" / "model.tflite"
+            ).is_file()
 
     again = run_cli("pipeline", *args)
     assert again.returncode == 0, again.stderr[-3000:]
-    for stage in ("train", "evaluate", "samples", "export", "tflite"):
+    for stage in ("train", "evaluate", "samples", "export", "tflite", "compress"):
         assert f"{stage}: already done, skipping" in again.stdout, again.stdout[-2000:]
 
 

@@ -4,8 +4,8 @@
   tfllm-pipeline --workdir=runs/mlp --config=configs/mlp_sst2.py      # a classifier
 
 The journey follows `config.model.name`:
-  language model: train → evaluate (perplexity) → samples → export → report
-  classifier:     train → evaluate (test split) → export → report
+  language model: train → evaluate (perplexity) → samples → export → tflite → compress → report
+  classifier:     train → evaluate (test split) → export → tflite → compress → report
 Re-running skips the stages already done (training resumes from its last
 checkpoint); --force=STAGE redoes one.
 """

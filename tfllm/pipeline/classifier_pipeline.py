@@ -6,6 +6,7 @@ Stages (each skipped when its output already exists, unless forced):
              none) → metrics.json `test_split` + confusion_matrix_test.png
   export   — verified classifier SavedModel → export/saved_model/
   tflite   — verified LiteRT file (dynamic-range int8) → export/tflite_dynamic/
+  compress — prune 80% (tfllm-compress) → compressed/prune80/, exported the same way
   report   — report.md + loss/accuracy curve PNG, and a self-contained report.html
 
 Every stage calls the same library code as `tfllm-train`, `tfllm-evaluate
@@ -23,6 +24,7 @@ import time
 
 import ml_collections
 
+from tfllm.pipeline import compress_stage
 from tfllm.pipeline.common import (
     EDGE_QUANTIZE,
     PipelineRun,
@@ -36,7 +38,7 @@ from tfllm.pipeline.common import (
 from tfllm.pipeline.html_report import write_html_report
 from tfllm.utils.io import atomic_write_text, read_json
 
-STAGES = ("train", "evaluate", "export", "tflite", "report")
+STAGES = ("train", "evaluate", "export", "tflite", "compress", "report")
 VERIFY_EXAMPLES = 256  # eval rows the exports are checked on (tfllm-export's default)
 
 
@@ -67,6 +69,11 @@ def run_classifier_pipeline(
     run.stage("export", os.path.isfile(verification), lambda: _export(workdir))
     edge_record = os.path.join(edge_dir(workdir), "verification.json")
     run.stage("tflite", os.path.isfile(edge_record), lambda: _tflite(workdir))
+    run.stage(
+        "compress",
+        compress_stage.done(workdir),
+        lambda: compress_stage.run_compress_stage(workdir, config),
+    )
     report = os.path.join(workdir, "report.md")
     run.stage("report", False, lambda: _report(run, report))
     return report
@@ -313,6 +320,7 @@ def _report(run: PipelineRun, path: str) -> str:
     else:
         lines += ["Not exported.", ""]
     lines += _tflite_lines(workdir)
+    lines += compress_stage.compression_lines(workdir)
     lines += stage_lines(run.results)
     lines += ["", "## Reproduce", "", "```", command_line(command_name())]
     lines += _reproduce_commands(workdir, test_name)

@@ -6,6 +6,7 @@ Stages (each skipped when its output already exists, unless forced):
   samples  — generated text (greedy and nucleus) → samples.json
   export   — verified SavedModel → export/saved_model/
   tflite   — verified LiteRT file (dynamic-range int8) → export/tflite_dynamic/
+  compress — prune 80% (tfllm-compress) → compressed/prune80/, exported the same way
   report   — report.md + loss curve PNG, and a self-contained report.html
 """
 
@@ -16,6 +17,7 @@ import time
 
 import ml_collections
 
+from tfllm.pipeline import compress_stage
 from tfllm.pipeline.common import (
     EDGE_QUANTIZE,
     PipelineRun,
@@ -32,7 +34,7 @@ from tfllm.utils.io import atomic_write_json, atomic_write_text, read_json
 
 __all__ = ["STAGES", "PipelineRun", "StageResult", "run_pipeline"]
 
-STAGES = ("train", "evaluate", "samples", "export", "tflite", "report")
+STAGES = ("train", "evaluate", "samples", "export", "tflite", "compress", "report")
 
 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str, force: set[str]) -> str:
@@ -61,6 +63,11 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, force: set[str
     run.stage("export", os.path.isfile(verification), lambda: _export(workdir))
     tflite_record = os.path.join(edge_dir(workdir), "verification.json")
     run.stage("tflite", os.path.isfile(tflite_record), lambda: _tflite(workdir))
+    run.stage(
+        "compress",
+        compress_stage.done(workdir),
+        lambda: compress_stage.run_compress_stage(workdir, config),
+    )
     report = os.path.join(workdir, "report.md")
     run.stage("report", False, lambda: _report(run, report))
     return report
@@ -239,6 +246,7 @@ def _report(run: PipelineRun, path: str) -> str:
             "",
         ]
     lines += _tflite_lines(workdir)
+    lines += compress_stage.compression_lines(workdir)
     lines += stage_lines(run.results)
     lines += [
         "",

@@ -1,0 +1,115 @@
+"""The pipelines' compression stage: prune the trained model, export it like the dense one.
+
+Both pipelines prune their model to `PRUNE_SPARSITY` with `tfllm-compress`'s
+library call (tfmot schedule and mask engine, attention included) into
+`W/compressed/prune80/`, export that workdir's LiteRT file in the same
+quantize mode as the dense one, and report the two side by side. The full
+trade-off table (every pruning level, 2:4, QAT, distillation) is
+`python -m tfllm.compress.study` (docs/compression.md); a pipeline run shows
+the one row that matters most, cheaply.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from tfllm.pipeline.common import EDGE_QUANTIZE, edge_dir
+from tfllm.utils.io import read_json
+
+PRUNE_SPARSITY = 0.8
+
+
+def pruned_dir(workdir: str) -> str:
+    return os.path.join(workdir, "compressed", f"prune{round(PRUNE_SPARSITY * 100)}")
+
+
+def prune_steps(config: ml_collections.ConfigDict) -> int:
+    """A tenth of the training run: enough for the ramp plus some recovery."""
+    return max(20, int(config.train.num_steps) // 10)
+
+
+def done(workdir: str) -> bool:
+    return os.path.isfile(os.path.join(edge_dir(pruned_dir(workdir)), "verification.json"))
+
+
+def run_compress_stage(workdir: str, config: ml_collections.ConfigDict) -> str:
+    from tfllm.compress.run import CompressOptions, check_output, compress, compress_config
+
+    out = pruned_dir(workdir)
+    options = CompressOptions(method="prune", sparsity=PRUNE_SPARSITY, steps=prune_steps(config))
+    check_output(workdir, out, compress_config(workdir, options))
+    record = compress(workdir, out, options)
+    _export_edge(out)
+    edge = read_json(os.path.join(edge_dir(out), "verification.json"))
+    dense = read_json(os.path.join(edge_dir(workdir), "verification.json"))
+    ratio = edge["gzip_bytes"] / dense["gzip_bytes"] if dense else float("nan")
+    return f"(sparsity {record['sparsity']:.2f}, gzip {ratio:.2f}× the dense {EDGE_QUANTIZE} file)"
+
+
+def _export_edge(workdir: str) -> None:
+    from tfllm.inference.loading import load_trained
+
+    trained = load_trained(workdir)
+    if trained.is_classifier:
+        from tfllm.export.classifier_tflite import export_classifier_tflite
+        from tfllm.pipeline.classifier_pipeline import VERIFY_EXAMPLES
+
+        export_classifier_tflite(trained, edge_dir(workdir), EDGE_QUANTIZE, VERIFY_EXAMPLES)
+        return
+    from tfllm.data.sources import lm_token_streams, load_text_splits
+    from tfllm.export.lm_tflite import export_lm_tflite
+
+    train_ids, eval_ids = lm_token_streams(
+        trained.config, trained.tokenizer, load_text_splits(trained.config.data)
+    )
+    export_lm_tflite(
+        trained,
+        edge_dir(workdir),
+        EDGE_QUANTIZE,
+        eval_ids=train_ids if eval_ids is None else eval_ids,
+        train_ids=train_ids,
+    )
+
+
+def compression_lines(workdir: str) -> list[str]:
+    """The report's table: dense vs pruned, both as the LiteRT file that ships."""
+    out = pruned_dir(workdir)
+    record = read_json(os.path.join(out, "compression.json"))
+    dense = read_json(os.path.join(edge_dir(workdir), "verification.json"))
+    pruned = read_json(os.path.join(edge_dir(out), "verification.json"))
+    if not (record and dense and pruned):
+        return []
+    lm = "perplexity" in pruned
+    metric = "perplexity" if lm else "accuracy"
+
+    def value(v: dict) -> str:
+        return f"{v[metric]:.3f}" if lm else f"{v[metric] * 100:.2f}%"
+
+    lines = [
+        "## Compression",
+        "",
+        f"Pruned to {PRUNE_SPARSITY:.0%} with `tfllm-compress --method=prune` "
+        f"({record['steps']} fine-tuning steps; every Dense, attention EinsumDense, Conv1D "
+        f"and embedding kernel) into `{out}`; both files are LiteRT `{EDGE_QUANTIZE}` exports, "
+        f"scored on the verification {'windows' if lm else 'rows'}. The full trade-off table "
+        "(50/80/90%, 2:4, PTQ, QAT, distillation) is in docs/compression.md.",
+        "",
+        f"| model | {metric} (LiteRT) | file bytes | gzip bytes | × dense (gzip) | "
+        "non-zero kernel weights |",
+        "|---|---|---|---|---|---|",
+        f"| dense | {value(dense)} | {dense['size_bytes']:,} | {dense['gzip_bytes']:,} | 1.00 "
+        "| 100% |",
+        f"| pruned {PRUNE_SPARSITY:.0%} | {value(pruned)} | {pruned['size_bytes']:,} | "
+        f"{pruned['gzip_bytes']:,} | {pruned['gzip_bytes'] / dense['gzip_bytes']:.2f} | "
+        f"{(1 - record['sparsity']) * 100:.1f}% |",
+        "",
+        "```",
+        f"tfllm-compress --workdir={workdir} --method=prune --sparsity={PRUNE_SPARSITY} "
+        f"--steps={record['steps']} --output={out}",
+        f"tfllm-export --workdir={out} --format=tflite --quantize={EDGE_QUANTIZE}",
+        "```",
+        "",
+    ]
+    return lines
