@@ -25,10 +25,10 @@ class Kernel:
     variable: keras.Variable
     kind: str  # one of PRUNABLE_KINDS
     in_axes: int  # leading axes contracted with the input (embedding: see to_out_in)
-
-    @property
-    def name(self) -> str:
-        return self.variable.path
+    # The variable's path below the model, e.g. `block_0/self_attention/query/kernel`:
+    # the model's own name is dropped, since Keras numbers every further model a
+    # process builds (`gpt_1/…`), which would make records differ by history.
+    name: str
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -92,6 +92,7 @@ def find_kernels(model: keras.Model, kinds: tuple[str, ...] = PRUNABLE_KINDS) ->
     if not model.built:
         raise ValueError("find_kernels: build the model first (call it once)")
     found: dict[str, Kernel] = {}
+    prefix = model.name + "/"
     for layer in model._flatten_layers(include_self=False, recursive=True):
         classified = _classify(layer)
         if classified is None:
@@ -100,5 +101,6 @@ def find_kernels(model: keras.Model, kinds: tuple[str, ...] = PRUNABLE_KINDS) ->
         if not isinstance(variable, keras.Variable):
             continue  # e.g. an int4-quantized Dense unpacks its kernel into a tensor
         if kind in kinds and variable.path not in found:
-            found[variable.path] = Kernel(layer, variable, kind, in_axes)
+            name = variable.path.removeprefix(prefix)
+            found[variable.path] = Kernel(layer, variable, kind, in_axes, name)
     return [found[k] for k in sorted(found)]
