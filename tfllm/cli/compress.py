@@ -1,4 +1,4 @@
-"""tfllm-compress: prune, quantization-aware-train or distil a trained workdir.
+r"""tfllm-compress: prune, quantization-aware-train or distil a trained workdir.
 
   tfllm-compress --workdir=runs/sst2 --method=prune --sparsity=0.8 --output=runs/sst2_p80
   tfllm-compress --workdir=runs/sst2 --method=prune --m_by_n=2:4 --output=runs/sst2_24
