@@ -154,6 +154,7 @@ def base_config() -> ml_collections.ConfigDict:
             m_by_n="",  # prune: e.g. "2:4" = 2 zeros in every 4 weights (structured)
             prune_frequency=0,  # prune: update masks every N steps; 0 = 1/10 of the ramp
             prune_end_fraction=0.75,  # prune: the ramp ends here; the rest fine-tunes
+            prune_embeddings=True,  # prune: include Embedding tables (the GPT's tied LM head)
             temperature=2.0,  # distill: softmax temperature T
             alpha=0.5,  # distill: weight of the hard-label loss
             quantize_mode="int8",  # quantize: Keras 3 weight-only int8 | int4
@@ -323,6 +324,7 @@ _RULES: tuple[_Rule, ...] = (
     _Rule("compress.m_by_n", str),
     _Rule("compress.prune_frequency", int, _non_negative, "a non-negative integer (0 = auto)"),
     _Rule("compress.prune_end_fraction", (int, float), lambda v: 0 < v <= 1, "in (0, 1]"),
+    _Rule("compress.prune_embeddings", bool),
     _Rule("compress.temperature", (int, float), _positive, "a positive number"),
     _Rule("compress.alpha", (int, float), lambda v: 0 <= v <= 1, "in [0, 1]"),
     _Rule("compress.quantize_mode", str, _one_of(("int8", "int4")), "int8 or int4"),

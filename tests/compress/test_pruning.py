@@ -468,3 +468,20 @@ def test_the_record_names_each_kernel_as_the_model_config_does(pruned):
             "token_embedding/embeddings",
         )
     ]
+
+
+def test_embeddings_can_be_kept_dense():
+    """`--noprune_embeddings`: every other kernel is pruned, the embedding (LM head) is not."""
+
+    model = _gpt()
+    optimizer = keras.optimizers.Adam(1e-3)
+    optimizer.build(model.trainable_variables)
+    plugin = PruningPlugin(PruningSpec(0.5, end_step=1, frequency=1, embeddings=False))
+    plugin.setup(model, optimizer)
+    assert plugin.kernels and all(k.kind != "embedding" for k in plugin.kernels)
+    assert len(plugin.kernels) == len(find_kernels(model)) - 1
+    optimizer.iterations.assign(1)
+    plugin.after_update()
+    for kernel in find_kernels(model):
+        zeros = float(np.mean(kernel.variable.numpy() == 0))
+        assert zeros == (0.0 if kernel.kind == "embedding" else pytest.approx(0.5, abs=0.02))

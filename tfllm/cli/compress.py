@@ -40,6 +40,12 @@ flags.DEFINE_string("schedule", "polynomial", "prune: polynomial (ramp from 0) |
 flags.DEFINE_string(
     "m_by_n", "", "prune: structured sparsity M:N, e.g. 2:4 (overrides --sparsity)."
 )
+flags.DEFINE_bool(
+    "prune_embeddings",
+    True,
+    "prune: include Embedding tables (the GPT's tied LM head); --noprune_embeddings keeps "
+    "them dense.",
+)
 flags.DEFINE_integer("prune_frequency", 0, "prune: update masks every N steps; 0 = auto.")
 flags.DEFINE_string("student_config", "", "distill: config file of the student model.")
 flags.DEFINE_float("temperature", 2.0, "distill: softmax temperature T.")
@@ -61,6 +67,7 @@ def main(argv) -> None:
         schedule=FLAGS.schedule,
         m_by_n=FLAGS.m_by_n,
         prune_frequency=FLAGS.prune_frequency,
+        prune_embeddings=FLAGS.prune_embeddings,
         student_config=FLAGS.student_config,
         temperature=FLAGS.temperature,
         alpha=FLAGS.alpha,

@@ -21,7 +21,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 from tfllm.compress import tfmot_engine
-from tfllm.compress.kernels import Kernel, find_kernels
+from tfllm.compress.kernels import PRUNABLE_KINDS, Kernel, find_kernels
 from tfllm.config import PRUNE_SCHEDULES
 from tfllm.errors import ConfigError
 from tfllm.training.plugins import TrainingPlugin
@@ -37,6 +37,15 @@ class PruningSpec:
     end_step: int = 100
     frequency: int = 10
     m_by_n: tuple[int, int] | None = None
+    embeddings: bool = True  # prune Embedding tables too (the GPT's tied LM head)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return (
+            PRUNABLE_KINDS
+            if self.embeddings
+            else tuple(k for k in PRUNABLE_KINDS if k != "embedding")
+        )
 
     def tfmot_schedule(self) -> tfmot.sparsity.keras.PruningSchedule:
         if self.schedule == "constant":
@@ -89,6 +98,7 @@ def spec_from_config(config: ml_collections.ConfigDict) -> PruningSpec:
         end_step=end,
         frequency=frequency,
         m_by_n=parse_m_by_n(c.m_by_n),
+        embeddings=bool(c.get("prune_embeddings", True)),
     )
 
 
@@ -102,7 +112,7 @@ class _PruningState(tf.Module):
 
 
 class PruningPlugin(TrainingPlugin):
-    """Prunes every Dense / EinsumDense / Conv1D / Embedding kernel of the model."""
+    """Prunes every Dense / EinsumDense / Conv1D (and Embedding) kernel of the model."""
 
     name = "pruning"
 
@@ -113,7 +123,7 @@ class PruningPlugin(TrainingPlugin):
         self._engine = None
 
     def setup(self, model, optimizer):
-        self.kernels = find_kernels(model)
+        self.kernels = find_kernels(model, self.spec.kinds)
         masks, thresholds, triples = [], [], []
         for kernel in self.kernels:
             weight = kernel.variable.value  # the tf.Variable inside the Keras variable

@@ -45,6 +45,7 @@ class CompressOptions:
     sparsity: float = 0.8
     schedule: str = "polynomial"
     m_by_n: str = ""
+    prune_embeddings: bool = True
     prune_frequency: int = 0
     student_config: str = ""
     temperature: float = 2.0
@@ -208,6 +209,7 @@ def compress_config(source: str, options: CompressOptions) -> ml_collections.Con
             m_by_n=options.m_by_n,
             prune_frequency=int(options.prune_frequency),
             prune_end_fraction=float(base_config().compress.prune_end_fraction),
+            prune_embeddings=bool(options.prune_embeddings),
             temperature=float(options.temperature),
             alpha=float(options.alpha),
             quantize_mode=options.mode,

@@ -32,7 +32,9 @@ class Row:
     workdir_key: str = ""  # share another row's workdir (e.g. pruned + int8)
 
 
-def default_rows(student_config: str, prune_steps: int, qat_steps: int) -> list[Row]:
+def default_rows(
+    student_config: str, prune_steps: int, qat_steps: int, lm: bool = False
+) -> list[Row]:
     prune = (f"--steps={prune_steps}",) if prune_steps else ()
     qat = (f"--steps={qat_steps}",) if qat_steps else ()
     rows = [
@@ -41,6 +43,19 @@ def default_rows(student_config: str, prune_steps: int, qat_steps: int) -> list[
         Row("prune80", "pruned 80%", "none", "prune", ("--sparsity=0.8", *prune)),
         Row("prune90", "pruned 90%", "none", "prune", ("--sparsity=0.9", *prune)),
         Row("prune_2of4", "pruned 2:4", "none", "prune", ("--m_by_n=2:4", *prune)),
+        *(
+            [
+                Row(
+                    "prune80_dense_embedding",
+                    "pruned 80%, embedding/LM head kept dense",
+                    "none",
+                    "prune",
+                    ("--sparsity=0.8", "--noprune_embeddings", *prune),
+                )
+            ]
+            if lm
+            else []
+        ),
         Row("ptq_dynamic", "PTQ dynamic range", "dynamic"),
         Row("ptq_float16", "PTQ float16", "float16"),
         Row("ptq_int8", "PTQ int8", "int8"),
@@ -304,7 +319,9 @@ def main(argv: list[str] | None = None) -> None:
         help="re-time every file in N interleaved rounds at the end (0: keep export-time numbers)",
     )
     args = parser.parse_args(argv)
-    rows = default_rows(args.student_config, args.prune_steps, args.qat_steps)
+    rows = default_rows(
+        args.student_config, args.prune_steps, args.qat_steps, lm=_is_lm(args.source)
+    )
     if args.rows:
         wanted = args.rows.split(",")
         unknown = sorted(set(wanted) - {r.key for r in rows})
