@@ -71,7 +71,7 @@ def run_classifier_pipeline(
     run.stage("tflite", os.path.isfile(edge_record), lambda: _tflite(workdir))
     run.stage(
         "compress",
-        compress_stage.done(workdir),
+        compress_stage.done(workdir, config),
         lambda: compress_stage.run_compress_stage(workdir, config),
     )
     report = os.path.join(workdir, "report.md")
@@ -320,7 +320,7 @@ def _report(run: PipelineRun, path: str) -> str:
     else:
         lines += ["Not exported.", ""]
     lines += _tflite_lines(workdir)
-    lines += compress_stage.compression_lines(workdir)
+    lines += compress_stage.compression_lines(workdir, config)
     lines += stage_lines(run.results)
     lines += ["", "## Reproduce", "", "```", command_line(command_name())]
     lines += _reproduce_commands(workdir, test_name)

@@ -6,7 +6,7 @@ Stages (each skipped when its output already exists, unless forced):
   samples  — generated text (greedy and nucleus) → samples.json
   export   — verified SavedModel → export/saved_model/
   tflite   — verified LiteRT file (dynamic-range int8) → export/tflite_dynamic/
-  compress — prune 80% (tfllm-compress) → compressed/prune80/, exported the same way
+  compress — prune 50% (tfllm-compress) → compressed/prune50/, exported the same way
   report   — report.md + loss curve PNG, and a self-contained report.html
 """
 
@@ -65,7 +65,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, force: set[str
     run.stage("tflite", os.path.isfile(tflite_record), lambda: _tflite(workdir))
     run.stage(
         "compress",
-        compress_stage.done(workdir),
+        compress_stage.done(workdir, config),
         lambda: compress_stage.run_compress_stage(workdir, config),
     )
     report = os.path.join(workdir, "report.md")
@@ -246,7 +246,7 @@ def _report(run: PipelineRun, path: str) -> str:
             "",
         ]
     lines += _tflite_lines(workdir)
-    lines += compress_stage.compression_lines(workdir)
+    lines += compress_stage.compression_lines(workdir, config)
     lines += stage_lines(run.results)
     lines += [
         "",
