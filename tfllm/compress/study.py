@@ -246,31 +246,43 @@ def format_table(source: str, results: list[Measured]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(source: str, results: list[Measured], path: str) -> None:
-    """Size (gzip bytes, log scale) against the task metric, one labelled point per row."""
+def plot(title: str, lm: bool, points: list[tuple[str, int, float]], path: str) -> None:
+    """Size (gzip bytes, log scale) against the task metric; one marker per row, in a legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lm = _is_lm(source)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in results:
-        y = r.metric if lm else r.metric * 100
-        ax.scatter(r.gzip_bytes, y, s=30)
-        ax.annotate(
-            r.row.label, (r.gzip_bytes, y), fontsize=7, xytext=(4, 3), textcoords="offset points"
-        )
+    markers = "osD^v<>pPX*h"
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for i, (label, gzip_bytes, metric) in enumerate(points):
+        y = metric if lm else metric * 100
+        ax.scatter(gzip_bytes, y, s=45, marker=markers[i % len(markers)], label=label)
     ax.set_xscale("log")
+    if lm:
+        ax.set_yscale("log")
     ax.set_xlabel("gzip-compressed .tflite bytes (log scale)")
-    ax.set_ylabel("perplexity (lower is better)" if lm else "accuracy % (LiteRT, eval split)")
-    ax.set_title(f"Size vs quality: {os.path.basename(os.path.normpath(source))}")
-    ax.grid(True, alpha=0.3)
+    ax.set_ylabel(
+        "perplexity (LiteRT, log scale; lower is better)" if lm else "accuracy % (LiteRT)"
+    )
+    ax.set_title(f"Size vs quality: {title}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def replot(root: str) -> str:
+    """Redraws `size_vs_quality.png` from `study.json` (e.g. after re-timing)."""
+    study = read_json(os.path.join(root, "study.json"))
+    points = [(r["label"], r["gzip_bytes"], r["metric"]) for r in study["rows"]]
+    path = os.path.join(root, "size_vs_quality.png")
+    source = study["source"]
+    plot(os.path.basename(os.path.normpath(source)), _is_lm(source), points, path)
+    return path
 
 
 def write_outputs(source: str, root: str, results: list[Measured]) -> None:
@@ -298,7 +310,12 @@ def write_outputs(source: str, root: str, results: list[Measured]) -> None:
             ],
         },
     )
-    plot(source, results, os.path.join(root, "size_vs_quality.png"))
+    plot(
+        os.path.basename(os.path.normpath(source)),
+        _is_lm(source),
+        [(r.row.label, r.gzip_bytes, r.metric) for r in results],
+        os.path.join(root, "size_vs_quality.png"),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
