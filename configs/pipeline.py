@@ -1,5 +1,5 @@
 """The quick pipeline recipe (the README's first command): a tiny GPT on bundled
-Tiny Shakespeare, sized to finish in about 7 minutes on a 2-core CPU.
+Tiny Shakespeare, sized to finish in about 9 minutes on a 2-core CPU.
 
 Usage: tfllm-pipeline --config=configs/pipeline.py --workdir=runs/quickstart
 """
