@@ -27,10 +27,12 @@ import ml_collections
 from tfllm.pipeline import compress_stage
 from tfllm.pipeline.common import (
     EDGE_QUANTIZE,
+    VERIFY_EXAMPLES,
     PipelineRun,
     command_line,
     edge_dir,
     environment_lines,
+    export_edge,
     plot_curves,
     stage_lines,
     training_done,
@@ -39,7 +41,6 @@ from tfllm.pipeline.html_report import write_html_report
 from tfllm.utils.io import atomic_write_text, read_json
 
 STAGES = ("train", "evaluate", "export", "tflite", "compress", "report")
-VERIFY_EXAMPLES = 256  # eval rows the exports are checked on (tfllm-export's default)
 
 
 def run_classifier_pipeline(
@@ -127,12 +128,7 @@ def _export(workdir: str) -> str:
 
 def _tflite(workdir: str) -> str:
     """`tfllm-export --format=tflite --quantize=dynamic`, verified on VERIFY_EXAMPLES rows."""
-    from tfllm.export.classifier_tflite import export_classifier_tflite
-    from tfllm.inference.loading import load_trained
-
-    record = export_classifier_tflite(
-        load_trained(workdir), edge_dir(workdir), EDGE_QUANTIZE, VERIFY_EXAMPLES
-    )
+    record = export_edge(workdir)
     return (
         f"({EDGE_QUANTIZE}: {record['size_bytes'] / 1e6:.2f} MB, accuracy "
         f"{record['accuracy']:.4f} vs Keras {record['keras_accuracy']:.4f} "

@@ -16,7 +16,7 @@ import os
 
 import ml_collections
 
-from tfllm.pipeline.common import EDGE_QUANTIZE, edge_dir
+from tfllm.pipeline.common import EDGE_QUANTIZE, edge_dir, export_edge
 from tfllm.utils.io import read_json
 
 CLASSIFIER_SPARSITY = 0.8
@@ -47,36 +47,11 @@ def run_compress_stage(workdir: str, config: ml_collections.ConfigDict) -> str:
     options = CompressOptions(method="prune", sparsity=sparsity(config), steps=prune_steps(config))
     check_output(workdir, out, compress_config(workdir, options))
     record = compress(workdir, out, options)
-    _export_edge(out)
+    export_edge(out)
     edge = read_json(os.path.join(edge_dir(out), "verification.json"))
     dense = read_json(os.path.join(edge_dir(workdir), "verification.json"))
     ratio = edge["gzip_bytes"] / dense["gzip_bytes"] if dense else float("nan")
     return f"(sparsity {record['sparsity']:.2f}, gzip {ratio:.2f}× the dense {EDGE_QUANTIZE} file)"
-
-
-def _export_edge(workdir: str) -> None:
-    from tfllm.inference.loading import load_trained
-
-    trained = load_trained(workdir)
-    if trained.is_classifier:
-        from tfllm.export.classifier_tflite import export_classifier_tflite
-        from tfllm.pipeline.classifier_pipeline import VERIFY_EXAMPLES
-
-        export_classifier_tflite(trained, edge_dir(workdir), EDGE_QUANTIZE, VERIFY_EXAMPLES)
-        return
-    from tfllm.data.sources import lm_token_streams, load_text_splits
-    from tfllm.export.lm_tflite import export_lm_tflite
-
-    train_ids, eval_ids = lm_token_streams(
-        trained.config, trained.tokenizer, load_text_splits(trained.config.data)
-    )
-    export_lm_tflite(
-        trained,
-        edge_dir(workdir),
-        EDGE_QUANTIZE,
-        eval_ids=train_ids if eval_ids is None else eval_ids,
-        train_ids=train_ids,
-    )
 
 
 def compression_lines(workdir: str, config: ml_collections.ConfigDict) -> list[str]:

@@ -25,6 +25,7 @@ from tfllm.pipeline.common import (
     command_line,
     edge_dir,
     environment_lines,
+    export_edge,
     plot_curves,
     stage_lines,
     training_done,
@@ -149,21 +150,7 @@ def _export(workdir: str) -> str:
 
 
 def _tflite(workdir: str) -> str:
-    from tfllm.data.sources import lm_token_streams, load_text_splits
-    from tfllm.export.lm_tflite import export_lm_tflite
-    from tfllm.inference.loading import load_trained
-
-    trained = load_trained(workdir)
-    train_ids, eval_ids = lm_token_streams(
-        trained.config, trained.tokenizer, load_text_splits(trained.config.data)
-    )
-    record = export_lm_tflite(
-        trained,
-        edge_dir(workdir),
-        EDGE_QUANTIZE,
-        eval_ids=train_ids if eval_ids is None else eval_ids,
-        train_ids=train_ids,
-    )
+    record = export_edge(workdir)
     return (
         f"({EDGE_QUANTIZE}: {record['size_bytes'] / 1e6:.1f} MB, perplexity "
         f"{record['perplexity']:.2f} vs Keras {record['keras_perplexity']:.2f})"
