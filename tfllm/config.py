@@ -28,6 +28,7 @@ CLASSIFIER_NAMES = MODEL_NAMES[1:]
 POOLINGS = ("mean", "cls", "last")
 CNN_POOLINGS = ("global_max", "max_pool_flatten")
 CLASS_WEIGHTS = ("none", "balanced")
+COLLECTIVES = ("auto", "ring", "nccl")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu", "parameter_server")
 COMPRESS_METHODS = ("prune", "qat", "distill", "quantize")
 PRUNE_SCHEDULES = ("polynomial", "constant")
@@ -129,6 +130,10 @@ def base_config() -> ml_collections.ConfigDict:
             precision="float32",
             jit_compile=False,
             tpu="",  # TPU name/address for strategy=tpu
+            collective="auto",  # multi_worker all-reduce: auto | ring | nccl
+            ps_shard_min_bytes=256 << 10,  # parameter_server: shard variables this large
+            intra_op_threads=0,  # threads inside one op; 0 = TensorFlow's choice
+            inter_op_threads=0,  # ops run at once; 0 = TensorFlow's choice
             profile_steps=(),  # (start, stop): trace steps start+1..stop (TensorBoard Profile)
             tensor_parallel=1,
             pipeline_stages=1,
@@ -285,6 +290,10 @@ _RULES: tuple[_Rule, ...] = (
     _Rule("runtime.precision", str, _one_of(PRECISIONS), f"one of {', '.join(PRECISIONS)}"),
     _Rule("runtime.jit_compile", bool),
     _Rule("runtime.tpu", str),
+    _Rule("runtime.collective", str, _one_of(COLLECTIVES), f"one of {', '.join(COLLECTIVES)}"),
+    _Rule("runtime.ps_shard_min_bytes", int, _positive, "a positive integer"),
+    _Rule("runtime.intra_op_threads", int, _non_negative, "a non-negative integer"),
+    _Rule("runtime.inter_op_threads", int, _non_negative, "a non-negative integer"),
     _Rule(
         "runtime.profile_steps",
         (list, tuple),
@@ -376,11 +385,6 @@ def _validate_relations(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"config.train.warmup_steps: {train.warmup_steps} exceeds "
             f"config.train.num_steps={train.num_steps}"
-        )
-    if runtime.strategy == "parameter_server":
-        raise ConfigError(
-            "config.runtime.strategy: 'parameter_server' needs the ClusterCoordinator loop, "
-            "which is not implemented yet (use default, one_device, mirrored, multi_worker or tpu)"
         )
     if runtime.profile_steps and runtime.profile_steps[1] > train.num_steps:
         raise ConfigError(

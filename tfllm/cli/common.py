@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 import ml_collections
 from absl import app, flags
+from absl import logging as absl_logging
 
 from tfllm.config import load_workdir_config, validate
 from tfllm.errors import ConfigError, TfllmError
@@ -107,6 +108,11 @@ def run(main: Callable[[Sequence[str]], int | None]) -> None:
 
     def wrapped(argv: Sequence[str]) -> int | None:
         started.append(True)
+        # absl's app.run leaves the root logger (which TensorFlow's logger
+        # inherits) at INFO whatever the default above says, so tf.distribute's
+        # INFO chatter would bury the progress lines: apply the level here.
+        present = FLAGS["verbosity"].present
+        absl_logging.set_verbosity(FLAGS.verbosity if present else absl_logging.WARNING)
         if len(argv) > 1:
             fail(f"unexpected positional arguments: {' '.join(argv[1:])} (flags are --name=value)")
         debug = "debug" in FLAGS and FLAGS.debug
@@ -174,9 +180,10 @@ def setup_runtime(config: ml_collections.ConfigDict) -> None:
     """
     import keras
 
-    from tfllm.training.strategy import configure_logical_cpus
+    from tfllm.training.strategy import configure_logical_cpus, configure_threads
 
     configure_logical_cpus(int(config.runtime.logical_cpus))
+    configure_threads(int(config.runtime.intra_op_threads), int(config.runtime.inter_op_threads))
     keras.mixed_precision.set_global_policy(config.runtime.precision)
     keras.utils.set_random_seed(int(config.train.seed))
 

@@ -30,6 +30,10 @@ def main(argv) -> None:
     config = common.resolve_config(FLAGS.config, FLAGS.workdir)
     common.setup_runtime(config)
     from tfllm.training.run import train
+    from tfllm.training.strategy import serve_cluster_task
+
+    if serve_cluster_task(config.runtime):  # a parameter-server cluster's worker or ps
+        return
 
     with common.workdir_lock(FLAGS.workdir, config):
         metrics = train(config, FLAGS.workdir)

@@ -175,7 +175,7 @@ def _windows_dataset(
         order = tf.range(windows, dtype=tf.int64)
         offset = tf.constant(0, tf.int64)
         if shuffle:
-            epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
+            epoch_seed = tf.stack([tf.cast(seed, tf.int64), epoch])
             order = tf.random.experimental.stateless_shuffle(order, seed=epoch_seed)
             offset = tf.random.stateless_uniform(
                 [], seed=epoch_seed + [0, 7919], minval=0, maxval=seq_len, dtype=tf.int64

@@ -53,10 +53,23 @@ def _cannot_resume(key: str, value: object, saved: object, workdir: str) -> None
     )
 
 
+def shared_tokenizer(config: ml_collections.ConfigDict, workdir: str, texts, strategy):
+    """`ensure_tokenizer`, learned once per cluster: the chief writes W/tokenizer,
+    the other workers wait for it and load it (all workers share the workdir)."""
+    from tfllm.data.sources import ensure_tokenizer
+    from tfllm.training.strategy import barrier, is_chief
+
+    tokenizer = ensure_tokenizer(config, workdir, texts) if is_chief(strategy) else None
+    barrier(strategy)
+    if tokenizer is None:
+        tokenizer = ensure_tokenizer(config, workdir, texts)
+    return tokenizer
+
+
 def train_lm(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) the language model described by `config` in `workdir`."""
     from tfllm.compress.run import training_plugins
-    from tfllm.data.sources import ensure_tokenizer, lm_token_streams, load_text_splits
+    from tfllm.data.sources import lm_token_streams, load_text_splits
     from tfllm.inference.generate import Generator, generate_text
     from tfllm.models import build_model
     from tfllm.training.strategy import create_strategy, is_chief
@@ -67,7 +80,7 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str) -> dict:
     strategy = create_strategy(config.runtime)
     check_batch_divisible(config, strategy)  # before any data is read
     splits = load_text_splits(config.data)
-    tokenizer = ensure_tokenizer(config, workdir, splits.train)
+    tokenizer = shared_tokenizer(config, workdir, splits.train, strategy)
     train_ids, eval_ids = lm_token_streams(config, tokenizer, splits)
     print(
         f"Data: {len(train_ids):,} training tokens from {splits.train_source}, "
@@ -174,7 +187,6 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
         load_labelled_splits,
     )
     from tfllm.data.labels import LABELS_FILE, LabelVocab
-    from tfllm.data.sources import ensure_tokenizer
     from tfllm.evaluation.classifier_eval import evaluate_encoded
     from tfllm.models import build_model
     from tfllm.training.strategy import create_strategy, is_chief
@@ -191,7 +203,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
         vocab = LabelVocab.load(workdir)  # resuming: class ids must not move
     else:
         vocab = LabelVocab.learn(splits.train.labels, what=splits.train_source)
-    tokenizer = ensure_tokenizer(config, workdir, splits.train.texts)
+    tokenizer = shared_tokenizer(config, workdir, splits.train.texts, strategy)
     max_length = int(config.model.max_length)
     train_split = encode_split(tokenizer, splits.train, vocab, max_length, splits.train_source)
     eval_split = (

@@ -1,8 +1,14 @@
 """One flag, `config.runtime.strategy`, picks the tf.distribute strategy.
 
-The training loop only talks to the returned `tf.distribute.Strategy` (scope,
-`distribute_datasets_from_function`, `run`, `reduce`), so every strategy that
-fits that interface slots in here without touching the loop.
+The synchronous strategies (default, one_device, mirrored, multi_worker, tpu)
+all fit one interface (scope, `distribute_datasets_from_function`, `run`,
+`reduce`), so the training loop drives them alike. `parameter_server` is
+asynchronous: only its chief runs the training program (scheduling steps on
+workers through a `ClusterCoordinator`), while its workers and parameter
+servers run `serve_cluster_task`, a plain TensorFlow server.
+
+Multi-process jobs read the cluster from `TF_CONFIG`, as every cluster
+launcher sets it (`tfllm-launch` does the same on localhost).
 """
 
 from __future__ import annotations
@@ -37,6 +43,88 @@ def configure_logical_cpus(n: int) -> None:
         ) from None
 
 
+def configure_threads(intra_op: int, inter_op: int) -> None:
+    """Thread pools of this process (0 keeps TensorFlow's default: all cores).
+
+    Several workers on one host each default to every core and then fight
+    over them; `intra_op_threads=1` per worker is how scaling is measured here.
+    """
+    if intra_op:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    if inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+
+
+def cluster_task() -> tuple[str | None, int]:
+    """(task type, index) of this process in `TF_CONFIG`; (None, 0) when unset."""
+    task = _tf_config().get("task", {})
+    return task.get("type"), int(task.get("index", 0))
+
+
+def _tf_config() -> dict:
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw:
+        return {}
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"TF_CONFIG: not valid JSON ({e})") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError("TF_CONFIG: must be a JSON object with 'cluster' and 'task'")
+    return parsed
+
+
+def _require_cluster(name: str, needs: tuple[str, ...]) -> dict:
+    config = _tf_config()
+    if not config:
+        raise ConfigError(
+            f"config.runtime.strategy: {name!r} reads the cluster from TF_CONFIG, which is not "
+            "set (launch with tfllm-launch, or set it as docs/distributed.md shows)"
+        )
+    cluster = config.get("cluster", {})
+    missing = [job for job in needs if not cluster.get(job)]
+    if missing:
+        raise ConfigError(
+            f"TF_CONFIG: strategy {name!r} needs a cluster with {' and '.join(needs)} jobs; "
+            f"{', '.join(missing)} missing (cluster has {', '.join(cluster) or 'no jobs'})"
+        )
+    if "type" not in config.get("task", {}):
+        raise ConfigError("TF_CONFIG: no 'task' ({'type': ..., 'index': ...}) for this process")
+    return config
+
+
+def serve_cluster_task(runtime: ml_collections.ConfigDict) -> bool:
+    """Runs this process as a parameter-server cluster's worker or ps, if it is one.
+
+    Under `parameter_server` only the chief runs the training program; the
+    other tasks are TensorFlow servers that the chief's coordinator sends work
+    to. Blocks until the process is stopped; returns False on the chief (and
+    for every other strategy), which then goes on to train.
+    """
+    if runtime.strategy != "parameter_server":
+        return False
+    _require_cluster("parameter_server", ("chief", "worker", "ps"))
+    task_type, task_id = cluster_task()
+    if task_type not in ("worker", "ps"):
+        return False
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    workers = len(resolver.cluster_spec().as_dict().get("worker", []))
+    # A worker's server runs several closures' ops at once; with too few
+    # inter-op threads the 2-core case deadlocks (DESIGN §2).
+    config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=max(4, workers + 1))
+    server = tf.distribute.Server(
+        resolver.cluster_spec(),
+        job_name=task_type,
+        task_index=task_id,
+        protocol=resolver.rpc_layer or "grpc",
+        config=config,
+        start=True,
+    )
+    print(f"{task_type} {task_id}: serving at {server.target}", flush=True)
+    server.join()
+    return True
+
+
 def create_strategy(runtime: ml_collections.ConfigDict) -> tf.distribute.Strategy:
     """Builds the strategy named by `runtime.strategy`."""
     name = runtime.strategy
@@ -52,12 +140,19 @@ def create_strategy(runtime: ml_collections.ConfigDict) -> tf.distribute.Strateg
         cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(cpus)
     if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ConfigError(
-                "config.runtime.strategy: 'multi_worker' reads the cluster from TF_CONFIG, "
-                "which is not set"
+        _require_cluster("multi_worker", ("worker",))
+        implementation = {
+            "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
+            "ring": tf.distribute.experimental.CommunicationImplementation.RING,
+            "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
+        }[runtime.get("collective", "auto")]
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            communication_options=tf.distribute.experimental.CommunicationOptions(
+                implementation=implementation
             )
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        )
+    if name == "parameter_server":
+        return _parameter_server_strategy(runtime)
     if name == "tpu":
         try:
             resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=runtime.tpu)
@@ -70,6 +165,50 @@ def create_strategy(runtime: ml_collections.ConfigDict) -> tf.distribute.Strateg
             ) from None
         return tf.distribute.TPUStrategy(resolver)
     raise ConfigError(f"config.runtime.strategy: unsupported strategy {name!r}")
+
+
+def _parameter_server_strategy(
+    runtime: ml_collections.ConfigDict,
+) -> tf.distribute.experimental.ParameterServerStrategy:
+    """ParameterServerStrategy whose large variables are split over the ps tasks.
+
+    `MinSizePartitioner` shards any variable of at least
+    `runtime.ps_shard_min_bytes` (the token embedding / tied LM head first)
+    into up to one shard per parameter server, so no single ps holds or serves
+    all of it (the parameter-server model-sharding recipe).
+    """
+    _require_cluster("parameter_server", ("chief", "worker", "ps"))
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    num_ps = len(resolver.cluster_spec().as_dict()["ps"])
+    partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
+        min_shard_bytes=int(runtime.get("ps_shard_min_bytes", 256 << 10)), max_shards=num_ps
+    )
+    return tf.distribute.experimental.ParameterServerStrategy(
+        resolver, variable_partitioner=partitioner
+    )
+
+
+def is_parameter_server(strategy: tf.distribute.Strategy) -> bool:
+    return isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """True when replicas live in more than one process (signals must be agreed on)."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+        strategy.extended._num_workers > 1  # noqa: SLF001 - no public worker count
+    )
+
+
+def barrier(strategy: tf.distribute.Strategy) -> None:
+    """Blocks until every worker of a multi-worker strategy reaches this point.
+
+    One tiny all-reduce; used so the chief writes shared files (tokenizer,
+    labels) before the other workers read them.
+    """
+    if not is_multi_worker(strategy):
+        return
+    value = strategy.run(lambda: tf.constant(1.0))
+    strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

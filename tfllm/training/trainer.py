@@ -33,7 +33,8 @@ from tfllm.errors import ConfigError, TfllmError
 from tfllm.training.hparams import write_hparams
 from tfllm.training.optim import create_optimizer
 from tfllm.training.plugins import TrainingPlugin
-from tfllm.training.strategy import is_chief
+from tfllm.training.sharded import expand_sharded, make_checkpointable, shards_of, sharded_summary
+from tfllm.training.strategy import is_chief, is_multi_worker, is_parameter_server
 from tfllm.training.tasks import LMTask, Task
 from tfllm.utils.io import atomic_write_json, read_json
 
@@ -42,6 +43,12 @@ class TrainingInterrupted(TfllmError):
     """SIGINT/SIGTERM arrived; a checkpoint was saved and the run can resume."""
 
     exit_code = 130  # the shell's convention for "stopped by Ctrl-C"
+
+
+class ClusterFailure(TfllmError):
+    """A parameter server (or the cluster) went away; the last checkpoint is resumable."""
+
+    exit_code = 75  # EX_TEMPFAIL: restart the cluster and run again
 
 
 class NonFiniteLoss(TfllmError):
@@ -146,14 +153,28 @@ class Trainer:
         self.chief = is_chief(strategy)
         self.global_batch = int(config.train.batch_size)
         check_batch_divisible(config, strategy)
+        # Parameter-server training is asynchronous: the chief schedules steps
+        # on workers through a coordinator; each step is one worker's batch.
+        self.coordinator = (
+            tf.distribute.coordinator.ClusterCoordinator(strategy)
+            if is_parameter_server(strategy)
+            else None
+        )
         with strategy.scope():
             self.model = build_model()
+            # Sharded (ps) variables are trained shard by shard (tfllm.training.sharded).
+            self.train_variables = expand_sharded(self.model.trainable_variables)
             self.param_groups = self._create_optimizers()
             for optimizer, variables in self.param_groups:
                 optimizer.build(variables)
             self.optimizer = self.param_groups[0][0]  # its iteration count is the step
             for plugin in self.plugins:
                 plugin.setup(self.model, self.optimizer)
+        self.sharded = sharded_summary(self.model.variables)
+        if self.sharded:
+            make_checkpointable(self.model.variables)
+            for optimizer, _ in self.param_groups:
+                make_checkpointable(optimizer.variables)
         objects = {"model": self.model, "optimizer": self.optimizer}
         if len(self.param_groups) > 1:
             objects["backbone_optimizer"] = self.param_groups[1][0]
@@ -168,6 +189,7 @@ class Trainer:
             step_counter=self.optimizer.iterations,
         )
         self._train_loop = self._make_train_loop()
+        self._stop_vote = None
 
     def _create_optimizers(self) -> list[tuple[keras.optimizers.Optimizer, list]]:
         """One (optimizer, variables) group, or two when the backbone learns slower.
@@ -177,6 +199,16 @@ class Trainer:
         discriminative fine-tuning) needs its own optimizer over the backbone's
         variables with a scaled schedule.
         """
+        groups = self._optimizer_groups()
+        for optimizer, variables in groups:
+            # Weight-decay exclusions name the Keras variable; its shards inherit them.
+            for variable in variables:
+                shards = shards_of(variable)
+                if shards and not optimizer._use_weight_decay(variable):  # noqa: SLF001
+                    optimizer.exclude_from_weight_decay(var_list=shards)
+        return [(optimizer, expand_sharded(variables)) for optimizer, variables in groups]
+
+    def _optimizer_groups(self) -> list[tuple[keras.optimizers.Optimizer, list]]:
         train = self.config.train
         precision = self.config.runtime.precision
         variables = list(self.model.trainable_variables)
@@ -244,6 +276,8 @@ class Trainer:
 
     def _distributed_train_iterator(self, start_step: int):
         seed = int(self.config.train.seed) + start_step  # a resumed run sees fresh shuffles
+        if self.coordinator is not None:
+            return self._per_worker_iterator()
 
         def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
             return self.task.train_dataset(
@@ -252,12 +286,34 @@ class Trainer:
 
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
+    def _per_worker_iterator(self):
+        """One input pipeline on each parameter-server worker.
+
+        The dataset function is traced once and runs on every worker, so a
+        fixed seed would give all workers the same batches; each worker seeds
+        its shuffle from its own clock instead. Asynchronous training is not
+        reproducible step by step anyway (updates interleave as they arrive).
+        """
+        batch = self.global_batch
+
+        def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+            seed = tf.cast(tf.timestamp() * 1e6, tf.int64) % (2**31 - 1)
+            return self.task.train_dataset(batch, seed, ctx)
+
+        strategy = self.strategy
+        return iter(
+            self.coordinator.create_per_worker_dataset(
+                lambda: strategy.distribute_datasets_from_function(dataset_fn)
+            )
+        )
+
     # ------------------------------------------------------------- tf graphs
     def _make_train_loop(self):
         model, optimizer, strategy, task = self.model, self.optimizer, self.strategy, self.task
         groups = self.param_groups
-        # Where each group's variables sit in model.trainable_variables.
-        position = {id(v): i for i, v in enumerate(model.trainable_variables)}
+        train_variables = self.train_variables
+        # Where each group's variables sit in train_variables.
+        position = {id(v): i for i, v in enumerate(train_variables)}
         group_index = [[position[id(v)] for v in variables] for _, variables in groups]
         global_batch = self.global_batch
         clip = float(self.config.train.grad_clip_norm)
@@ -281,7 +337,7 @@ class Trainer:
                 if model.losses:
                     loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
                 scaled = optimizer.scale_loss(loss) if loss_scaling else loss
-            grads = tape.gradient(scaled, model.trainable_variables)
+            grads = tape.gradient(scaled, train_variables)
             # Embedding lookups give sparse IndexedSlices gradients; densify them so
             # accumulation, all-reduce, clipping and scaling treat every variable alike
             # (the tables here are small; a dense all-reduce is also simpler to fuse).
@@ -298,7 +354,7 @@ class Trainer:
             micro_inputs = _split_batch(inputs, accum)
             micro_targets = _split_batch(targets, accum)
             loss = tf.constant(0.0)
-            grads = [tf.zeros(v.shape, v.dtype) for v in model.trainable_variables]
+            grads = [tf.zeros(v.shape, v.dtype) for v in train_variables]
             for i in tf.range(accum):
                 micro_loss, micro_grads = forward_backward(micro_inputs[i], micro_targets[i])
                 loss += micro_loss
@@ -340,8 +396,81 @@ class Trainer:
 
     # ------------------------------------------------------------- the loop
     def evaluate(self) -> dict[str, float]:
-        """The task's eval metrics (at least `eval_loss`); {} without an eval split."""
-        return self.task.evaluate(self.model, self.strategy, self.global_batch)
+        """The task's eval metrics (at least `eval_loss`); {} without an eval split.
+
+        Under parameter_server the chief evaluates itself (inline evaluation,
+        reading the variables from the ps tasks) between scheduled loops.
+        """
+        strategy = tf.distribute.get_strategy() if self.coordinator else self.strategy
+        return self.task.evaluate(self.model, strategy, self.global_batch)
+
+    def _agree_to_stop(self, local: bool) -> bool:
+        """Whether any worker was asked to stop (SIGTERM / Ctrl-C): all stop together.
+
+        A preemption notice reaches one process; under multi_worker every
+        worker must save the same step (the save is collective) and then exit,
+        else the others hang in the next all-reduce. One all-reduce (SUM) of a
+        0/1 flag per inner loop does that (what `PreemptionCheckpointHandler`
+        does per step, without its own counter and restore logic, which would
+        duplicate the loop's).
+        """
+        if not is_multi_worker(self.strategy):
+            return local
+        if self._stop_vote is None:
+            strategy = self.strategy
+
+            @tf.function
+            def vote(flag):
+                votes = strategy.run(lambda: tf.identity(flag))
+                return strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None)
+
+            self._stop_vote = vote
+        return float(self._stop_vote(tf.constant(1.0 if local else 0.0))) > 0
+
+    def _run_steps(self, iterator, num_steps: int) -> tuple[float, float]:
+        """Runs `num_steps` optimizer steps; returns (mean loss, last grad norm)."""
+        if self.coordinator is None:
+            loss, norm = self._train_loop(iterator, tf.constant(num_steps, tf.int32))
+            return float(loss), float(norm)
+        return self._run_steps_on_workers(iterator, num_steps)
+
+    def _run_steps_on_workers(self, iterator, num_steps: int) -> tuple[float, float]:
+        """Schedules `num_steps` steps as closures over the workers, waits for all.
+
+        Closures of a few steps keep every worker busy while amortising the
+        scheduling round trip; a closure whose worker dies is re-run on another
+        (ClusterCoordinator's fault tolerance). The optimizers' step counters
+        are then set to the steps actually scheduled: Keras increments
+        `iterations` by read-then-assign, which loses counts when workers
+        update at once.
+        """
+        start = self.step
+        workers = max(1, self.coordinator.strategy.extended._num_workers)  # noqa: SLF001
+        chunk = max(1, num_steps // (2 * workers))
+        scheduled: list[tuple[int, object]] = []
+        done = 0
+        try:
+            while done < num_steps:
+                k = min(chunk, num_steps - done)
+                value = self.coordinator.schedule(
+                    self._train_loop, args=(iterator, tf.constant(k, tf.int32))
+                )
+                scheduled.append((k, value))
+                done += k
+            self.coordinator.join()
+            results = [(k, value.fetch()) for k, value in scheduled]
+        except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError) as e:
+            first = str(getattr(e, "message", e)).strip().splitlines()[0][:200]
+            last = self.manager.latest_checkpoint or "none yet"
+            raise ClusterFailure(
+                f"the parameter-server cluster failed at step ~{start} ({type(e).__name__}: "
+                f"{first}); last checkpoint: {last}. Restart the cluster and run the same "
+                "command to resume."
+            ) from None
+        for optimizer, _ in self.param_groups:
+            optimizer.iterations.assign(start + num_steps)
+        loss = sum(k * float(value[0]) for k, value in results) / num_steps
+        return loss, float(results[-1][1][1])
 
     def _learning_rate(self) -> float:
         lr = self.optimizer.learning_rate
@@ -396,8 +525,7 @@ class Trainer:
                 )
                 profiler.before(step)
                 t0 = time.perf_counter()
-                loss, norm = self._train_loop(iterator, tf.constant(n, tf.int32))
-                loss = float(loss)
+                loss, norm = self._run_steps(iterator, n)
                 elapsed = time.perf_counter() - t0
                 profiler.after(self.step)
                 if not math.isfinite(loss):
@@ -437,14 +565,16 @@ class Trainer:
                     self._progress.note(stopper.reason(self.step))
                     self._previous_metrics["early_stopped_at"] = self.step
                     at_end = True
-                if at_end or self.step % int(cfg.checkpoint_every) == 0 or stop.received:
+                stopping = self._agree_to_stop(stop.received is not None)
+                if at_end or self.step % int(cfg.checkpoint_every) == 0 or stopping:
                     self._save(state, last_eval, stats, time.time() - started)
                 if at_end:
                     break
-                if stop.received:
+                if stopping:
                     raise TrainingInterrupted(
                         f"interrupted at step {self.step}; checkpoint saved in "
-                        f"{self.manager.directory}. Run the same command to resume."
+                        f"{os.path.join(self.workdir, 'checkpoints')}. "
+                        "Run the same command to resume."
                     )
         return self._final_metrics(state, last_eval, stats, time.time() - started)
 
@@ -487,6 +617,7 @@ class Trainer:
                 "num_params": int(self.model.count_params()),
                 "strategy": self.config.runtime.strategy,
                 "replicas": self.strategy.num_replicas_in_sync,
+                **({"sharded_variables": self.sharded} if self.sharded else {}),
             }
         )
         if stats is not None:
