@@ -33,7 +33,7 @@ from tfllm.errors import ConfigError, TfllmError
 from tfllm.training.hparams import write_hparams
 from tfllm.training.optim import create_optimizer
 from tfllm.training.plugins import TrainingPlugin
-from tfllm.training.sharded import expand_sharded, make_checkpointable, shards_of, sharded_summary
+from tfllm.training.sharded import expand_sharded, make_checkpointable, sharded_summary, shards_of
 from tfllm.training.strategy import is_chief, is_multi_worker, is_parameter_server
 from tfllm.training.tasks import LMTask, Task
 from tfllm.utils.io import atomic_write_json, read_json
