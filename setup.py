@@ -41,6 +41,7 @@ setup(
             "tfllm-pipeline=tfllm.cli.pipeline:run",
             "tfllm-benchmark=tfllm.cli.benchmark:run",
             "tfllm-compress=tfllm.cli.compress:run",
+            "tfllm-launch=tfllm.launch:run",
         ],
     },
 )
