@@ -72,7 +72,8 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from tfllm.data.sources import lm_token_streams, load_text_splits
     from tfllm.inference.generate import Generator, generate_text
     from tfllm.models import build_model
-    from tfllm.training.strategy import create_strategy, is_chief
+    from tfllm.data.tokenizer import Tokenizer
+    from tfllm.training.strategy import create_strategy, is_chief, is_parameter_server
     from tfllm.training.trainer import LMTrainer, check_batch_divisible
 
     _check_resume_compatible(config, workdir)
@@ -99,9 +100,18 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if not prompts or sample_tokens == 0:
             return []
         generator = Generator(model, use_xla=False)
+        # When a parameter-server worker fails, the coordinator rebuilds the
+        # chief's eager context, which drops local resources such as the
+        # SentencePiece op's model ("Resource ... SentencepieceOp does not
+        # exist"); a tokenizer loaded per sample call is immune (and cheap).
+        sample_tokenizer = (
+            Tokenizer.load(os.path.join(workdir, "tokenizer"))
+            if is_parameter_server(strategy)
+            else tokenizer
+        )
         outs = generate_text(
             generator,
-            tokenizer,
+            sample_tokenizer,
             prompts,
             sample_tokens,
             sampler="top_k",

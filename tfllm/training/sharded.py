@@ -11,10 +11,10 @@ value whole). This module works around both, and nothing else:
 
 - `expand_sharded` lists the shard `tf.Variable`s in place of their Keras
   variable, so gradients and optimizer updates go to each shard (on its ps);
-- `make_checkpointable` saves each shard as a slice of the full variable (the
-  `SaveSliceInfo` convention TensorFlow uses for partitioned variables), so
+- `make_checkpointable` has each shard saved as a slice of the full variable
+  (the `SaveSliceInfo` convention of TensorFlow's partitioned variables), so
   the checkpoint is layout-free: it restores into an unsharded model on one
-  device, or into a different number of shards.
+  device, and an unsharded checkpoint restores into the shards.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ import tensorflow as tf
 
 # The class has no public name; this is its only import in tfllm.
 from tensorflow.python.distribute.sharded_variable import ShardedVariable
-
-VALUE_KEY = "VARIABLE_VALUE"  # the key every tf.Variable is saved under
 
 
 def shards_of(variable) -> list[tf.Variable] | None:
@@ -50,51 +48,38 @@ def sharded_summary(variables: list) -> dict[str, int]:
     }
 
 
-def _slice_specs(full_shape: list[int], shards: list[tf.Variable], name: str) -> list[str]:
-    """TensorFlow's slice spec of each shard (shards split axis 0, in order)."""
-    specs, offset = [], 0
-    for shard in shards:
-        info = tf.Variable.SaveSliceInfo(
-            full_name=name,
-            full_shape=full_shape,
-            var_offset=[offset] + [0] * (len(full_shape) - 1),
-            var_shape=shard.shape.as_list(),
-        )
-        specs.append(info.spec)
-        offset += int(shard.shape[0])
-    return specs
-
-
 def make_checkpointable(variables: list) -> int:
     """Lets `tf.train.Checkpoint` save and restore sharded Keras variables; returns how many.
 
-    Replaces `_serialize_to_tensors` / `_restore_from_tensors` on those
-    variable *instances* only (the checkpoint API looks them up per object),
-    so every other variable keeps Keras' own behaviour.
+    Each such variable instance is moved to a subclass of its own class that
+    hands checkpointing to the `ShardedVariable` inside, which saves one
+    slice per shard (`SaveSliceInfo`). The subclass defines only the legacy
+    `_gather_saveables_for_checkpoint`, because TensorFlow 2.21's restore path
+    for `_serialize_to_tensors` passes a single slice back (measured: the
+    second shard is never restored). Every other variable keeps Keras' own
+    behaviour.
     """
     patched = 0
     for variable in variables:
-        shards = shards_of(variable)
-        if shards is None:
+        if shards_of(variable) is None:
             continue
-        full_shape = variable.value.shape.as_list()
-        specs = _slice_specs(full_shape, shards, getattr(variable, "path", variable.name))
-
-        def serialize(shards=shards, specs=specs):
-            return {
-                VALUE_KEY: {spec: s.read_value() for spec, s in zip(specs, shards, strict=True)}
-            }
-
-        def restore(restored, shards=shards, specs=specs):
-            value = restored[VALUE_KEY]
-            if not isinstance(value, dict):  # saved whole (one device): split it here
-                sizes = [int(s.shape[0]) for s in shards]
-                value = dict(zip(specs, tf.split(value, sizes, axis=0), strict=True))
-            return tf.group(
-                [s.assign(value[spec]) for spec, s in zip(specs, shards, strict=True)]
-            )
-
-        variable._serialize_to_tensors = serialize  # noqa: SLF001
-        variable._restore_from_tensors = restore  # noqa: SLF001
+        variable.__class__ = _checkpointable_class(type(variable))
         patched += 1
     return patched
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def _checkpointable_class(cls: type) -> type:
+    if cls not in _CLASSES:
+
+        def _gather_saveables_for_checkpoint(self):
+            return self.value._gather_saveables_for_checkpoint()  # noqa: SLF001
+
+        _CLASSES[cls] = type(
+            f"Sharded{cls.__name__}",
+            (cls,),
+            {"_gather_saveables_for_checkpoint": _gather_saveables_for_checkpoint},
+        )
+    return _CLASSES[cls]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -190,6 +191,7 @@ class Trainer:
         )
         self._train_loop = self._make_train_loop()
         self._stop_vote = None
+        self.last_step = 0  # last step read back, for messages when the cluster is gone
 
     def _create_optimizers(self) -> list[tuple[keras.optimizers.Optimizer, list]]:
         """One (optimizer, variables) group, or two when the backbone learns slower.
@@ -449,24 +451,15 @@ class Trainer:
         chunk = max(1, num_steps // (2 * workers))
         scheduled: list[tuple[int, object]] = []
         done = 0
-        try:
-            while done < num_steps:
-                k = min(chunk, num_steps - done)
-                value = self.coordinator.schedule(
-                    self._train_loop, args=(iterator, tf.constant(k, tf.int32))
-                )
-                scheduled.append((k, value))
-                done += k
-            self.coordinator.join()
-            results = [(k, value.fetch()) for k, value in scheduled]
-        except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError) as e:
-            first = str(getattr(e, "message", e)).strip().splitlines()[0][:200]
-            last = self.manager.latest_checkpoint or "none yet"
-            raise ClusterFailure(
-                f"the parameter-server cluster failed at step ~{start} ({type(e).__name__}: "
-                f"{first}); last checkpoint: {last}. Restart the cluster and run the same "
-                "command to resume."
-            ) from None
+        while done < num_steps:
+            k = min(chunk, num_steps - done)
+            value = self.coordinator.schedule(
+                self._train_loop, args=(iterator, tf.constant(k, tf.int32))
+            )
+            scheduled.append((k, value))
+            done += k
+        self.coordinator.join()
+        results = [(k, value.fetch()) for k, value in scheduled]
         for optimizer, _ in self.param_groups:
             optimizer.iterations.assign(start + num_steps)
         loss = sum(k * float(value[0]) for k, value in results) / num_steps
@@ -478,6 +471,24 @@ class Trainer:
 
     def train(self) -> dict:
         """Runs to `train.num_steps`, resuming if a checkpoint exists; returns final metrics."""
+        if self.coordinator is None:
+            return self._train()
+        try:
+            return self._train()
+        except (tf.errors.UnavailableError, tf.errors.AbortedError) as e:
+            # The coordinator absorbs worker failures; what reaches here is a
+            # parameter server (or the chief's link to it) gone.
+            message = str(getattr(e, "message", e))
+            lost = sorted(set(re.findall(r"/job:ps/replica:\d+/task:\d+", message)))
+            what = ", ".join(lost) or message.strip().splitlines()[0][:200]
+            last = tf.train.latest_checkpoint(os.path.join(self.workdir, "checkpoints"))
+            raise ClusterFailure(
+                f"the parameter-server cluster failed after step {self.last_step} "
+                f"({type(e).__name__}: {what}); last checkpoint: {last or 'none yet'}. "
+                "Restart the cluster and run the same command to resume."
+            ) from None
+
+    def _train(self) -> dict:
         cfg = self.config.train
         start = self.restore_or_initialize()
         total_steps = int(cfg.num_steps)
@@ -514,7 +525,7 @@ class Trainer:
         )
         with _StopSignal() as stop, profiler:
             while self.step < total_steps:
-                step = self.step
+                step = self.last_step = self.step
                 n = min(int(cfg.steps_per_loop), total_steps - step)
                 # never run past an eval/checkpoint boundary inside one loop
                 n = min(
@@ -527,6 +538,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 loss, norm = self._run_steps(iterator, n)
                 elapsed = time.perf_counter() - t0
+                self.last_step = step + n
                 profiler.after(self.step)
                 if not math.isfinite(loss):
                     last = self.manager.latest_checkpoint or "none"
