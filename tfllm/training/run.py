@@ -70,9 +70,9 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) the language model described by `config` in `workdir`."""
     from tfllm.compress.run import training_plugins
     from tfllm.data.sources import lm_token_streams, load_text_splits
+    from tfllm.data.tokenizer import Tokenizer
     from tfllm.inference.generate import Generator, generate_text
     from tfllm.models import build_model
-    from tfllm.data.tokenizer import Tokenizer
     from tfllm.training.strategy import create_strategy, is_chief, is_parameter_server
     from tfllm.training.trainer import LMTrainer, check_batch_divisible
 

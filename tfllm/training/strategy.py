@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 import ml_collections
 import tensorflow as tf
@@ -155,16 +156,37 @@ def create_strategy(runtime: ml_collections.ConfigDict) -> tf.distribute.Strateg
         return _parameter_server_strategy(runtime)
     if name == "tpu":
         try:
+            _check_tpu_address(runtime.tpu)
             resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=runtime.tpu)
             tf.config.experimental_connect_to_cluster(resolver)
             tf.tpu.experimental.initialize_tpu_system(resolver)
-        except (ValueError, tf.errors.OpError, RuntimeError) as e:
+        # OSError: a TPU *name* is looked up through the GCE metadata server,
+        # which is unreachable (URLError) off Google Cloud.
+        except (ValueError, tf.errors.OpError, RuntimeError, OSError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(
                 f"config.runtime.tpu: no TPU reachable at {runtime.tpu or '(auto)'!r}: {first}"
             ) from None
         return tf.distribute.TPUStrategy(resolver)
     raise ConfigError(f"config.runtime.strategy: unsupported strategy {name!r}")
+
+
+TPU_CONNECT_TIMEOUT_SECONDS = 10
+
+
+def _check_tpu_address(tpu: str) -> None:
+    """Fails fast on a `grpc://host:port` nobody listens at.
+
+    `experimental_connect_to_cluster` waits forever for such an address; a
+    plain TCP connect with a timeout turns that into an error line.
+    """
+    if not tpu.startswith("grpc://"):
+        return  # "" / "local" (TPU VM) / a Cloud TPU name, resolved by TensorFlow
+    host, _, port = tpu.removeprefix("grpc://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=TPU_CONNECT_TIMEOUT_SECONDS).close()
+    except ValueError:
+        raise ValueError(f"not a grpc://host:port address: {tpu!r}") from None
 
 
 def _parameter_server_strategy(
