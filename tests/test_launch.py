@@ -48,7 +48,8 @@ def test_cluster_spec_has_distinct_localhost_ports():
 
 
 def test_every_worker_gets_its_own_tf_config_and_prefix():
-    status, lines = launch(task_script("print(t['type'], t['index'], len(c['cluster']['worker']))"), 2)
+    body = "print(t['type'], t['index'], len(c['cluster']['worker']))"
+    status, lines = launch(task_script(body), 2)
     assert status == 0
     assert "[worker 0] worker 0 2" in lines and "[worker 1] worker 1 2" in lines
 
