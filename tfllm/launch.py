@@ -47,6 +47,7 @@ class Task:
     index: int
     process: subprocess.Popen | None = None
     restarts: int = 0
+    reported: bool = False  # its exit has been handled
     pump: threading.Thread | None = field(default=None, repr=False)
 
     @property
@@ -180,9 +181,9 @@ class Launcher:
 
     def _on_exit(self, task: Task, code: int) -> int | None:
         """What one finished task means for the job (None: carry on)."""
-        if getattr(task, "_reported", False):
+        if task.reported:
             return None
-        task._reported = True  # type: ignore[attr-defined]
+        task.reported = True
         status = _exit_status(code)
         if self.ps_mode:
             if task.type == "chief":
@@ -192,7 +193,7 @@ class Launcher:
                 if self.restart_workers:
                     task.restarts += 1
                     self._say(f"[launch] {task.label} exited ({status}); restarting it")
-                    task._reported = False  # type: ignore[attr-defined]
+                    task.reported = False
                     self._start(task)
                 else:
                     self._say(
