@@ -22,7 +22,7 @@ FULL = np.arange(40, dtype=np.float32).reshape(10, 4)
 
 
 def sharded_embedding(rows: tuple[int, ...] = (5, 5)) -> keras.layers.Embedding:
-    layer = keras.layers.Embedding(10, 4)
+    layer = keras.layers.Embedding(10, 4, name="table")
     layer.build((None,))
     parts, start = [], 0
     for n in rows:
@@ -33,7 +33,7 @@ def sharded_embedding(rows: tuple[int, ...] = (5, 5)) -> keras.layers.Embedding:
 
 
 def plain_embedding(value=None) -> keras.layers.Embedding:
-    layer = keras.layers.Embedding(10, 4)
+    layer = keras.layers.Embedding(10, 4, name="table")
     layer.build((None,))
     if value is not None:
         layer.embeddings.assign(value)
@@ -49,7 +49,7 @@ def test_shards_replace_their_variable_in_order():
     assert len(expanded) == 4  # 2 shards + kernel + bias
     assert [tuple(v.shape) for v in expanded[:2]] == [(5, 4), (5, 4)]
     assert expanded[2] is dense.kernel
-    assert sharded_summary(variables) == {"embedding/embeddings": 2}
+    assert sharded_summary(variables) == {"table/embeddings": 2}
     assert shards_of(dense.kernel) is None
 
 
