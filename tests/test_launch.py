@@ -4,6 +4,7 @@ The launched command here is a few lines of Python that act on their
 TF_CONFIG, so these tests need no TensorFlow and take seconds.
 """
 
+import io
 import json
 import subprocess
 import sys
@@ -22,21 +23,10 @@ def task_script(body: str) -> list[str]:
     return [PY, "-c", prelude + body]
 
 
-class Lines:
-    def __init__(self):
-        self.lines = []
-
-    def write(self, text):
-        self.lines.extend(line for line in text.splitlines() if line)
-
-    def flush(self):
-        pass
-
-
 def launch(command, workers, ps=0, **kwargs):
-    out = Lines()
+    out = io.StringIO()
     status = Launcher(command, workers, ps, out=out, **kwargs).run()
-    return status, out.lines
+    return status, [line for line in out.getvalue().splitlines() if line]
 
 
 def test_cluster_spec_has_distinct_localhost_ports():
@@ -111,7 +101,9 @@ def test_bad_arguments_are_one_clear_line(argv, message, capsys):
 def test_command_line_entry_point_runs_a_cluster():
     proc = subprocess.run(
         [PY, "-m", "tfllm.launch", "--workers=2", "--", PY, "-c", "print('hi')"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0
     assert "[worker 0] hi" in proc.stdout and "[worker 1] hi" in proc.stdout
@@ -122,7 +114,9 @@ def test_command_line_entry_point_runs_a_cluster():
 def test_missing_program_is_one_clear_line():
     proc = subprocess.run(
         [PY, "-m", "tfllm.launch", "--workers=1", "--", "no-such-program-xyz"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == (

@@ -26,6 +26,7 @@ internals that run functions, not commands, and do not prefix logs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -212,10 +213,8 @@ class Launcher:
 
 
 def _signal(process: subprocess.Popen, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # already gone
         os.killpg(process.pid, sig)  # the task and anything it started
-    except ProcessLookupError:
-        pass
 
 
 def _exit_status(code: int) -> int:
