@@ -1,11 +1,15 @@
-"""The quick pipeline recipe (the README's first command): a tiny GPT on bundled
-Tiny Shakespeare, sized to finish in about 9 minutes on a 2-core CPU.
+"""The journey `tfllm-pipeline` runs by default (docs/pipeline.md): a GPT on Tiny
+Shakespeare, a transformer classifier fine-tuned from it on SST-2, CNN and MLP
+baselines, pruning, distillation, exports, verification, benchmark, report.
 
 Usage: tfllm-pipeline --config=configs/pipeline.py --workdir=runs/quickstart
+       tfllm-pipeline --config=configs/pipeline.py:full --workdir=runs/full
+       (the same as --profile=full); override any part's key with
+       --config.lm.train.num_steps=300, --config.cnn.model.dropout=0.3, ...
 """
 
-from tfllm.recipes import pipeline_quick
+from tfllm.recipes import pipeline_journey
 
 
-def get_config():
-    return pipeline_quick()
+def get_config(profile: str = "quick"):
+    return pipeline_journey(profile or "quick")

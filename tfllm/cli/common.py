@@ -55,6 +55,8 @@ def _check_config_path(argv: Sequence[str]) -> None:
             path = arg.split("=", 1)[1]
         elif arg == "--config" and i + 1 < len(argv):
             path = argv[i + 1]
+        if path is not None and ":" in path and not os.path.isfile(path):
+            path = path.rsplit(":", 1)[0]  # file.py:argument calls get_config(argument)
         if path is not None and not os.path.isfile(path):
             fail(f"--config: no such file: {path}")
 

@@ -1,9 +1,15 @@
 """tfllm-pipeline: the whole journey on bundled data, then report.md.
 
-  tfllm-pipeline --workdir=runs/quickstart [--config=configs/pipeline.py] [--force=export]
-  tfllm-pipeline --workdir=runs/mlp --config=configs/mlp_sst2.py      # a classifier
+  tfllm-pipeline --workdir=runs/quickstart                  # the journey, quick profile
+  tfllm-pipeline --workdir=runs/full --profile=full         # the headline numbers
+  tfllm-pipeline --workdir=runs/mlp --config=configs/mlp_sst2.py   # one model
 
-The journey follows `config.model.name`:
+The default config (= configs/pipeline.py) is the journey (docs/pipeline.md):
+GPT pretraining → samples → SavedModel + LiteRT → pruning; a transformer
+classifier fine-tuned from the GPT and CNN/MLP baselines on SST-2 → test
+scores → exports → pruning and distillation; tfllm-benchmark against
+keras-hub; W/report.md + report.html. A single-model config runs that
+model's own journey:
   language model: train → evaluate (perplexity) → samples → export → tflite → compress → report
   classifier:     train → evaluate (test split) → export → tflite → compress → report
 Re-running skips the stages already done (training resumes from its last
@@ -12,6 +18,7 @@ checkpoint); --force=STAGE redoes one.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from absl import flags
@@ -23,23 +30,40 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config",
     os.path.join(os.path.dirname(os.path.dirname(__file__)), "pipeline", "default_config.py"),
-    "Config file (default: the built-in quick recipe, = configs/pipeline.py); override keys "
-    "with --config.section.key=value.",
+    "Config file (default: the built-in journey, = configs/pipeline.py); override keys "
+    "with --config.section.key=value (journey parts: --config.lm.train.num_steps=300).",
 )
 common.define_workdir_flag()
 common.define_debug_flag()
 flags.adopt_module_key_flags(common)  # --helpshort lists --workdir and --debug too
+flags.DEFINE_enum(
+    "profile",
+    None,
+    ["quick", "full"],
+    "Journey size: quick (about 10 minutes on 2 CPU cores, the default) or full (about an "
+    "hour, the numbers in docs/results.md). Only for the journey config.",
+)
 flags.DEFINE_list(
     "force",
     [],
-    "Stages to redo even if done: evaluate, samples and tflite (LMs), export. (To retrain, "
-    "delete "
-    "the workdir's checkpoints/.)",
+    "Stages to redo even if done, e.g. export, or lm.export / transformer.tflite / distil "
+    "in the journey (stage names as the progress lines print them). Training stages are "
+    "redone by deleting the part's checkpoints/.",
 )
 
 
 def main(argv) -> None:
     del argv
+    from tfllm.pipeline.journey import is_journey_config
+
+    if is_journey_config(FLAGS.config):
+        _run_journey()
+        return
+    if FLAGS.profile:
+        common.fail(
+            "--profile: only for the journey config (configs/pipeline.py); a single-model "
+            "config sets its own sizes"
+        )
     from tfllm.config import CLASSIFIER_NAMES
 
     config = common.resolve_config(FLAGS.config, FLAGS.workdir)
@@ -52,18 +76,74 @@ def main(argv) -> None:
         from tfllm.pipeline.lm_pipeline import STAGES, run_pipeline
 
         journey = "a language model"
-    unknown = [s for s in FLAGS.force if s not in STAGES]
-    if unknown:
-        common.fail(
-            f"--force: unknown stage(s) {', '.join(unknown)} for {journey} "
-            f"(stages: {', '.join(STAGES)})"
-        )
-    if "train" in FLAGS.force:
-        common.fail("--force=train: delete the workdir's checkpoints/ to retrain from scratch")
+    _check_force(STAGES, journey, training=("train",))
     common.setup_runtime(config)
     with common.workdir_lock(FLAGS.workdir, config):
         report = run_pipeline(config, FLAGS.workdir, set(FLAGS.force))
     common.print_summary("tfllm-pipeline", [("report", report), ("workdir", FLAGS.workdir)])
+
+
+def _check_force(stages, journey: str, training: tuple[str, ...]) -> None:
+    unknown = [s for s in FLAGS.force if s not in stages]
+    if unknown:
+        common.fail(
+            f"--force: unknown stage(s) {', '.join(unknown)} for {journey} "
+            f"(stages: {', '.join(stages)})"
+        )
+    retrain = [s for s in FLAGS.force if s in training]
+    if retrain:
+        common.fail(
+            f"--force={retrain[0]}: delete that part's checkpoints/ to retrain from scratch"
+        )
+
+
+def _journey_config():
+    """The journey config at the requested profile, with the command's overrides."""
+    config = FLAGS.config
+    if not FLAGS.profile or FLAGS.profile == config.get("profile"):
+        return config
+    # What --config=FILE:PROFILE does: the file's get_config(PROFILE).
+    path = config_flags.get_config_filename(FLAGS["config"])
+    spec = importlib.util.spec_from_file_location("tfllm_pipeline_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(FLAGS.profile)
+    for key, value in config_flags.get_override_values(FLAGS["config"]).items():
+        target = config
+        *parents, leaf = key.split(".")
+        for name in parents:
+            target = target[name]
+        target[leaf] = value
+    return config
+
+
+def _run_journey() -> None:
+    from tfllm.pipeline.journey import STAGES, part_configs, run_journey
+
+    journey = _journey_config()
+    _check_force(
+        STAGES, "the journey", training=tuple(s for s in STAGES if s.endswith(".train"))
+    )
+    configs = part_configs(journey, FLAGS.workdir)  # every part validated before any work
+    steps = ", ".join(f"{part} {c.train.num_steps}" for part, c in configs.items())
+    print(
+        f"Journey, profile {journey.profile}: training steps {steps}, "
+        f"distilled student {journey.distil.student.train.num_steps}",
+        flush=True,
+    )
+    common.setup_runtime(configs["lm"])
+    with common.workdir_lock(FLAGS.workdir):
+        report = run_journey(journey, FLAGS.workdir, set(FLAGS.force))
+    common.print_summary(
+        "tfllm-pipeline",
+        [
+            ("profile", journey.profile),
+            ("report", report),
+            ("html", report[: -len(".md")] + ".html"),
+            ("results", os.path.join(FLAGS.workdir, "results.json")),
+            ("workdir", FLAGS.workdir),
+        ],
+    )
 
 
 def run() -> None:

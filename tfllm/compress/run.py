@@ -51,6 +51,9 @@ class CompressOptions:
     temperature: float = 2.0
     alpha: float = 0.5
     mode: str = "int8"  # quantize: Keras 3 weight-only int8 | int4
+    # distill: the student's config itself, for library callers (the journey)
+    # that hold one rather than a file; takes the place of `student_config`.
+    student: ml_collections.ConfigDict | None = None
 
 
 class StartFromSource(TrainingPlugin):
@@ -123,19 +126,25 @@ def _check_options(options: CompressOptions) -> None:
         raise ConfigError(f"--alpha: must be in [0, 1], got {options.alpha:g}")
     if options.mode not in ("int8", "int4"):
         raise ConfigError(f"--mode: must be int8 or int4, got {options.mode!r}")
-    if options.method == "distill" and not options.student_config:
+    if options.method == "distill" and not (options.student_config or options.student):
         raise ConfigError("--student_config: required with --method=distill")
-    if options.method != "distill" and options.student_config:
+    if options.method != "distill" and (options.student_config or options.student):
         raise ConfigError(
             f"--student_config: only used with --method=distill, not {options.method}"
         )
 
 
 def _student_config(
-    teacher: ml_collections.ConfigDict, source: str, path: str
+    teacher: ml_collections.ConfigDict,
+    source: str,
+    path: str,
+    given: ml_collections.ConfigDict | None = None,
 ) -> ml_collections.ConfigDict:
-    """The student's config file, on the teacher's data and tokenizer."""
-    given = load_config_file(path)
+    """The student's config (`given`, else the file `path`), on the teacher's data
+    and tokenizer."""
+    if given is None:
+        given = load_config_file(path)
+    path = path or "the student config"
     defaults = base_config().tokenizer
     tokenizer = given.get("tokenizer")
     if tokenizer is not None:
@@ -181,7 +190,7 @@ def compress_config(source: str, options: CompressOptions) -> ml_collections.Con
     if not tf.train.latest_checkpoint(os.path.join(source, "checkpoints")):
         raise WorkdirError(f"--workdir: {source} has no checkpoint (run tfllm-train first)")
     if options.method == "distill":
-        config = _student_config(teacher, source, options.student_config)
+        config = _student_config(teacher, source, options.student_config, options.student)
         steps = options.steps or int(config.train.num_steps)
         learning_rate = options.learning_rate or float(config.train.learning_rate)
     else:

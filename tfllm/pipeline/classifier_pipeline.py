@@ -40,47 +40,79 @@ from tfllm.pipeline.common import (
 from tfllm.pipeline.html_report import write_html_report
 from tfllm.utils.io import atomic_write_text, read_json
 
-STAGES = ("train", "evaluate", "export", "tflite", "compress", "report")
+WORK_STAGES = ("train", "evaluate", "export", "tflite", "compress")
+STAGES = (*WORK_STAGES, "report")
 
 
 def run_classifier_pipeline(
     config: ml_collections.ConfigDict, workdir: str, force: set[str]
 ) -> str:
     """Runs every stage; returns the path of report.md."""
+    run = PipelineRun(config, workdir, force, stages=STAGES)
+    run_classifier_stages(run, config, workdir)
+    report = os.path.join(workdir, "report.md")
+    run.stage("report", False, lambda: _report(run, report))
+    return report
+
+
+def run_classifier_stages(
+    run: PipelineRun,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    prefix: str = "",
+    stages: tuple[str, ...] = WORK_STAGES,
+    test_pruned: bool = False,
+) -> None:
+    """The classifier's work stages (those in `stages`) inside `run`, named `prefix + stage`.
+
+    `tfllm-pipeline` with a classifier config runs them all under its own
+    progress; the journey runs them as its `<family>.*` stages, and scores the
+    pruned model on the test split too (`test_pruned`), so its compression
+    table compares dense and pruned on the same sentences.
+    """
     from tfllm.training.run import train
 
     os.makedirs(workdir, exist_ok=True)
-    run = PipelineRun(config, workdir, force, stages=STAGES)
     metrics_path = os.path.join(workdir, "metrics.json")
+
+    def stage(name: str, done: bool, fn) -> None:
+        if name in stages:
+            run.stage(prefix + name, done, fn)
 
     def train_stage() -> str:
         metrics = train(config, workdir)
         accuracy = metrics.get("accuracy", float("nan"))
         return f"(step {metrics['step']}, eval accuracy {accuracy:.4f})"
 
-    run.stage("train", training_done(config, read_json(metrics_path)), train_stage)
-    metrics = read_json(metrics_path)
-    evaluated = metrics.get("test_split", {}).get("step")
-    run.stage(
-        "evaluate",
-        evaluated is not None and evaluated == metrics.get("step"),
-        lambda: _evaluate(workdir),
-    )
+    stage("train", training_done(config, read_json(metrics_path)), train_stage)
+    stage("evaluate", tested(workdir), lambda: evaluate_test_split(workdir))
     verification = os.path.join(workdir, "export", "saved_model", "verification.json")
-    run.stage("export", os.path.isfile(verification), lambda: _export(workdir))
+    stage("export", os.path.isfile(verification), lambda: _export(workdir))
     edge_record = os.path.join(edge_dir(workdir), "verification.json")
-    run.stage("tflite", os.path.isfile(edge_record), lambda: _tflite(workdir))
-    run.stage(
+    stage("tflite", os.path.isfile(edge_record), lambda: _tflite(workdir))
+    pruned = compress_stage.pruned_dir(workdir, config)
+
+    def compress() -> str:
+        detail = compress_stage.run_compress_stage(workdir, config)
+        if test_pruned:
+            detail += " " + evaluate_test_split(pruned)
+        return detail
+
+    stage(
         "compress",
-        compress_stage.done(workdir, config),
-        lambda: compress_stage.run_compress_stage(workdir, config),
+        compress_stage.done(workdir, config) and (not test_pruned or tested(pruned)),
+        compress,
     )
-    report = os.path.join(workdir, "report.md")
-    run.stage("report", False, lambda: _report(run, report))
-    return report
 
 
-def _evaluate(workdir: str) -> str:
+def tested(workdir: str) -> bool:
+    """The workdir's final checkpoint has been scored on the test split."""
+    metrics = read_json(os.path.join(workdir, "metrics.json"))
+    step = metrics.get("test_split", {}).get("step")
+    return step is not None and step == metrics.get("step")
+
+
+def evaluate_test_split(workdir: str) -> str:
     """`tfllm-evaluate --split=test` (or the eval split when the data has no test split)."""
     from tfllm.data.classification_data import load_labelled_splits
     from tfllm.evaluation.classification import format_metrics_table

@@ -70,12 +70,26 @@ class StageResult:
     detail: str = ""
 
 
+def format_duration(seconds: float) -> str:
+    """`75` → `1m15s`: progress lines are read by people, not parsed."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
 @dataclass
 class PipelineRun:
     """One pipeline invocation: runs stages in order, prints [i/N] progress, keeps timings.
 
     `stages` is the pipeline's own stage list, so the [i/N] prefix counts only
-    the stages that pipeline has.
+    the stages that pipeline has. `estimates` (nominal seconds per stage, from
+    measured runs) turn into an ETA: the remaining estimates, scaled by how
+    fast this machine has run the stages so far compared with their estimates.
     """
 
     config: ml_collections.ConfigDict
@@ -84,6 +98,18 @@ class PipelineRun:
     results: list[StageResult] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     stages: Sequence[str] = ()
+    estimates: dict[str, float] = field(default_factory=dict)
+
+    def eta(self, name: str) -> float | None:
+        """Seconds left from the start of stage `name` to the end, or None without estimates."""
+        if not self.estimates:
+            return None
+        ran = [r for r in self.results if not r.skipped and self.estimates.get(r.name)]
+        expected = sum(self.estimates[r.name] for r in ran)
+        # Clamped: one stage that ran far off its estimate must not swing the ETA wildly.
+        pace = min(4.0, max(0.25, sum(r.seconds for r in ran) / expected)) if expected else 1.0
+        remaining = list(self.stages)[list(self.stages).index(name) :]
+        return pace * sum(self.estimates.get(s, 0.0) for s in remaining)
 
     def stage(self, name: str, done: bool, fn: Callable[[], str]) -> None:
         index = list(self.stages).index(name) + 1
@@ -96,11 +122,18 @@ class PipelineRun:
             )
             self.results.append(StageResult(name, 0.0, True))
             return
-        print(f"\n[{index}/{total}] {name} (elapsed {elapsed:.0f}s)", flush=True)
+        eta = self.eta(name)
+        timing = f"elapsed {format_duration(elapsed)}"
+        if eta is not None:
+            timing += f", ETA {format_duration(eta)}"
+        print(f"\n[{index}/{total}] {name} ({timing})", flush=True)
         t0 = time.time()
         detail = fn()
         self.results.append(StageResult(name, time.time() - t0, False, detail))
-        print(f"[{index}/{total}] {name}: done in {time.time() - t0:.0f}s {detail}", flush=True)
+        print(
+            f"[{index}/{total}] {name}: done in {format_duration(time.time() - t0)} {detail}",
+            flush=True,
+        )
 
 
 def training_done(config: ml_collections.ConfigDict, metrics: dict) -> bool:

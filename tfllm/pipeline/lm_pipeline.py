@@ -13,6 +13,7 @@ Stages (each skipped when its output already exists, unless forced):
 from __future__ import annotations
 
 import os
+import shlex
 import time
 
 import ml_collections
@@ -33,45 +34,65 @@ from tfllm.pipeline.common import (
 from tfllm.pipeline.html_report import write_html_report
 from tfllm.utils.io import atomic_write_json, atomic_write_text, read_json
 
-__all__ = ["STAGES", "PipelineRun", "StageResult", "run_pipeline"]
+__all__ = ["STAGES", "WORK_STAGES", "PipelineRun", "StageResult", "run_lm_stages", "run_pipeline"]
 
-STAGES = ("train", "evaluate", "samples", "export", "tflite", "compress", "report")
+WORK_STAGES = ("train", "evaluate", "samples", "export", "tflite", "compress")
+STAGES = (*WORK_STAGES, "report")
 
 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str, force: set[str]) -> str:
     """Runs every stage; returns the path of report.md."""
+    run = PipelineRun(config, workdir, force, stages=STAGES)
+    run_lm_stages(run, config, workdir)
+    report = os.path.join(workdir, "report.md")
+    run.stage("report", False, lambda: _report(run, report))
+    return report
+
+
+def run_lm_stages(
+    run: PipelineRun,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    prefix: str = "",
+    stages: tuple[str, ...] = WORK_STAGES,
+) -> None:
+    """The LM's work stages (those in `stages`) inside `run`, named `prefix + stage`.
+
+    `tfllm-pipeline` with an LM config runs them all under its own progress;
+    the journey runs them as its `lm.*` stages.
+    """
     from tfllm.training.run import train_lm
 
     os.makedirs(workdir, exist_ok=True)
-    run = PipelineRun(config, workdir, force, stages=STAGES)
     metrics_path = os.path.join(workdir, "metrics.json")
+
+    def stage(name: str, done: bool, fn) -> None:
+        if name in stages:
+            run.stage(prefix + name, done, fn)
 
     def train() -> str:
         metrics = train_lm(config, workdir)
         perplexity = metrics.get("perplexity", float("nan"))
         return f"(step {metrics['step']}, eval perplexity {perplexity:.2f})"
 
-    run.stage("train", training_done(config, read_json(metrics_path)), train)
+    stage("train", training_done(config, read_json(metrics_path)), train)
     metrics = read_json(metrics_path)
-    run.stage(
+    stage(
         "evaluate",
         "full_eval_step" in metrics and metrics["full_eval_step"] == metrics.get("step"),
         lambda: _evaluate(workdir),
     )
     samples_path = os.path.join(workdir, "samples.json")
-    run.stage("samples", os.path.isfile(samples_path), lambda: _samples(workdir, samples_path))
+    stage("samples", os.path.isfile(samples_path), lambda: _samples(workdir, samples_path))
     verification = os.path.join(workdir, "export", "saved_model", "verification.json")
-    run.stage("export", os.path.isfile(verification), lambda: _export(workdir))
+    stage("export", os.path.isfile(verification), lambda: _export(workdir))
     tflite_record = os.path.join(edge_dir(workdir), "verification.json")
-    run.stage("tflite", os.path.isfile(tflite_record), lambda: _tflite(workdir))
-    run.stage(
+    stage("tflite", os.path.isfile(tflite_record), lambda: _tflite(workdir))
+    stage(
         "compress",
         compress_stage.done(workdir, config),
         lambda: compress_stage.run_compress_stage(workdir, config),
     )
-    report = os.path.join(workdir, "report.md")
-    run.stage("report", False, lambda: _report(run, report))
-    return report
 
 
 def _evaluate(workdir: str) -> str:
@@ -110,21 +131,35 @@ SAMPLE_SETTINGS = (
 SAMPLE_PROMPTS = ("ROMEO:", "JULIET:\nO", "First Citizen:\n")
 
 
+def sample_prompts(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """Play-script prompts for Tiny Shakespeare; the recipe's own prompts for other text."""
+    if config.data.dataset == "shakespeare" and not config.data.train_path:
+        return SAMPLE_PROMPTS
+    return tuple(config.train.sample_prompts) or ("",)
+
+
+def sample_tokens(config: ml_collections.ConfigDict) -> int:
+    """96 new tokens, or fewer where the context is short (prompts keep some of it)."""
+    return max(8, min(96, int(config.model.max_length) - 16))
+
+
 def _samples(workdir: str, path: str) -> str:
     from tfllm.inference.generate import Generator, generate_text
     from tfllm.inference.loading import load_trained
 
     trained = load_trained(workdir)
     generator = Generator(trained.model)
+    prompts, new_tokens = sample_prompts(trained.config), sample_tokens(trained.config)
     records = []
     t0 = time.perf_counter()
     for label, settings in SAMPLE_SETTINGS:
-        outs = generate_text(generator, trained.tokenizer, list(SAMPLE_PROMPTS), 96, **settings)
-        for prompt, out in zip(SAMPLE_PROMPTS, outs, strict=True):
+        outs = generate_text(generator, trained.tokenizer, list(prompts), new_tokens, **settings)
+        for prompt, out in zip(prompts, outs, strict=True):
             records.append({"settings": label, "prompt": prompt, "completion": out})
             print(f"--- {label} ---\n{prompt}{out}\n", flush=True)
     atomic_write_json(
-        path, {"samples": records, "max_new_tokens": 96, "seconds": time.perf_counter() - t0}
+        path,
+        {"samples": records, "max_new_tokens": new_tokens, "seconds": time.perf_counter() - t0},
     )
     return f"({len(records)} samples)"
 
@@ -243,7 +278,8 @@ def _report(run: PipelineRun, path: str) -> str:
         command,
         f"tfllm-evaluate --workdir={workdir}",
         f"tfllm-export --workdir={workdir} --format=tflite --quantize={EDGE_QUANTIZE}",
-        f"tfllm-generate --workdir={workdir} --prompt='ROMEO:' --sampler=top_p --top_p=0.9 "
+        f"tfllm-generate --workdir={workdir} --prompt={shlex.quote(sample_prompts(config)[0])} "
+        "--sampler=top_p --top_p=0.9 "
         "--temperature=0.8 --seed=1",
         f"tensorboard --logdir {os.path.join(workdir, 'tensorboard')}",
         "```",
