@@ -4,7 +4,7 @@ Needs only numpy, sentencepiece and ai-edge-litert (what a Raspberry Pi or any
 edge Python has); the same calls map one to one onto LiteRT's Kotlin/Swift/C++
 signature-runner APIs. Usage:
 
-    python examples/litert_generate.py runs/quickstart/export/tflite_none "ROMEO:" 40
+    python examples/litert_generate.py runs/shakespeare/export/tflite_none "ROMEO:" 40
 """
 
 import sys

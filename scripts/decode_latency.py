@@ -1,6 +1,6 @@
 """Per-token KV-cache decode latency of a trained workdir, graph vs XLA loop.
 
-Usage: python scripts/decode_latency.py [WORKDIR]   (default runs/quickstart)
+Usage: python scripts/decode_latency.py [WORKDIR]   (default runs/shakespeare)
 Batch 1, an 8-token prompt, 100 new tokens, median of 7 runs after a warm-up;
 the time includes the prefill. Results are recorded in docs/results.md.
 """
@@ -12,7 +12,7 @@ import time
 from tfllm.inference.generate import Generator
 from tfllm.inference.loading import load_trained
 
-workdir = sys.argv[1] if len(sys.argv) > 1 else "runs/quickstart"
+workdir = sys.argv[1] if len(sys.argv) > 1 else "runs/shakespeare"
 t = load_trained(workdir)
 ids = t.tokenizer.encode("First Citizen:\nBefore we proceed")[:8]
 for xla in (False, True):
