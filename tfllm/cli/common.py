@@ -102,6 +102,11 @@ def workdir_lock(workdir: str, config: ml_collections.ConfigDict | None = None):
 def run(main: Callable[[Sequence[str]], int | None]) -> None:
     """`absl.app.run` with user errors turned into one clear line."""
     _check_config_path(sys.argv[1:])
+    # absl's --help lists the key flags of the module named by sys.argv[0]; for a
+    # console script that is the generated wrapper, which defines none, so --help
+    # printed no flags at all. Register the command module's flags under it.
+    for flag in FLAGS.get_key_flags_for_module(main.__module__):
+        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     # TensorFlow logs every SavedModel signature rename etc. at INFO; users see
     # warnings and our own progress lines unless they pass --verbosity=0.
     FLAGS.set_default("verbosity", -1)
