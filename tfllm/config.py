@@ -307,12 +307,7 @@ _RULES: tuple[_Rule, ...] = (
         ),
         "[] (off) or [start, stop] with 0 <= start < stop",
     ),
-    _Rule(
-        "runtime.tensor_parallel",
-        int,
-        lambda v: v == 1,
-        "1 (tensor parallelism is not implemented yet)",
-    ),
+    _Rule("runtime.tensor_parallel", int, _positive, "a positive integer (1 = off)"),
     _Rule(
         "runtime.pipeline_stages",
         int,
@@ -425,10 +420,55 @@ def _validate_relations(config: ml_collections.ConfigDict) -> None:
                 f"config.train.freeze_blocks: {train.freeze_blocks} exceeds "
                 f"config.model.num_layers={model.num_layers}"
             )
+    _validate_tensor_parallel(config)
     if runtime.num_microbatches != 1:
         raise ConfigError(
             "config.runtime.num_microbatches: must be 1 (pipeline parallelism is not "
             "implemented yet)"
+        )
+
+
+def _validate_tensor_parallel(config: ml_collections.ConfigDict) -> None:
+    """Tensor parallelism splits heads and FFN units evenly, on a DTensor mesh."""
+    model, runtime = config.model, config.runtime
+    n = runtime.tensor_parallel
+    if n == 1:
+        return
+    if model.name != "gpt":
+        raise ConfigError(
+            f"config.runtime.tensor_parallel: {n} is implemented for model 'gpt' only, "
+            f"got config.model.name={model.name!r}"
+        )
+    for key in ("num_heads", "intermediate_dim"):
+        if model[key] % n:
+            raise ConfigError(
+                f"config.runtime.tensor_parallel: {n} does not divide "
+                f"config.model.{key}={model[key]}"
+            )
+    if runtime.strategy != "default":
+        raise ConfigError(
+            f"config.runtime.tensor_parallel: {n} runs on its own DTensor mesh (data parallel "
+            f"on its batch axis); set strategy 'default', got {runtime.strategy!r}"
+        )
+    if runtime.jit_compile:
+        raise ConfigError(
+            f"config.runtime.jit_compile: not supported with tensor_parallel={n} "
+            "(DTensor programs are not XLA-compiled here)"
+        )
+    if runtime.pipeline_stages > 1:
+        raise ConfigError(
+            f"config.runtime.pipeline_stages: {runtime.pipeline_stages} cannot be combined "
+            f"with tensor_parallel={n}"
+        )
+    if config.train.optimizer not in ("adam", "adamw"):
+        raise ConfigError(
+            f"config.train.optimizer: {config.train.optimizer!r} is not supported with "
+            f"tensor_parallel={n} (use adamw or adam; see docs/distributed.md)"
+        )
+    method = config.get("compress", {}).get("method", "")
+    if method:
+        raise ConfigError(
+            f"config.compress.method: {method!r} does not run under tensor_parallel={n}"
         )
 
 

@@ -12,6 +12,8 @@ import keras
 import ml_collections
 
 from tfllm.errors import ConfigError
+from tfllm.parallel.mesh import on_mesh
+from tfllm.parallel.optim import MeshAdamW
 
 _NO_DECAY_NAMES = ("bias", "gamma", "beta")  # biases and LayerNorm scale/shift
 _NO_DECAY_LAYERS = ("position_embedding",)
@@ -128,12 +130,15 @@ def create_optimizer(
     name = train.optimizer
     if name == "sgd":
         optimizer = keras.optimizers.SGD(lr, momentum=float(train.momentum))
+    elif name == "adam" and on_mesh(model):  # Adam is AdamW without decay
+        optimizer = MeshAdamW(lr, weight_decay=0.0, beta_1=train.beta_1, beta_2=train.beta_2)
     elif name == "adam":
         optimizer = keras.optimizers.Adam(lr, beta_1=train.beta_1, beta_2=train.beta_2)
     elif name == "adamax":
         optimizer = keras.optimizers.Adamax(lr, beta_1=train.beta_1, beta_2=train.beta_2)
     elif name == "adamw":
-        optimizer = keras.optimizers.AdamW(
+        adamw = MeshAdamW if on_mesh(model) else keras.optimizers.AdamW
+        optimizer = adamw(
             lr, weight_decay=float(train.weight_decay), beta_1=train.beta_1, beta_2=train.beta_2
         )
         optimizer.exclude_from_weight_decay(var_list=no_decay_variables(model))

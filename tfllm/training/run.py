@@ -73,6 +73,7 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from tfllm.data.tokenizer import Tokenizer
     from tfllm.inference.generate import Generator, generate_text
     from tfllm.models import build_model
+    from tfllm.parallel.tensor_parallel import HostCopy, MeshStrategy
     from tfllm.training.strategy import create_strategy, is_chief, is_parameter_server
     from tfllm.training.trainer import LMTrainer, check_batch_divisible
 
@@ -96,9 +97,16 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str) -> dict:
     prompts = list(config.train.sample_prompts)
     sample_tokens = int(config.train.sample_tokens)
 
+    def build() -> object:
+        return build_model(config.model, tokenizer.vocab_size)
+
+    # Samples come from the eager generation loop, which needs host weights.
+    host = HostCopy(build) if isinstance(strategy, MeshStrategy) else None
+
     def sample_fn(model, step: int) -> list[str]:
         if not prompts or sample_tokens == 0:
             return []
+        model = host.of(model) if host is not None else model
         generator = Generator(model, use_xla=False)
         # When a parameter-server worker fails, the coordinator rebuilds the
         # chief's eager context, which drops local resources such as the
@@ -125,7 +133,7 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str) -> dict:
         config,
         workdir,
         strategy,
-        build_model=lambda: build_model(config.model, tokenizer.vocab_size),
+        build_model=build,
         train_ids=train_ids,
         eval_ids=eval_ids,
         sample_fn=sample_fn,

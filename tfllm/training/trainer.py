@@ -31,6 +31,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfllm.errors import ConfigError, TfllmError
+from tfllm.parallel.tensor_parallel import build_on
 from tfllm.training.hparams import write_hparams
 from tfllm.training.optim import create_optimizer
 from tfllm.training.plugins import TrainingPlugin
@@ -162,7 +163,7 @@ class Trainer:
             else None
         )
         with strategy.scope():
-            self.model = build_model()
+            self.model = build_on(strategy, build_model)  # sharded on a tensor-parallel mesh
             # Sharded (ps) variables are trained shard by shard (tfllm.training.sharded).
             self.train_variables = expand_sharded(self.model.trainable_variables)
             self.param_groups = self._create_optimizers()

@@ -1,0 +1,124 @@
+"""Tensor parallelism (DTensor mesh) against independent one-device references.
+
+Logical CPUs can be configured once per process, so the mesh runs live in
+scripts of their own (`tp_checks.py`, `tp_vs_single.py`), started here as
+subprocesses; each builds its own one-device reference model.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tfllm.config import base_config, validate
+from tfllm.errors import ConfigError
+
+HERE = Path(__file__).resolve().parent
+
+
+def _run(script: str, *args: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(HERE / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(HERE.parents[1]),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    return json.loads(line.removeprefix("RESULT "))
+
+
+@pytest.fixture(scope="module")
+def checks(tmp_path_factory) -> dict:
+    return _run("tp_checks.py", str(tmp_path_factory.mktemp("tp_ckpt")))
+
+
+@pytest.mark.parametrize("mesh", ["tp2", "dp2_tp2"])
+def test_forward_and_gradients_equal_one_device(checks, mesh):
+    result = checks[mesh]
+    assert result["logits_diff"] < 1e-5
+    assert result["grads_diff"] < 1e-5
+    assert result["loss"][0] == pytest.approx(result["loss"][1], abs=1e-5)
+    assert result["grad_layouts_kept"]
+
+
+def test_mesh_shapes(checks):
+    assert checks["tp2"]["mesh"] == [1, 2]
+    assert checks["dp2_tp2"]["mesh"] == [2, 2]
+
+
+@pytest.mark.parametrize("mesh", ["tp2", "dp2_tp2"])
+def test_each_device_holds_one_nth_of_every_split_kernel(checks, mesh):
+    split = checks[mesh]["split"]
+    # 2 blocks x (q, k, v kernels + biases, attention output, FFN in kernel + bias, FFN out)
+    assert len(split) == 2 * 10
+    data_parallel = checks[mesh]["mesh"][0]
+    for path, info in split.items():
+        local = [list(info["global"]) for _ in info["local"]]
+        for shape in local:
+            shape[info["axis"]] //= 2
+        assert info["local"] == local, path
+        assert len(set(info["devices"])) == 2 * data_parallel, path
+    kinds = {p.split("/", 2)[-1] for p in split}
+    assert "self_attention/attention_output/kernel" in kinds
+    assert "feedforward_output_dense/kernel" in kinds
+
+
+@pytest.mark.parametrize("mesh", ["tp2", "dp2_tp2"])
+def test_checkpoints_are_layout_free(checks, mesh):
+    """Saved at TP=2, a one-device model gets exactly the trained weights (so the
+    same logits as any one-device model with them); saved on one device, the
+    mesh model computes the one-device logits."""
+    assert checks[mesh]["tp_to_one_weights_diff"] == 0.0
+    assert checks[mesh]["tp_to_one_logits_diff"] < 1e-5
+    assert checks[mesh]["one_to_tp_logits_diff"] < 1e-5
+
+
+def test_training_losses_equal_one_device(corpus_file):
+    """tensor_parallel=2 on 4 logical CPUs is data x tensor parallel (2 x 2);
+    tensor_parallel=4 is pure tensor parallel (1 x 4)."""
+    results = _run("tp_vs_single.py", corpus_file, str(HERE.parent), "4", "2", "4")
+    one = results["1"]
+    for tp in ("2", "4"):
+        run = results[tp]
+        assert len(run["history"]) == len(one["history"]) == 2
+        for a, b in zip(one["history"], run["history"], strict=True):
+            assert abs(a - b) / a < 1e-4, (tp, one["history"], run["history"])
+        assert abs(one["eval_loss"] - run["eval_loss"]) / one["eval_loss"] < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [("num_heads", 4, "config.model.num_heads=4"), ("intermediate_dim", 90, "=90")],
+)
+def test_tensor_parallel_must_divide_heads_and_ffn(key, value, named):
+    config = base_config()
+    config.model.num_heads = 4
+    config.model.intermediate_dim = 96
+    config.model[key] = value
+    config.runtime.tensor_parallel = 3 if key == "num_heads" else 4
+    with pytest.raises(ConfigError) as error:
+        validate(config)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("config.runtime.tensor_parallel: ")
+    assert named in message
+    assert str(config.runtime.tensor_parallel) in message
+
+
+def test_tensor_parallel_needs_default_strategy_and_adam():
+    config = base_config()
+    config.runtime.tensor_parallel = 2
+    validate(config)
+    config.runtime.strategy = "mirrored"
+    with pytest.raises(ConfigError, match="strategy 'default'"):
+        validate(config)
+    config.runtime.strategy = "default"
+    config.train.optimizer = "sgd"
+    with pytest.raises(ConfigError, match="config.train.optimizer"):
+        validate(config)

@@ -1,0 +1,1 @@
+"""Model parallelism: tensor parallel (DTensor) and pipeline parallel (GPipe)."""
