@@ -96,6 +96,7 @@ def test_journey_runs_every_stage_reports_and_resumes(tmp_path):
     "flags, expected",
     [
         (["--config.cnn.train.batch_size=0"], "config.cnn.train.batch_size"),
+        (["--config.distil.student.train.num_steps=-1"], "config.distil.student.train.num_steps"),
         (["--force=mlp.train"], "--force=mlp.train"),
         (["--force=lm.everything"], "--force: unknown stage(s) lm.everything"),
         (["--config=configs/mlp_sst2.py", "--profile=full"], "--profile"),

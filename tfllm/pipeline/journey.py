@@ -105,6 +105,12 @@ def part_configs(
         except ConfigError as e:  # name the key as the command line spells it
             raise ConfigError(str(e).replace("config.", f"config.{part}.")) from None
         configs[part] = config
+    student = base_config()
+    student.update(copy.deepcopy(journey.distil.student))
+    try:  # checked now, not after the parts it distils from have trained
+        validate(student)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("config.", "config.distil.student.")) from None
     return configs
 
 
