@@ -157,9 +157,11 @@ TABLE = [
     ("evaluate", ["--workdir={trained}", "--data={file}"], ["--data", "empty"]),
     ("export", ["--workdir={w}"], ["--workdir"]),
     ("export", ["--workdir={w}", "--max_new_tokens=0"], ["--max_new_tokens"]),
-    ("pipeline", ["--workdir={w}", "--config.train.batch_size=0"],
-     ["config.train.batch_size"]),
-    ("pipeline", ["--workdir={w}", "--force=train"], ["--force=train"]),
+    ("pipeline", ["--workdir={w}", "--config.lm.train.batch_size=0"],
+     ["config.lm.train.batch_size"]),
+    ("pipeline", ["--workdir={w}", "--config.train.batch_size=0"],  # the journey has parts
+     ["--config.train.batch_size", "no such config key"]),
+    ("pipeline", ["--workdir={w}", "--force=lm.train"], ["--force=lm.train"]),
 ]
 
 

@@ -149,15 +149,21 @@ def run(main: Callable[[Sequence[str]], int | None]) -> None:
         # the config does not have; anything raised later is handled above.
         if started or ("debug" in FLAGS and FLAGS.is_parsed() and FLAGS.debug):
             raise
-        overrides = [a.split("=", 1)[0] for a in sys.argv[1:] if a.startswith("--config.")]
-        lines = str(e.args[0] if e.args else e).splitlines() or [""]
-        key = lines[0].strip("\\'\" ")
-        hint = f"; {lines[1].strip()}" if len(lines) > 1 else ""
-        named = [o for o in overrides if key in o.split(".")] or overrides
-        fail(
-            f"{', '.join(named) or '--config'}: no such config key {key!r}{hint} "
-            "(docs/configuration.md lists them)"
-        )
+        fail_unknown_config_key(e)
+
+
+def fail_unknown_config_key(e: BaseException) -> None:
+    """One line for the KeyError/AttributeError ml_collections raises on
+    `--config.a.b=v` when the config has no such key."""
+    overrides = [a.split("=", 1)[0] for a in sys.argv[1:] if a.startswith("--config.")]
+    lines = str(e.args[0] if e.args else e).splitlines() or [""]
+    key = lines[0].strip("\\'\" ")
+    hint = f"; {lines[1].strip()}" if len(lines) > 1 else ""
+    named = [o for o in overrides if key in o.split(".")] or overrides
+    fail(
+        f"{', '.join(named) or '--config'}: no such config key {key!r}{hint} "
+        "(docs/configuration.md lists them)"
+    )
 
 
 def resolve_config(

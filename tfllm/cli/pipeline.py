@@ -27,12 +27,17 @@ from ml_collections import config_flags
 from tfllm.cli import common
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config",
-    os.path.join(os.path.dirname(os.path.dirname(__file__)), "pipeline", "default_config.py"),
-    "Config file (default: the built-in journey, = configs/pipeline.py); override keys "
-    "with --config.section.key=value (journey parts: --config.lm.train.num_steps=300).",
-)
+try:
+    config_flags.DEFINE_config_file(
+        "config",
+        os.path.join(os.path.dirname(os.path.dirname(__file__)), "pipeline", "default_config.py"),
+        "Config file (default: the built-in journey, = configs/pipeline.py); override keys "
+        "with --config.section.key=value (journey parts: --config.lm.train.num_steps=300).",
+    )
+except (AttributeError, KeyError) as e:
+    # The default file is parsed, overrides included, as this module loads, before
+    # common.run can turn an unknown key into one line.
+    common.fail_unknown_config_key(e)
 common.define_workdir_flag()
 common.define_debug_flag()
 flags.adopt_module_key_flags(common)  # --helpshort lists --workdir and --debug too
