@@ -33,6 +33,42 @@ def define_debug_flag() -> None:
     flags.DEFINE_bool("debug", False, "Show full tracebacks for user errors.")
 
 
+def define_inference_runtime_flags() -> None:
+    """--strategy / --logical_cpus / --tensor_parallel of tfllm-generate and tfllm-evaluate.
+
+    Inference defaults to one device whatever the run was trained on: a
+    checkpoint's runtime describes its training cluster (TF_CONFIG, TPU),
+    which is rarely where it is evaluated; `--strategy=checkpoint` opts into
+    the run's own `config.runtime`.
+    """
+    flags.DEFINE_enum(
+        "strategy",
+        "default",
+        ["checkpoint", "default", "one_device", "mirrored", "multi_worker"],
+        "Inference strategy; checkpoint: the run's own config.runtime "
+        "(docs/distributed.md, Distributed inference).",
+    )
+    flags.DEFINE_integer(
+        "logical_cpus", None, "Split the host CPU into N logical devices (default 0, or the run's)."
+    )
+    flags.DEFINE_integer(
+        "tensor_parallel", None, "Split the model over N devices (default: 1, or the run's)."
+    )
+
+
+def inference_strategy(config: ml_collections.ConfigDict):
+    """(runtime, strategy) from the inference flags and the run's `config.runtime`.
+
+    Must run before TensorFlow initialises devices (logical CPUs are set here).
+    """
+    from tfllm.inference.distributed import create_inference_strategy, inference_runtime
+
+    runtime = inference_runtime(
+        config.runtime, FLAGS.strategy, FLAGS.logical_cpus, FLAGS.tensor_parallel
+    )
+    return runtime, create_inference_strategy(runtime)
+
+
 def command_name() -> str:
     """`tfllm-train` whether run as the console script or `python -m tfllm.cli.train`."""
     name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "tfllm"

@@ -3,6 +3,9 @@
   tfllm-evaluate --workdir=runs/tiny [--split=eval|train] [--data=FILE --format=text]
   tfllm-evaluate --workdir=runs/cnn [--split=eval|train|test] [--data=FILE --format=tsv]
   tfllm-evaluate --workdir=W --backend=litert [--quantize=none|dynamic|float16|int8]
+  tfllm-evaluate --workdir=W --strategy=mirrored --logical_cpus=2   (or multi_worker under
+      tfllm-launch, or --tensor_parallel=2): every batch sharded over the replicas,
+      the same numbers as one device (tfllm.inference.distributed)
 
 Language models: loss and perplexity. Updates `W/metrics.json`: `eval_loss`/
 `perplexity` for the eval split, `train_split_loss`/`train_split_perplexity`
@@ -57,6 +60,7 @@ flags.DEFINE_enum(
     ["none", "dynamic", "float16", "int8"],
     "--backend=litert: which export, W/export/tflite_<quantize>/ (default none).",
 )
+common.define_inference_runtime_flags()
 
 
 def main(argv) -> None:
@@ -74,11 +78,14 @@ def main(argv) -> None:
     from tfllm.inference.loading import load_trained
     from tfllm.utils.io import atomic_write_json, read_json
 
-    trained = load_trained(FLAGS.workdir)
+    strategy = _strategy()
+    trained = load_trained(FLAGS.workdir, strategy)
+    if strategy is not None:
+        trained.config.runtime = _RUNTIME[0]  # multi_worker: per-task lock names
     if FLAGS.backend == "litert":
         _check_tflite_export(trained)
     if trained.is_classifier:
-        _evaluate_classifier(trained)
+        _evaluate_classifier(trained, strategy)
         return
     config, tokenizer = trained.config, trained.tokenizer
     if FLAGS.split == "test":
@@ -113,14 +120,23 @@ def main(argv) -> None:
             for name in ("loss", "perplexity", "tokens")
         }
     else:
-        result = lm_loss_and_perplexity(
-            trained.model, ids, int(config.model.max_length), FLAGS.batch_size, FLAGS.max_batches
-        )
+        if strategy is None:
+            result = lm_loss_and_perplexity(
+                trained.model,
+                ids,
+                int(config.model.max_length),
+                FLAGS.batch_size,
+                FLAGS.max_batches,
+            )
+        else:
+            result = _lm_loss_sharded(trained, strategy, ids)
         keys = {
             "loss": f"{prefix}loss",
             "perplexity": "perplexity" if prefix == "eval_" else f"{prefix}perplexity",
             "tokens": f"{prefix}tokens",
         }
+    if not _is_chief(strategy):
+        return  # every worker computed the same totals; the chief records them
     path = os.path.join(FLAGS.workdir, "metrics.json")
     with common.workdir_lock(FLAGS.workdir, config):  # a training run may be updating it
         metrics = read_json(path)
@@ -132,6 +148,7 @@ def main(argv) -> None:
         [
             ("checkpoint", trained.checkpoint),
             ("backend", _backend_label()),
+            *_strategy_row(strategy),
             ("split", FLAGS.data or FLAGS.split),
             ("tokens", result["tokens"]),
             ("loss", result["loss"]),
@@ -141,7 +158,71 @@ def main(argv) -> None:
     )
 
 
-def _evaluate_classifier(trained) -> None:
+_RUNTIME: list = []  # the runtime section _strategy() chose
+
+
+def _strategy():
+    """The inference strategy the flags ask for, or None for the plain one-device path.
+
+    Logical CPUs are configured here, before the model (and TensorFlow's devices)
+    exist. `--backend=litert` runs the .tflite in the LiteRT interpreter: no strategy.
+    """
+    from tfllm.config import load_workdir_config, validate
+    from tfllm.errors import WorkdirError
+
+    asked = FLAGS.strategy != "default" or FLAGS.logical_cpus or (FLAGS.tensor_parallel or 1) > 1
+    if not asked:
+        return None
+    if FLAGS.backend == "litert":
+        common.fail("--strategy/--logical_cpus/--tensor_parallel: not with --backend=litert")
+    if FLAGS.logical_cpus is not None and FLAGS.logical_cpus < 0:
+        common.fail(f"--logical_cpus: must be ≥ 0, got {FLAGS.logical_cpus}")
+    if FLAGS.tensor_parallel is not None and FLAGS.tensor_parallel < 1:
+        common.fail(f"--tensor_parallel: must be ≥ 1, got {FLAGS.tensor_parallel}")
+    if not os.path.isdir(FLAGS.workdir):
+        raise WorkdirError(f"--workdir: no such directory: {FLAGS.workdir}")
+    config = load_workdir_config(FLAGS.workdir)
+    runtime, strategy = common.inference_strategy(config)
+    config.runtime = runtime
+    validate(config)  # tensor_parallel must divide the heads and the devices
+    _RUNTIME[:] = [runtime]
+    return strategy
+
+
+def _lm_loss_sharded(trained, strategy, ids) -> dict[str, float]:
+    """The one-device windows and batches, each batch sharded over the replicas."""
+    from tfllm.inference.distributed import Progress, lm_loss_sharded
+
+    seq_len = int(trained.config.model.max_length)
+    windows = (len(ids) - 1) // seq_len // FLAGS.batch_size * FLAGS.batch_size
+    if FLAGS.max_batches:
+        windows = min(windows, FLAGS.max_batches * FLAGS.batch_size)
+    return lm_loss_sharded(
+        trained.model,
+        strategy,
+        ids,
+        seq_len,
+        FLAGS.batch_size,
+        FLAGS.max_batches,
+        progress=Progress(windows, enabled=_is_chief(strategy), unit="windows"),
+    )
+
+
+def _is_chief(strategy) -> bool:
+    from tfllm.training.strategy import is_chief
+
+    return strategy is None or is_chief(strategy)
+
+
+def _strategy_row(strategy) -> list[tuple[str, object]]:
+    if strategy is None:
+        return []
+    from tfllm.inference.distributed import strategy_label
+
+    return [("strategy", strategy_label(strategy))]
+
+
+def _evaluate_classifier(trained, strategy=None) -> None:
     """The full classification report on a split or --data; updates metrics.json."""
     from tfllm.data.classification_data import load_labelled_splits
     from tfllm.data.corpus import read_documents
@@ -200,8 +281,15 @@ def _evaluate_classifier(trained) -> None:
             "confusion_matrix.png" if key == "eval" else f"confusion_matrix_{key}.png",
         )
         metrics, examples = evaluate_corpus(
-            trained, corpus, what, batch_size=FLAGS.batch_size, png_path=png
+            trained,
+            corpus,
+            what,
+            batch_size=FLAGS.batch_size,
+            png_path=png if _is_chief(strategy) else None,
+            strategy=strategy,
         )
+    if not _is_chief(strategy):
+        return  # every worker holds the same metrics; the chief records them
     with common.workdir_lock(FLAGS.workdir, config):  # a training run may be updating it
         path = record_metrics(FLAGS.workdir, slot, metrics, source=name, **extra)
     print(format_metrics_table(metrics), flush=True)
@@ -210,6 +298,7 @@ def _evaluate_classifier(trained) -> None:
         [
             ("checkpoint", trained.checkpoint),
             ("backend", _backend_label()),
+            *_strategy_row(strategy),
             ("split", name),
             ("examples", examples),
             ("accuracy", metrics["accuracy"]),

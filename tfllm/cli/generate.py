@@ -2,6 +2,14 @@
 
   tfllm-generate --workdir=runs/tiny --prompt="ROMEO:" --max_new_tokens=50 \
       --sampler=top_p --top_p=0.9 --temperature=0.8 --seed=1
+  tfllm-generate --workdir=runs/tiny --input_file=prompts.txt --output_file=out.jsonl \
+      [--batch_size=8] [--strategy=mirrored --logical_cpus=2]
+
+With --input_file, every prompt of the file (one per line, or .jsonl objects
+with a 'prompt' field) is generated in batches, sharded over the strategy's
+replicas (mirrored, multi_worker under tfllm-launch), and written as one JSON
+line per prompt in input order (tfllm.inference.prompts); prompt i samples
+with seed --seed + i, so each line equals `--prompt=<prompt i> --seed=<seed + i>`.
 
 Backends: `keras` (the checkpoint), `saved_model` (W/export/saved_model, the
 artifact TF Serving would run) or `litert` (W/export/tflite_<quantize>/model.tflite
@@ -46,6 +54,16 @@ flags.DEFINE_enum(
     "--backend=litert: which export, W/export/tflite_<quantize>/model.tflite.",
 )
 flags.DEFINE_integer("num_samples", 1, "Independent samples (seeds seed, seed+1, ...).")
+flags.DEFINE_string(
+    "input_file",
+    None,
+    "Prompts, one per line (.jsonl: objects with a 'prompt' field); needs --output_file.",
+)
+flags.DEFINE_string(
+    "output_file", None, "--input_file: write one JSON line per prompt here, in input order."
+)
+flags.DEFINE_integer("batch_size", 8, "--input_file: prompts decoded together (global batch).")
+common.define_inference_runtime_flags()
 
 
 def main(argv) -> None:
@@ -59,6 +77,11 @@ def main(argv) -> None:
         common.fail(f"--max_new_tokens: {FLAGS.max_new_tokens} is absurdly large (max 100000)")
     if FLAGS.num_samples < 1:
         common.fail("--num_samples: must be ≥ 1")
+    if FLAGS.input_file is not None or FLAGS.output_file is not None:
+        _generate_file()
+        return
+    if FLAGS.strategy != "default" or FLAGS.logical_cpus or (FLAGS.tensor_parallel or 1) > 1:
+        common.fail("--strategy/--logical_cpus/--tensor_parallel: only with --input_file")
     if FLAGS.backend == "keras":
         texts = _generate_keras()
     elif FLAGS.backend == "litert":
@@ -70,6 +93,110 @@ def main(argv) -> None:
             print(f"--- sample {i + 1} (seed {FLAGS.seed + i}) ---")
         sys.stdout.write(FLAGS.prompt + text + "\n")
     sys.stdout.flush()
+
+
+def _check_file_flags() -> None:
+    """The flag combinations batch generation accepts, each a one-line error."""
+    if FLAGS.input_file is None:
+        common.fail("--output_file: only with --input_file (the prompts to generate from)")
+    if FLAGS.output_file is None:
+        common.fail("--input_file: needs --output_file (where the JSON lines go)")
+    if FLAGS["prompt"].present:
+        common.fail("--input_file: give the prompts either in the file or as --prompt, not both")
+    if FLAGS.num_samples != 1:
+        common.fail("--num_samples: not with --input_file (one completion per prompt line)")
+    if FLAGS.backend != "keras":
+        common.fail(f"--backend={FLAGS.backend}: --input_file runs the checkpoint (keras) only")
+    if FLAGS.batch_size < 1:
+        common.fail(f"--batch_size: must be ≥ 1, got {FLAGS.batch_size}")
+    if FLAGS.logical_cpus is not None and FLAGS.logical_cpus < 0:
+        common.fail(f"--logical_cpus: must be ≥ 0, got {FLAGS.logical_cpus}")
+    if FLAGS.tensor_parallel is not None and FLAGS.tensor_parallel < 1:
+        common.fail(f"--tensor_parallel: must be ≥ 1, got {FLAGS.tensor_parallel}")
+
+
+def _generate_file() -> None:
+    """--input_file: every prompt, batched and sharded over the strategy's replicas;
+    the chief writes --output_file (JSON lines, input order, atomically)."""
+    import time
+
+    from tfllm.config import CLASSIFIER_NAMES, load_workdir_config, validate
+    from tfllm.errors import WorkdirError
+    from tfllm.inference.prompts import check_output_path, read_prompts, write_results
+
+    _check_file_flags()
+    prompts = read_prompts(FLAGS.input_file)
+    check_output_path(FLAGS.output_file)
+    if not os.path.isdir(FLAGS.workdir):
+        raise WorkdirError(f"--workdir: no such directory: {FLAGS.workdir}")
+    config = load_workdir_config(FLAGS.workdir)
+    if config.model.name in CLASSIFIER_NAMES:
+        common.fail(f"--workdir: {FLAGS.workdir} holds a {config.model.name}, not a language model")
+    runtime, strategy = common.inference_strategy(config)
+    config.runtime = runtime
+    validate(config)  # tensor_parallel must divide the heads, the devices, ...
+
+    import keras
+
+    from tfllm.inference.distributed import (
+        BatchGenerator,
+        Progress,
+        check_can_generate,
+        strategy_label,
+    )
+    from tfllm.inference.loading import load_trained
+    from tfllm.training.strategy import is_chief
+
+    check_can_generate(strategy)  # before minutes of loading
+    keras.utils.set_random_seed(FLAGS.seed)  # before the tokenizer exists (DESIGN §2)
+    trained = load_trained(FLAGS.workdir, strategy)
+    tokenizer = trained.tokenizer
+    generator = BatchGenerator(trained.model, strategy, FLAGS.batch_size)
+    chief = is_chief(strategy)
+    progress = Progress(len(prompts), enabled=chief)
+    started = time.perf_counter()
+    completions = generator.generate(
+        [tokenizer.encode(p.text) or [tokenizer.eos_id] for p in prompts],
+        FLAGS.max_new_tokens,
+        sampler=FLAGS.sampler,
+        temperature=FLAGS.temperature,
+        top_k=FLAGS.top_k,
+        top_p=FLAGS.top_p,
+        seeds=[FLAGS.seed + p.index for p in prompts],
+        eos_id=tokenizer.eos_id,
+        on_batch=progress.update,
+    )
+    seconds = time.perf_counter() - started
+    rows = [
+        {
+            "index": p.index,
+            "line": p.line,
+            "prompt": p.text,
+            "completion": tokenizer.decode(c.ids),
+            "prompt_tokens": len(c.prompt_ids),
+            "tokens": len(c.ids),
+            "finish": c.finish,
+            "seed": FLAGS.seed + p.index,
+        }
+        for p, c in zip(prompts, completions, strict=True)
+    ]
+    if not chief:  # every worker holds all rows after the all-gather; the chief writes them
+        return
+    write_results(FLAGS.output_file, rows)
+    tokens = sum(r["tokens"] for r in rows)
+    common.print_summary(
+        "tfllm-generate",
+        [
+            ("checkpoint", trained.checkpoint),
+            ("strategy", strategy_label(strategy)),
+            ("prompts", len(rows)),
+            ("new tokens", tokens),
+            ("seconds", seconds),
+            ("prompts_per_second", len(rows) / seconds),
+            ("tokens_per_second", tokens / seconds),
+            ("output", FLAGS.output_file),
+        ],
+    )
 
 
 def _generate_keras() -> list[str]:

@@ -34,9 +34,22 @@ def evaluate_encoded(
     max_length: int,
     png_path: str | None = None,
     title: str = "Confusion matrix",
+    strategy=None,
 ) -> dict:
-    """Accuracy, P/R/F1, confusion matrix, ROC-AUC and log loss of `model` on `split`."""
-    probabilities = predict_probabilities(model, split, batch_size, max_length=max_length)
+    """Accuracy, P/R/F1, confusion matrix, ROC-AUC and log loss of `model` on `split`.
+
+    With `strategy` (tfllm-evaluate --strategy), every batch is sharded over its
+    replicas and the probabilities come back in row order, so the metrics are
+    the one-device metrics.
+    """
+    if strategy is None:
+        probabilities = predict_probabilities(model, split, batch_size, max_length=max_length)
+    else:
+        from tfllm.inference.distributed import predict_probabilities_sharded
+
+        probabilities = predict_probabilities_sharded(
+            strategy, model, split, batch_size, max_length=max_length
+        )
     metrics = classification_metrics(split.labels, probabilities, vocab.names)
     if png_path:
         save_confusion_matrix_png(metrics["confusion_matrix"], vocab.names, png_path, title=title)
@@ -50,6 +63,7 @@ def evaluate_corpus(
     *,
     batch_size: int,
     png_path: str | None = None,
+    strategy=None,
 ) -> tuple[dict, int]:
     """Encodes labelled rows with the run's tokenizer and label vocabulary, then evaluates.
 
@@ -65,6 +79,7 @@ def evaluate_corpus(
         max_length=max_length,
         png_path=png_path,
         title=f"Confusion matrix: {what}",
+        strategy=strategy,
     )
     return metrics, len(split)
 

@@ -78,6 +78,18 @@ def _prefill(
     return logits[:, -1, :], cache
 
 
+def fold_in_step(seed: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
+    """`fold_in(seed, step)` for one seed [2] or for each row's seed [B, 2]."""
+    seed = tf.convert_to_tensor(seed)
+    if seed.shape.rank == 2:
+        return tf.map_fn(
+            lambda row_seed: tf.random.experimental.stateless_fold_in(row_seed, step, alg="philox"),
+            seed,
+            fn_output_signature=tf.TensorSpec([2], tf.int32),
+        )
+    return tf.random.experimental.stateless_fold_in(seed, step, alg="philox")
+
+
 def sample_step(
     step: tf.Tensor | int,
     logits: tf.Tensor,
@@ -94,10 +106,12 @@ def sample_step(
     The one sampling rule every backend shares (the Keras/XLA loop below and
     the LiteRT loop in `tfllm.inference.litert_lm`): step `i` draws with seed
     `fold_in(seed, i)`, so a seed gives the same text everywhere, and rows that
-    already emitted `eos_id` keep emitting it.
+    already emitted `eos_id` keep emitting it. `seed` is one [2] seed or one
+    per row ([B, 2], batch generation: row i then samples exactly what a batch
+    of one with `seed[i]` samples).
     """
     step = tf.convert_to_tensor(step, tf.int32)
-    step_seed = tf.random.experimental.stateless_fold_in(seed, step, alg="philox")
+    step_seed = fold_in_step(seed, step)
     token = sample_next(logits, sampler, temperature, top_k, top_p, step_seed)
     if eos_id is not None:
         token = tf.where(done, tf.constant(eos_id, tf.int32), token)

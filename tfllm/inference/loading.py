@@ -30,14 +30,22 @@ class TrainedModel:
         return self.labels is not None
 
 
-def load_trained(workdir: str) -> TrainedModel:
+def load_trained(workdir: str, strategy: tf.distribute.Strategy | None = None) -> TrainedModel:
     """Loads the latest checkpoint's weights into a freshly built model.
 
     Only the model is restored (the optimizer slots in the checkpoint are
     skipped with `expect_partial`), so inference needs no training state.
     Nothing here unpickles or executes files from the workdir.
+
+    With `strategy`, the model is built under its scope (mirrored variables,
+    or sharded on a tensor-parallel mesh) so distributed inference reads
+    per-device weights; checkpoints are layout-free, so any run restores
+    into any strategy. The restore itself runs outside the scope: under a
+    mesh scope TensorFlow's checkpoint would create its own counter variable
+    through the mesh's variable creator, which fails.
     """
     from tfllm.models import build_model
+    from tfllm.parallel.tensor_parallel import build_on
 
     if not os.path.isdir(workdir):
         raise WorkdirError(f"--workdir: no such directory: {workdir}")
@@ -50,7 +58,15 @@ def load_trained(workdir: str) -> TrainedModel:
         raise WorkdirError(f"--workdir: {workdir} has no checkpoint (run tfllm-train first)")
     tokenizer = Tokenizer.load(tokenizer_dir)
     labels = LabelVocab.load(workdir) if config.model.name in CLASSIFIER_NAMES else None
-    model = build_model(config.model, tokenizer.vocab_size, labels and labels.num_classes)
+
+    def build() -> keras.Model:
+        return build_model(config.model, tokenizer.vocab_size, labels and labels.num_classes)
+
+    if strategy is None:
+        model = build()
+    else:
+        with strategy.scope():
+            model = build_on(strategy, build)
     if config.get("compress") and config.compress.method == "quantize":
         from tfllm.compress import keras_quantize
 

@@ -59,16 +59,36 @@ def check_sampler_args(
         raise ConfigError(f"--max_new_tokens must be ≥ 1 (got {max_new_tokens})")
 
 
+def _random_bits(logits: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Philox int32 bits shaped like `logits` [B, V], from one seed [2] or one per row [B, 2].
+
+    With a seed per row, row i draws exactly the bits a batch of one with
+    `seed[i]` draws (the same Philox stream over V values), so a prompt's
+    sample does not depend on which other prompts share its batch.
+    """
+    if seed.shape.rank == 2:
+        vocab = logits.shape[-1] if logits.shape[-1] is not None else tf.shape(logits)[-1]
+        return tf.map_fn(
+            lambda row_seed: tf.random.stateless_uniform(
+                [vocab], seed=row_seed, minval=None, maxval=None, dtype=tf.int32, alg="philox"
+            ),
+            seed,
+            fn_output_signature=tf.TensorSpec([logits.shape[-1]], tf.int32),
+        )
+    return tf.random.stateless_uniform(
+        tf.shape(logits), seed=seed, minval=None, maxval=None, dtype=tf.int32, alg="philox"
+    )
+
+
 def _categorical(logits: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """Draw one id per row from softmax(logits) via Gumbel-max; int32 [B].
 
     The RNG algorithm is pinned to Philox: with the default "auto_select",
     XLA picks a different generator than graph mode, and the same seed would
     give different text from the XLA decode loop and from a SavedModel.
+    `seed` is one [2] seed for the batch or one per row, [B, 2].
     """
-    bits = tf.random.stateless_uniform(
-        tf.shape(logits), seed=seed, minval=None, maxval=None, dtype=tf.int32, alg="philox"
-    )
+    bits = _random_bits(logits, seed)
     # 23 random mantissa bits -> uniform in (0, 1), exactly representable.
     mantissa = tf.cast(tf.bitwise.bitwise_and(bits, 0x7FFFFF), tf.float32)
     uniform = (mantissa + 0.5) * (2.0**-23)
@@ -100,7 +120,8 @@ def sample_next(
     - top_p: nucleus sampling; keep the smallest set of most probable tokens
       whose mass is ≥ `top_p` (always at least one), renormalise, sample.
 
-    `seed` is a shape-[2] int32/int64 tensor; equal seeds give equal draws.
+    `seed` is a shape-[2] int32/int64 tensor, or `[B, 2]` (one seed per row);
+    equal seeds give equal draws.
     """
     logits = tf.convert_to_tensor(logits, tf.float32)
     if sampler == "greedy":

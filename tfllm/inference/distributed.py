@@ -1,0 +1,420 @@
+"""Inference under any strategy: rows sharded over replicas, results back in row order.
+
+`tfllm-generate --input_file` and `tfllm-evaluate` share one mechanism,
+`RowSharder`: a host batch of rows (prompts, eval windows, classifier inputs)
+is padded to a multiple of the replica count by repeating its last row, each
+replica takes a contiguous slice (replica r gets rows `r*k .. r*k+k-1`), runs
+a per-row function, and the per-replica results are all-gathered in replica
+order (`strategy.gather`), so row i of the result is row i of the input on
+every worker. Padding rows are dropped after the gather.
+
+- default / one_device: one replica, the function runs as is;
+- mirrored: the per-replica batch is a slice of the global batch, one replica
+  per GPU (or logical CPU);
+- multi_worker: every worker reads the same rows (each process reads the
+  input itself, as every worker of a training job reads its data) and
+  computes only its replicas' slices; the all-gather is a collective, so every
+  worker ends with all results and the chief writes them;
+- tensor parallel (`MeshStrategy`): the rows are split along the mesh's
+  `batch` axis, every matmul is split along its `model` axis (DTensor).
+
+Why this and not `distribute_datasets_from_function`: that API hands whole
+per-replica batches to replicas in turn and leaves a ragged last step, so
+which rows a replica sees depends on the replica count; slicing each global
+batch keeps "row i in, row i out" trivially true, which is what an output
+file in input order and metrics equal to one device's need.
+
+Exactness: a row's result does not depend on the other rows of its batch as
+long as the per-row computation is the same; on this host's CPU kernels the
+logits of a row agree bit for bit between batch sizes and devices (tested),
+so greedy text equals the one-device text exactly. Tensor parallelism splits
+the row-parallel matmuls' sums over devices, which changes float rounding, so
+its logits agree only to ~1e-6 (DESIGN: "logits agree to < 1e-5").
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import keras
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from tfllm.errors import ConfigError
+from tfllm.inference.generate import _decode_loop, _prefill, cache_length, fit_prompt
+from tfllm.inference.sampling import check_sampler_args
+
+Nest = object  # a numpy array or a tuple/dict of them, all with the same leading dim
+
+
+def replicas(strategy) -> int:
+    """How many slices a global batch is cut into: replicas, or the mesh's batch axis."""
+    from tfllm.parallel.tensor_parallel import MeshStrategy
+
+    if isinstance(strategy, MeshStrategy):
+        return strategy.data_parallel
+    return int(strategy.num_replicas_in_sync)
+
+
+def _pad_rows(rows: Nest, multiple: int) -> tuple[Nest, int]:
+    """Repeat the last row until the row count divides by `multiple`; (padded, n)."""
+    n = len(tf.nest.flatten(rows)[0])
+    extra = -n % multiple
+    if not extra:
+        return rows, n
+    return tf.nest.map_structure(
+        lambda a: np.concatenate([a, np.repeat(a[-1:], extra, axis=0)]), rows
+    ), n
+
+
+class RowSharder:
+    """Runs `fn(rows) -> per-row results` over a host batch on every replica (module doc).
+
+    `fn` is traced inside a `tf.function` (once per distinct input shape; pass
+    batches of a fixed row count to avoid retracing) and must be per-row:
+    row i of its output may depend only on row i of its input.
+    """
+
+    def __init__(self, strategy, fn: Callable[[Nest], Nest]) -> None:
+        from tfllm.parallel.tensor_parallel import MeshStrategy
+
+        self.strategy = strategy
+        self.fn = fn
+        self.slices = replicas(strategy)
+        self.mesh = strategy if isinstance(strategy, MeshStrategy) else None
+        if self.mesh is not None:
+            self._step = tf.function(fn, reduce_retracing=True)
+        else:
+
+            @tf.function(reduce_retracing=True)
+            def step(values):
+                out = strategy.run(fn, args=(values,))
+                return tf.nest.map_structure(lambda v: strategy.gather(v, axis=0), out)
+
+            self._step = step
+
+    def __call__(self, rows: Nest) -> Nest:
+        padded, n = _pad_rows(rows, self.slices)
+        if self.mesh is not None:
+            from tfllm.parallel.mesh import to_host
+
+            with self.mesh.scope():
+                out = self._step(tf.nest.map_structure(self.mesh.to_mesh, padded))
+            return tf.nest.map_structure(lambda v: to_host(v)[:n], out)
+        per = len(tf.nest.flatten(padded)[0]) // self.slices
+
+        def value_fn(ctx: tf.distribute.experimental.ValueContext) -> Nest:
+            r = ctx.replica_id_in_sync_group
+            return tf.nest.map_structure(lambda a: tf.constant(a[r * per : (r + 1) * per]), padded)
+
+        values = self.strategy.experimental_distribute_values_from_function(value_fn)
+        out = self._step(values)
+        return tf.nest.map_structure(lambda v: v.numpy()[:n], out)
+
+
+# ------------------------------------------------------------------ generation
+@dataclass
+class Completion:
+    """One prompt's result: new token ids (eos and after removed) and why it stopped."""
+
+    prompt_ids: list[int]
+    ids: list[int]
+    finish: str  # "eos" or "length"
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Prompt indices grouped by token length, in chunks of at most `batch_size`.
+
+    The KV-cache decode gives every row of a batch the same positions (one
+    scalar cache index), so rows must have equal prompt lengths; padding a
+    shorter prompt would shift its positions and change its text. Groups are
+    ordered by first appearance and keep input order inside, so the plan is
+    the same on every worker.
+    """
+    groups: dict[int, list[int]] = {}
+    for i, length in enumerate(lengths):
+        groups.setdefault(length, []).append(i)
+    return [
+        members[k : k + batch_size]
+        for members in groups.values()
+        for k in range(0, len(members), batch_size)
+    ]
+
+
+def check_can_generate(strategy) -> None:
+    """Raises ConfigError for a strategy the KV-cache decode cannot run under.
+
+    Measured (TF 2.21, Keras 3.15): keras-hub's cached attention writes the
+    cache with `XlaDynamicUpdateSlice`, and DTensor rejects it ("'tf.
+    XlaDynamicUpdateSlice' op does not implement layout propagation"), so the
+    decode loop does not run on a tensor-parallel mesh.
+    """
+    from tfllm.parallel.tensor_parallel import MeshStrategy
+
+    if isinstance(strategy, MeshStrategy):
+        raise ConfigError(
+            "--tensor_parallel: KV-cache generation does not run on a DTensor mesh "
+            "(DTensor has no layout propagation for the cache update, XlaDynamicUpdateSlice); "
+            "the checkpoint is layout-free: generate with --tensor_parallel=1"
+        )
+
+
+class BatchGenerator:
+    """Generates for a list of prompts under a strategy; results in input order.
+
+    Prompts are fitted like `Generator.generate` (left truncation,
+    `max_new_tokens` clamped), bucketed by length (`plan_batches`), and each
+    bucket is sharded over replicas by `RowSharder`. Each row decodes with
+    its own seed `[seed_i, 0]`, so prompt i with seed `s_i` gives the text a
+    one-prompt `Generator.generate(..., seed=s_i)` gives, in any batch.
+
+    Batches are padded to `batch_size` rows (rounded up to the replica count),
+    so the XLA decode loop compiles once per cache-length bucket, not per
+    bucket size.
+    """
+
+    def __init__(self, model: keras.Model, strategy, batch_size: int, use_xla: bool = True):
+        check_can_generate(strategy)
+        self.model = model
+        self.strategy = strategy
+        self.rows = -(-batch_size // replicas(strategy)) * replicas(strategy)
+        self.batch_size = batch_size
+        self.use_xla = use_xla
+        self._sharders: dict[tuple, RowSharder] = {}
+
+    def _sharder(self, length: int, n: int, sampling: tuple, eos_id: int | None) -> RowSharder:
+        key = (length, n, sampling, eos_id)
+        if key not in self._sharders:
+            sampler, temperature, top_k, top_p = sampling
+            model = self.model
+            decode = tf.function(
+                lambda *a: _decode_loop(model, *a, sampler=sampler, eos_id=eos_id),
+                jit_compile=self.use_xla,
+                reduce_retracing=True,
+            )
+
+            def per_replica(values):
+                prompts, seeds = values
+                logits, cache = _prefill(model, prompts, length)
+                buffer = decode(
+                    logits,
+                    cache,
+                    tf.shape(prompts)[1],
+                    tf.constant(n, tf.int32),
+                    tf.constant(temperature, tf.float32),
+                    tf.constant(top_k, tf.int32),
+                    tf.constant(top_p, tf.float32),
+                    seeds,
+                )
+                return buffer[:, :n]
+
+            self._sharders[key] = RowSharder(self.strategy, per_replica)
+        return self._sharders[key]
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        *,
+        sampler: str = "greedy",
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seeds: Sequence[int] | None = None,
+        eos_id: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[Completion]:
+        """Continues every prompt (token ids, each non-empty); `on_batch(rows done)`."""
+        check_sampler_args(sampler, temperature, top_k, top_p, max_new_tokens)
+        seeds = list(range(len(prompts))) if seeds is None else list(seeds)
+        fitted = []
+        n = max_new_tokens
+        for ids in prompts:
+            if not len(ids):
+                raise ValueError("every prompt needs at least one token (start from [eos_id])")
+            prompt, n = fit_prompt(np.asarray(ids, np.int32), max_new_tokens, self.model.max_length)
+            fitted.append(prompt)
+        results: list[Completion | None] = [None] * len(prompts)
+        sampling = (sampler, float(temperature), int(top_k), float(top_p))
+        for batch in plan_batches([len(p) for p in fitted], self.batch_size):
+            prompt_len = len(fitted[batch[0]])
+            length = cache_length(prompt_len + n, self.model.max_length)
+            # Pad every chunk to the same row count (repeats of its last row, dropped
+            # below): the XLA decode loop then compiles once per cache length.
+            take = batch + [batch[-1]] * (self.rows - len(batch))
+            ids = np.stack([fitted[i] for i in take])
+            row_seeds = np.array([[seeds[i], 0] for i in take], np.int64)
+            out = self._sharder(length, n, sampling, eos_id)((ids, row_seeds))[: len(batch)]
+            for i, row in zip(batch, out.tolist(), strict=True):
+                finish = "length"
+                if eos_id is not None and eos_id in row:
+                    row, finish = row[: row.index(eos_id)], "eos"
+                results[i] = Completion(fitted[i].tolist(), row, finish)
+            if on_batch is not None:
+                on_batch(len(batch))
+        return results  # type: ignore[return-value]
+
+
+class Progress:
+    """Prompts done and prompts/s: Keras' Progbar on a terminal, a line per update in
+    logs and pipes (where Progbar's in-place redraw becomes one unreadable line).
+    Silent when `enabled` is False (every worker but the chief)."""
+
+    def __init__(self, total: int, enabled: bool = True, unit: str = "prompts") -> None:
+        self.total, self.done, self.unit = total, 0, unit
+        self.enabled = enabled
+        self.start = time.perf_counter()
+        self.bar = None
+        if enabled and sys.stdout.isatty():
+            self.bar = keras.utils.Progbar(total, unit_name=unit, stateful_metrics=[f"{unit}/s"])
+
+    @property
+    def rate(self) -> float:
+        return self.done / max(time.perf_counter() - self.start, 1e-9)
+
+    def update(self, rows: int) -> None:
+        self.done += rows
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(self.done, values=[(f"{self.unit}/s", round(self.rate, 2))])
+        else:
+            line = f"{self.done}/{self.total} {self.unit}  {self.rate:.2f} {self.unit}/s"
+            print(line, flush=True)
+
+
+# ------------------------------------------------------------------ evaluation
+def lm_loss_sharded(
+    model: keras.Model,
+    strategy,
+    ids: np.ndarray,
+    seq_len: int,
+    batch_size: int,
+    max_batches: int = 0,
+    progress: Progress | None = None,
+) -> dict[str, float]:
+    """Mean token loss and perplexity over the windows one device evaluates.
+
+    The same windows as `tfllm.evaluation.metrics.lm_loss_and_perplexity`
+    (`eval_dataset`: in order, whole batches of `batch_size`); every global
+    batch is sharded over replicas and each window's summed cross-entropy comes
+    back in order, then is added up in float64 in window order, so the total
+    does not depend on how many replicas computed it.
+    """
+    from tfllm.data.lm_data import eval_dataset
+    from tfllm.training.tasks import token_cross_entropy
+
+    def per_window(values):
+        inputs, targets = values
+        ce = token_cross_entropy(targets, model(inputs, training=False))
+        return tf.reduce_sum(tf.cast(ce, tf.float32), axis=-1)
+
+    sharder = RowSharder(strategy, per_window)
+    total, count = 0.0, 0
+    for i, (inputs, targets) in enumerate(eval_dataset(ids, seq_len, batch_size)):
+        if max_batches and i >= max_batches:
+            break
+        sums = sharder((inputs.numpy(), targets.numpy()))
+        total += float(np.sum(sums.astype(np.float64)))
+        count += int(np.prod(inputs.shape))
+        if progress is not None:
+            progress.update(int(inputs.shape[0]))
+    loss = total / count
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
+
+
+def predict_probabilities_sharded(
+    strategy, model: keras.Model, split, batch_size: int, *, max_length: int
+) -> np.ndarray:
+    """`tfllm.training.tasks.predict_probabilities` with each batch sharded over replicas:
+    the same batches (in order, none dropped), softmax(model(ids)) per row, [N, C]."""
+    from tfllm.data.classification_data import make_classification_dataset
+
+    def per_row(ids):
+        return tf.nn.softmax(tf.cast(model(ids, training=False), tf.float32), axis=-1)
+
+    sharder = RowSharder(strategy, per_row)
+    dataset = make_classification_dataset(
+        split, batch_size, shuffle=False, repeat=False, max_length=max_length, drop_remainder=False
+    )
+    return np.concatenate([sharder(ids.numpy()) for ids, _ in dataset], axis=0)
+
+
+# -------------------------------------------------------------------- runtime
+INFERENCE_STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
+
+
+def inference_runtime(
+    saved: ml_collections.ConfigDict,
+    strategy: str,
+    logical_cpus: int | None,
+    tensor_parallel: int | None,
+) -> ml_collections.ConfigDict:
+    """The runtime section inference runs under.
+
+    `strategy="checkpoint"` takes the workdir's own `config.runtime` (how it
+    was trained); any other value starts from one device. `logical_cpus` /
+    `tensor_parallel`, when given, override either.
+    """
+    from tfllm.config import base_config
+
+    if strategy == "checkpoint":
+        runtime = ml_collections.ConfigDict(saved.to_dict())
+        if runtime.strategy not in INFERENCE_STRATEGIES:
+            raise ConfigError(
+                f"--strategy=checkpoint: the run was trained with {runtime.strategy!r}, which "
+                f"inference does not run under; pick one of {', '.join(INFERENCE_STRATEGIES)}"
+            )
+    else:
+        runtime = base_config().runtime
+        runtime.strategy = strategy
+    if logical_cpus is not None:
+        runtime.logical_cpus = logical_cpus
+    if tensor_parallel is not None:
+        runtime.tensor_parallel = tensor_parallel
+    if int(runtime.tensor_parallel) > 1 and runtime.strategy != "default":
+        raise ConfigError(
+            "--tensor_parallel: runs on its own DTensor mesh (its batch axis is the data "
+            f"parallelism); use it with --strategy=default, not {runtime.strategy!r}"
+        )
+    if int(runtime.get("pipeline_stages", 1)) > 1:
+        runtime.pipeline_stages = 1  # inference runs the whole model on every replica
+        runtime.num_microbatches = 1
+    return runtime
+
+
+def create_inference_strategy(runtime: ml_collections.ConfigDict):
+    """Logical CPUs and threads first (before TensorFlow picks devices), then the strategy."""
+    from tfllm.training.strategy import (
+        configure_logical_cpus,
+        configure_threads,
+        create_strategy,
+    )
+
+    configure_logical_cpus(int(runtime.logical_cpus))
+    configure_threads(int(runtime.intra_op_threads), int(runtime.inter_op_threads))
+    return create_strategy(runtime)
+
+
+def strategy_label(strategy) -> str:
+    """`mirrored × 2 replicas`, `tensor parallel 2 (mesh 1 × 2)`, ... for summaries."""
+    from tfllm.parallel.tensor_parallel import MeshStrategy
+
+    if isinstance(strategy, MeshStrategy):
+        return (
+            f"tensor parallel {strategy.tensor_parallel} "
+            f"(mesh {strategy.data_parallel} × {strategy.tensor_parallel})"
+        )
+    name = {
+        "_DefaultDistributionStrategy": "default",
+        "OneDeviceStrategy": "one_device",
+        "MirroredStrategy": "mirrored",
+        "MultiWorkerMirroredStrategy": "multi_worker",
+        "CollectiveAllReduceStrategy": "multi_worker",  # what MultiWorkerMirrored builds
+    }.get(type(strategy).__name__, type(strategy).__name__)
+    return f"{name} × {strategy.num_replicas_in_sync} replica(s)"
