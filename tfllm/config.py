@@ -308,12 +308,7 @@ _RULES: tuple[_Rule, ...] = (
         "[] (off) or [start, stop] with 0 <= start < stop",
     ),
     _Rule("runtime.tensor_parallel", int, _positive, "a positive integer (1 = off)"),
-    _Rule(
-        "runtime.pipeline_stages",
-        int,
-        lambda v: v == 1,
-        "1 (pipeline parallelism is not implemented yet)",
-    ),
+    _Rule("runtime.pipeline_stages", int, _positive, "a positive integer (1 = off)"),
     _Rule("runtime.num_microbatches", int, _positive, "a positive integer"),
     _Rule("export.max_new_tokens", int, _positive, "a positive integer"),
     _Rule(
@@ -421,11 +416,7 @@ def _validate_relations(config: ml_collections.ConfigDict) -> None:
                 f"config.model.num_layers={model.num_layers}"
             )
     _validate_tensor_parallel(config)
-    if runtime.num_microbatches != 1:
-        raise ConfigError(
-            "config.runtime.num_microbatches: must be 1 (pipeline parallelism is not "
-            "implemented yet)"
-        )
+    _validate_pipeline(config)
 
 
 def _validate_tensor_parallel(config: ml_collections.ConfigDict) -> None:
@@ -469,6 +460,63 @@ def _validate_tensor_parallel(config: ml_collections.ConfigDict) -> None:
     if method:
         raise ConfigError(
             f"config.compress.method: {method!r} does not run under tensor_parallel={n}"
+        )
+
+
+def _validate_pipeline(config: ml_collections.ConfigDict) -> None:
+    """GPipe splits the GPT's blocks over K devices and each batch into M micro-batches.
+
+    Micro-batches compose with `train.grad_accum_steps` (each accumulation step
+    is one pipelined batch of M micro-batches), so the batch must split into
+    both. Tensor parallelism is refused in `_validate_tensor_parallel`.
+    """
+    model, runtime, train = config.model, config.runtime, config.train
+    k, m = runtime.pipeline_stages, runtime.num_microbatches
+    if k == 1:
+        if m != 1:
+            raise ConfigError(
+                f"config.runtime.num_microbatches: {m} needs config.runtime.pipeline_stages > 1 "
+                "(to split a batch on one device use config.train.grad_accum_steps)"
+            )
+        return
+    if model.name != "gpt":
+        raise ConfigError(
+            f"config.runtime.pipeline_stages: {k} is implemented for model 'gpt' only, "
+            f"got config.model.name={model.name!r}"
+        )
+    if k > model.num_layers:
+        raise ConfigError(
+            f"config.runtime.pipeline_stages: {k} stages exceed "
+            f"config.model.num_layers={model.num_layers} (each stage needs a block)"
+        )
+    if runtime.strategy != "default":
+        raise ConfigError(
+            f"config.runtime.pipeline_stages: {k} places its stages on devices itself; set "
+            f"strategy 'default', got {runtime.strategy!r}"
+        )
+    if runtime.jit_compile:
+        # Measured (TF 2.21): "Trying to access resource ... located in device
+        # CPU:1 from device CPU:0" — an XLA cluster runs on one device.
+        raise ConfigError(
+            f"config.runtime.jit_compile: not supported with pipeline_stages={k} (XLA compiles "
+            "the step for one device; the stages' variables live on several)"
+        )
+    per_step = train.batch_size // train.grad_accum_steps
+    if per_step % m:
+        accum = (
+            f" (config.train.batch_size={train.batch_size} / "
+            f"grad_accum_steps={train.grad_accum_steps})"
+            if train.grad_accum_steps > 1
+            else ""
+        )
+        raise ConfigError(
+            f"config.runtime.num_microbatches: {m} does not divide the per-replica batch "
+            f"{per_step}{accum}"
+        )
+    method = config.get("compress", {}).get("method", "")
+    if method:
+        raise ConfigError(
+            f"config.compress.method: {method!r} does not run under pipeline_stages={k}"
         )
 
 

@@ -223,8 +223,11 @@ class MeshStrategy:
 
 
 def build_on(strategy, build: Callable[[], keras.Model]) -> keras.Model:
-    """Builds the model for `strategy`: sharded on a mesh, else as `build()` does."""
-    if isinstance(strategy, MeshStrategy):
+    """Builds the model for `strategy`: sharded on a mesh, placed per pipeline stage,
+    else as `build()` does."""
+    from tfllm.parallel.pipeline import PipelineStrategy
+
+    if isinstance(strategy, (MeshStrategy, PipelineStrategy)):
         return strategy.build_model(build)
     return build()
 

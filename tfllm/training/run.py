@@ -73,6 +73,7 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from tfllm.data.tokenizer import Tokenizer
     from tfllm.inference.generate import Generator, generate_text
     from tfllm.models import build_model
+    from tfllm.parallel.pipeline import PipelineStrategy
     from tfllm.parallel.tensor_parallel import HostCopy, MeshStrategy
     from tfllm.training.strategy import create_strategy, is_chief, is_parameter_server
     from tfllm.training.trainer import LMTrainer, check_batch_divisible
@@ -139,8 +140,13 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str) -> dict:
         sample_fn=sample_fn,
         plugins=training_plugins(config),
     )
+    if isinstance(strategy, PipelineStrategy):
+        per_device = strategy.parameters_per_device(trainer.model)
+        print(f"{strategy.describe()}; parameters per device {per_device}", flush=True)
     metrics = trainer.train()
     metrics["train_tokens"] = int(len(train_ids))
+    if isinstance(strategy, PipelineStrategy):
+        metrics["parameters_per_device"] = strategy.parameters_per_device(trainer.model)
     if is_chief(strategy):
         atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     return metrics

@@ -127,12 +127,17 @@ def serve_cluster_task(runtime: ml_collections.ConfigDict) -> bool:
 
 
 def create_strategy(runtime: ml_collections.ConfigDict) -> tf.distribute.Strategy:
-    """Builds the strategy named by `runtime.strategy` (a DTensor mesh under tensor_parallel)."""
+    """Builds the strategy named by `runtime.strategy` (a DTensor mesh under tensor_parallel,
+    GPipe stages under pipeline_stages)."""
     name = runtime.strategy
     if int(runtime.get("tensor_parallel", 1)) > 1:
         from tfllm.parallel.tensor_parallel import MeshStrategy
 
         return MeshStrategy(int(runtime.tensor_parallel))
+    if int(runtime.get("pipeline_stages", 1)) > 1:
+        from tfllm.parallel.pipeline import PipelineStrategy
+
+        return PipelineStrategy(int(runtime.pipeline_stages), int(runtime.num_microbatches))
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "one_device":

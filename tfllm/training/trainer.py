@@ -31,6 +31,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfllm.errors import ConfigError, TfllmError
+from tfllm.parallel.pipeline import PipelineStrategy
 from tfllm.parallel.tensor_parallel import build_on
 from tfllm.training.hparams import write_hparams
 from tfllm.training.optim import create_optimizer
@@ -323,8 +324,13 @@ class Trainer:
         accum = int(self.config.train.grad_accum_steps)
         loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         plugins = self.plugins
+        # GPipe: the loss runs stage by stage over micro-batches, the gradients
+        # on each stage's device (tfllm.parallel.pipeline).
+        pipeline = strategy if isinstance(strategy, PipelineStrategy) else None
 
         def per_example_loss(inputs, targets):
+            if pipeline is not None:
+                return pipeline.per_example_loss(task, model, inputs, targets, training=True)
             for plugin in plugins:
                 loss = plugin.per_example_loss(task, model, inputs, targets, training=True)
                 if loss is not None:
@@ -340,7 +346,10 @@ class Trainer:
                 if model.losses:
                     loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
                 scaled = optimizer.scale_loss(loss) if loss_scaling else loss
-            grads = tape.gradient(scaled, train_variables)
+            if pipeline is not None:
+                grads = pipeline.gradients(scaled, train_variables)
+            else:
+                grads = tape.gradient(scaled, train_variables)
             # Embedding lookups give sparse IndexedSlices gradients; densify them so
             # accumulation, all-reduce, clipping and scaling treat every variable alike
             # (the tables here are small; a dense all-reduce is also simpler to fuse).

@@ -1,0 +1,337 @@
+"""GPipe pipeline parallelism for the GPT: consecutive blocks on K devices.
+
+`config.runtime.pipeline_stages=K` splits the GPT into K stages of
+consecutive transformer blocks, as evenly as possible (`np.array_split`: with
+L % K != 0 the first stages take one block more). The token and position
+embeddings live with the first stage, the final LayerNorm with the last. Every
+variable of a stage, and every optimizer slot of such a variable, is created
+under `tf.device(<stage device>)`: GPUs if the host has any, else the logical
+CPUs of `config.runtime.logical_cpus`.
+
+The tied head. The LM head is the token embedding used in reverse, and that
+matrix lives with the first stage. Once per optimizer step the last stage
+reads it (one copy of the `[vocab, d]` matrix from the first device to the
+last) and every micro-batch's head uses that copy; its gradient comes back the
+same way, once per step, summed over the micro-batches on the last device.
+One copy per step instead of one per micro-batch, and no second weight that
+would have to be kept equal to the first.
+
+The schedule is GPipe (Huang et al. 2019). Inside the training step's
+`tf.function` the batch is split into `num_microbatches=M` micro-batches;
+each runs stage by stage, its activations copied from device to device, and
+the per-example losses of all of them form the batch's loss. The backward
+pass uses `tf.gradients`, which puts every gradient op on the device of the
+forward op it differentiates (`tf.GradientTape` leaves gradient ops without a
+device, so TensorFlow would run the whole backward pass on the first device;
+measured). Each variable's gradient is the sum of its micro-batches'
+contributions, which is the gradient of the whole batch's mean loss (every
+micro-batch's per-example losses are scaled by the same global batch size),
+and the trainer then clips and applies it in one optimizer step. Nothing
+orders micro-batch i+1 after micro-batch i except the data, so TensorFlow's
+dataflow executor is free to run stage k on micro-batch i while stage k+1
+runs micro-batch i-1; what it does on this host is measured in
+docs/distributed.md. The idle fraction of a GPipe step ("bubble") is
+(K-1)/(M+K-1).
+
+Checkpoints stay layout-free: variables keep their one-device paths and
+shapes, and `tf.train.Checkpoint` writes values, not devices, so a K-stage
+checkpoint restores on one device and the reverse.
+
+`PipelineStrategy` has the part of the `tf.distribute.Strategy` interface the
+training loop and the tasks use (scope, run, reduce,
+distribute_datasets_from_function, num_replicas_in_sync), like
+`tfllm.parallel.tensor_parallel.MeshStrategy`; the trainer asks it for the
+staged per-example loss and the placed gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from tfllm.errors import ConfigError
+from tfllm.parallel.mesh import accelerator_devices
+
+_BLOCK = re.compile(r"(?:^|/)block_(\d+)(?:/|$)")
+_FIRST_STAGE = ("token_embedding", "position_embedding")
+_LAST_STAGE = ("final_norm",)
+
+
+def bubble_fraction(stages: int, num_microbatches: int) -> float:
+    """GPipe's idle share of a step: (K-1)/(M+K-1) (each device waits K-1 slots)."""
+    return (stages - 1) / (num_microbatches + stages - 1)
+
+
+def block_stages(num_layers: int, stages: int) -> list[int]:
+    """The stage of each transformer block: consecutive runs, as even as possible."""
+    if not 1 <= stages <= num_layers:
+        raise ConfigError(
+            f"config.runtime.pipeline_stages: {stages} stages need at least {stages} "
+            f"transformer blocks, the model has {num_layers}"
+        )
+    owner: list[int] = []
+    for stage, part in enumerate(np.array_split(np.arange(num_layers), stages)):
+        owner.extend([stage] * len(part))
+    return owner
+
+
+def variable_stage(path: str, owners: Sequence[int]) -> int | None:
+    """The stage holding the GPT variable at `path` (e.g. `gpt/block_3/.../kernel`);
+    None for a variable of no layer (dropout's `seed_generator/seed_generator_state`)."""
+    match = _BLOCK.search(path)
+    if match:
+        return owners[int(match.group(1))]
+    parts = path.split("/")
+    if any(name in parts for name in _FIRST_STAGE):
+        return 0
+    if any(name in parts for name in _LAST_STAGE):
+        return max(owners)
+    return None
+
+
+class _PlacingCreator:
+    """A `tf.variable_creator_scope` creator that puts each variable on its stage.
+
+    Model variables take the next planned (path, value) in creation order, so
+    the pipelined model starts from exactly the weights a one-device build
+    with the same seed has; optimizer slots (Keras names them
+    `{variable path with / as _}_{slot}`) go to their variable's device;
+    anything else (step counter, learning rate) where TensorFlow puts it.
+    """
+
+    def __init__(self) -> None:
+        self.plan: deque[tuple[str, np.ndarray, str | None]] = deque()
+        self.slot_devices: dict[str, str] = {}
+        self.paused = False
+
+    def __call__(self, next_creator: Callable, **kwargs) -> tf.Variable:
+        if self.paused:
+            return next_creator(**kwargs)
+        if self.plan:
+            path, value, device = self.plan.popleft()
+            initial = kwargs["initial_value"]
+            shape = tuple((initial() if callable(initial) else initial).shape)
+            if shape != value.shape:
+                raise RuntimeError(f"pipeline parallel build: {path} changed shape between builds")
+            kwargs["initial_value"] = value
+            with tf.device(device):  # tf.device(None) keeps the surrounding placement
+                return next_creator(**kwargs)
+        name = kwargs.get("name") or ""
+        owners = [prefix for prefix in self.slot_devices if name.startswith(prefix + "_")]
+        if owners:
+            with tf.device(self.slot_devices[max(owners, key=len)]):
+                return next_creator(**kwargs)
+        return next_creator(**kwargs)
+
+
+class _TiedHead:
+    """The GPT's final LayerNorm and tied head on the last stage, reading the
+    embedding matrix through the one per-step copy (`table`).
+
+    The same arithmetic as `GPT._logits` with `ReversibleEmbedding(reverse=True)`
+    (the pipeline test compares gradients with the unsplit model's, so a change
+    there fails loudly). Called like a model, so a task's `per_example_loss`
+    computes its loss from the last stage's activations.
+    """
+
+    def __init__(self, model: keras.Model, table: tf.Tensor) -> None:
+        self.model = model
+        self.table = table
+
+    def __call__(self, hidden: tf.Tensor, training: bool = False) -> tf.Tensor:
+        del training  # LayerNorm and the matmul behave the same in both modes
+        embedding = self.model.token_embedding
+        if not embedding.tie_weights:
+            raise RuntimeError("pipeline parallel: the GPT's head is expected to be tied")
+        x = self.model.final_norm(hidden)
+        kernel = ops.transpose(self.table)
+        if embedding.reverse_dtype is not None:
+            x = ops.cast(x, embedding.reverse_dtype)
+            kernel = ops.cast(kernel, embedding.reverse_dtype)
+        logits = ops.matmul(x, kernel)
+        if embedding.logit_soft_cap is not None:
+            cap = embedding.logit_soft_cap
+            logits = ops.multiply(ops.tanh(ops.divide(logits, cap)), cap)
+        return tf.cast(logits, tf.float32)
+
+
+class PipelineStrategy:
+    """Runs the training loop with the GPT split into stages (see module doc)."""
+
+    num_replicas_in_sync = 1
+    cluster_resolver = None
+
+    def __init__(
+        self, stages: int, num_microbatches: int, devices: Sequence[str] | None = None
+    ) -> None:
+        device_type, available = accelerator_devices()
+        available = list(available if devices is None else devices)
+        if len(available) < stages:
+            raise ConfigError(
+                f"config.runtime.pipeline_stages: {stages} stages need {stages} devices, this "
+                f"host has {len(available)} {device_type} device(s) (on a CPU host set "
+                f"config.runtime.logical_cpus={stages})"
+            )
+        self.stages = stages
+        self.num_microbatches = num_microbatches
+        self.devices = available[:stages]
+        self.block_stage: list[int] = []
+        self._creator = _PlacingCreator()
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """Every variable created inside lands on its stage's device (re-entrant)."""
+        if self._depth:
+            yield
+            return
+        self._depth += 1
+        try:
+            with tf.variable_creator_scope(self._creator):
+                yield
+        finally:
+            self._depth -= 1
+
+    def build_model(self, build: Callable[[], keras.Model]) -> keras.Model:
+        """`build()` twice: on the host (paths, initial values), then placed per stage."""
+        order: list[tf.Variable] = []
+
+        def record(next_creator: Callable, **kwargs) -> tf.Variable:
+            variable = next_creator(**kwargs)
+            order.append(variable)
+            return variable
+
+        self._creator.paused = True
+        try:
+            with tf.variable_creator_scope(record):
+                host_model = build()
+        finally:
+            self._creator.paused = False
+        self.block_stage = block_stages(int(host_model.num_layers), self.stages)
+        paths = {id(v.value): v.path for v in host_model.variables}
+        for variable in order:
+            if id(variable) in paths:
+                path = paths[id(variable)]
+                stage = variable_stage(path, self.block_stage)
+                if stage is None and variable.trainable:
+                    raise RuntimeError(f"pipeline parallel: no stage for weight {path!r}")
+                # Dropout's RNG states (2 integers each, no layer in their path)
+                # stay where TensorFlow puts them.
+                device = None if stage is None else self.devices[stage]
+                self._creator.plan.append((path, variable.numpy(), device))
+        del host_model
+        order.clear()
+        with self.scope():
+            model = build()
+        if self._creator.plan:
+            raise RuntimeError("pipeline parallel build: the second build created fewer variables")
+        self._creator.slot_devices.update(
+            {v.path.replace("/", "_"): v.value.device for v in model.variables}
+        )
+        return model
+
+    def stage_device(self, path: str) -> str | None:
+        """The device a model variable at `path` belongs on (None: no stage)."""
+        stage = variable_stage(path, self.block_stage)
+        return None if stage is None else self.devices[stage]
+
+    def parameters_per_device(self, model: keras.Model) -> dict[str, int]:
+        """Parameters each stage device holds (`CPU:1` → count), read from the
+        variables' actual placement (RNG states, which are no parameters, left out)."""
+        counts = {_short(device): 0 for device in self.devices}
+        for variable in model.weights:
+            if variable_stage(variable.path, self.block_stage) is not None:
+                counts[_short(variable.value.device)] += int(np.prod(variable.shape))
+        return counts
+
+    # ------------------------------------------------------------ the step
+    def per_example_loss(
+        self,
+        task,
+        model: keras.Model,
+        inputs: tf.Tensor,
+        targets: tf.Tensor,
+        training: bool,
+    ) -> tf.Tensor:
+        """The task's per-example loss of the batch, computed as M staged micro-batches.
+
+        The loss is computed on the last stage (the task sees `_TiedHead` as its
+        model); the result is the per-example losses of the whole batch in
+        order, so the trainer's mean over the global batch is unchanged.
+        """
+        first, last = self.devices[0], self.devices[-1]
+        m = self.num_microbatches
+        with tf.device(last):
+            # The tied head's one copy of the embedding matrix per step.
+            table = tf.identity(
+                tf.cast(model.token_embedding.embeddings, model.token_embedding.compute_dtype)
+            )
+            head = _TiedHead(model, table)
+            micro_targets = tf.split(targets, m) if m > 1 else [targets]
+        with tf.device(first):
+            micro_inputs = tf.split(inputs, m) if m > 1 else [inputs]
+        losses = []
+        for x, y in zip(micro_inputs, micro_targets, strict=True):
+            with tf.device(first):
+                hidden = model._embed(x, 0, training)  # noqa: SLF001 - the GPT's own stem
+            for block, stage in zip(model.blocks, self.block_stage, strict=True):
+                with tf.device(self.devices[stage]):
+                    hidden = block(hidden, training=training)
+            with tf.device(last):
+                losses.append(task.per_example_loss(head, hidden, y, training))
+        with tf.device(last):
+            return tf.concat(losses, axis=0) if m > 1 else losses[0]
+
+    def gradients(self, loss: tf.Tensor, variables: Sequence) -> list:
+        """d loss / d variables with every gradient op on its forward op's device.
+
+        `tf.gradients` colocates each gradient with the op it differentiates,
+        so stage k's backward runs on stage k's device; the tape would leave
+        the gradient ops unplaced. Graph mode only (the train step is a
+        tf.function).
+        """
+        return tf.gradients(loss, [getattr(v, "value", v) for v in variables])
+
+    # ----------------------------------------- the tf.distribute surface
+    def run(self, fn: Callable, args: tuple = (), kwargs: dict | None = None):
+        return fn(*args, **(kwargs or {}))
+
+    def reduce(self, op: tf.distribute.ReduceOp, value, axis: int | None):
+        """One replica: values are already global; only an `axis` needs reducing."""
+        if axis is None:
+            return value
+        if op == tf.distribute.ReduceOp.SUM:
+            return tf.reduce_sum(value, axis=axis)
+        return tf.reduce_mean(value, axis=axis)
+
+    def distribute_datasets_from_function(
+        self, dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset], options=None
+    ) -> tf.data.Dataset:
+        """The task's global batches, as one device would read them."""
+        del options
+        return dataset_fn(tf.distribute.InputContext(1, 0, 1))
+
+    def describe(self) -> str:
+        """One line: stages, their blocks and devices, micro-batches, bubble."""
+        spans = []
+        for stage, device in enumerate(self.devices):
+            blocks = [i for i, s in enumerate(self.block_stage) if s == stage]
+            spans.append(f"{_short(device)}: blocks {blocks[0]}-{blocks[-1]}")
+        bubble = bubble_fraction(self.stages, self.num_microbatches)
+        return (
+            f"pipeline {self.stages} stages ({'; '.join(spans)}), "
+            f"{self.num_microbatches} micro-batches, bubble {bubble:.0%}"
+        )
+
+
+def _short(device: str) -> str:
+    """`CPU:1` from a full device name such as `/job:localhost/.../device:CPU:1`."""
+    spec = tf.DeviceSpec.from_string(device)
+    return f"{spec.device_type}:{spec.device_index}"
