@@ -151,6 +151,25 @@ TABLE = [
     ("generate", ["--workdir={w}", "--num_samples=0"], ["--num_samples"]),
     ("generate", ["--workdir={w}", "--backend=saved_model"], ["no SavedModel"]),
     ("generate", ["--workdir={w}/missing"], ["--workdir", "no such directory"]),
+    ("generate", ["--workdir={trained}", "--input_file={w}/none.txt", "--output_file={w}/o.jsonl"],
+     ["--input_file", "no such file"]),
+    ("generate", ["--workdir={trained}", "--input_file={file}", "--output_file={w}/o.jsonl"],
+     ["--input_file", "has no prompts"]),
+    ("generate", ["--workdir={trained}", "--input_file={prompts}", "--output_file={w}/no/o.jsonl"],
+     ["--output_file", "no such directory"]),
+    ("generate", ["--workdir={trained}", "--input_file={prompts}", "--output_file={w}"],
+     ["--output_file", "is a directory"]),
+    ("generate", ["--workdir={trained}", "--input_file={prompts}", "--output_file={w}/o.jsonl",
+                  "--prompt=hi"], ["--input_file", "not both"]),
+    ("generate", ["--workdir={trained}", "--input_file={prompts}"], ["--output_file"]),
+    ("generate", ["--workdir={trained}", "--input_file={badjsonl}", "--output_file={w}/o.jsonl"],
+     ["--input_file", ":2:", "'prompt'"]),
+    ("generate", ["--workdir={trained}", "--input_file={prompts}", "--output_file={w}/o.jsonl",
+                  "--batch_size=0"], ["--batch_size"]),
+    ("generate", ["--workdir={trained}", "--input_file={prompts}", "--output_file={w}/o.jsonl",
+                  "--tensor_parallel=2", "--logical_cpus=2"], ["--tensor_parallel", "mesh"]),
+    ("generate", ["--workdir={w}", "--strategy=mirrored"], ["--strategy", "--input_file"]),
+    ("evaluate", ["--workdir={trained}", "--strategy=multi_worker"], ["TF_CONFIG"]),
     ("evaluate", ["--workdir={w}"], ["--workdir"]),
     ("evaluate", ["--workdir={w}", "--batch_size=0"], ["--batch_size"]),
     ("evaluate", ["--workdir={trained}", "--data={w}/missing.txt"], ["--data", "no such file"]),
@@ -172,12 +191,18 @@ def test_bad_input_table(request, tmp_path, command, args, needles):
     workdir.mkdir()
     a_file = tmp_path / "a_file.txt"
     a_file.write_text("")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("ROMEO:\nKING\n")
+    bad_jsonl = tmp_path / "prompts.jsonl"
+    bad_jsonl.write_text('{"prompt": "ok"}\n{"text": "no prompt field"}\n')
     trained = request.getfixturevalue("trained_workdir") if any(
         "{trained}" in a for a in args) else ""
-    args = [a.format(w=workdir, file=a_file, trained=trained) for a in args]
+    args = [a.format(w=workdir, file=a_file, trained=trained, prompts=prompts, badjsonl=bad_jsonl)
+            for a in args]
     proc = run_cli(command, *args)
     _assert_clean_failure(proc, *needles)
     ours = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"tfllm-{command}: error:")]
     assert len(ours) == 1, proc.stderr[-2000:]
     _assert_nothing_written(workdir)
     assert not (workdir / ".lock").exists()
+    assert not list(workdir.glob("o.jsonl*"))  # no (half-)written generate output

@@ -175,7 +175,7 @@ class BatchGenerator:
 
     Batches are padded to `batch_size` rows (rounded up to the replica count),
     so the XLA decode loop compiles once per cache-length bucket, not per
-    bucket size.
+    bucket size (the price: a bucket of one prompt decodes a whole batch).
     """
 
     def __init__(self, model: keras.Model, strategy, batch_size: int, use_xla: bool = True):
