@@ -1,6 +1,7 @@
-"""The journey `tfllm-pipeline` runs by default (docs/pipeline.md): a GPT on Tiny
-Shakespeare, a transformer classifier fine-tuned from it on SST-2, CNN and MLP
-baselines, pruning, distillation, exports, verification, benchmark, report.
+"""The journey `tfllm-pipeline` runs by default (docs/pipeline.md): a GPT pretrained
+on SST-2's sentences (labels unused), a transformer classifier fine-tuned from it
+on SST-2's labels, CNN and MLP baselines, pruning, distillation, exports,
+verification, benchmark, report.
 
 Usage: tfllm-pipeline --config=configs/pipeline.py --workdir=runs/quickstart
        tfllm-pipeline --config=configs/pipeline.py:full --workdir=runs/full

@@ -121,6 +121,7 @@ def base_config() -> ml_collections.ConfigDict:
             class_weights="none",  # none | balanced (weight ~ 1 / class frequency)
             sample_prompts=["ROMEO:", "To be, or not"],
             sample_tokens=48,
+            weight_histograms=False,  # TensorBoard histograms of every weight at each eval
         )
     )
     config.runtime = ml_collections.ConfigDict(
@@ -285,6 +286,7 @@ _RULES: tuple[_Rule, ...] = (
     _Rule("train.backbone_lr_scale", (int, float), lambda v: 0 < v <= 1, "in (0, 1]"),
     _Rule("train.class_weights", str, _one_of(CLASS_WEIGHTS), f"one of {', '.join(CLASS_WEIGHTS)}"),
     _Rule("train.sample_tokens", int, _non_negative, "a non-negative integer"),
+    _Rule("train.weight_histograms", bool),
     _Rule("runtime.strategy", str, _one_of(STRATEGIES), f"one of {', '.join(STRATEGIES)}"),
     _Rule("runtime.logical_cpus", int, _non_negative, "a non-negative integer"),
     _Rule("runtime.precision", str, _one_of(PRECISIONS), f"one of {', '.join(PRECISIONS)}"),

@@ -12,7 +12,7 @@ import tensorflow as tf
 from conftest import REPO, last_stderr_line, run_cli
 
 from tfllm.data.sources import lm_token_streams, load_text_splits
-from tfllm.export.lm_tflite import export_lm_tflite
+from tfllm.export.lm_tflite import export_lm_tflite, representative_dataset
 from tfllm.export.saved_model import VerificationError
 from tfllm.inference.generate import Generator
 from tfllm.inference.litert_lm import LiteRTGenerator, LiteRTLM
@@ -106,6 +106,16 @@ def test_litert_generator_follows_keras(float_export, trained, sampling):
     keras_ids = Generator(trained.model).generate(prompt, 20, eos_id=eos, **sampling)
     litert_ids = LiteRTGenerator(lm).generate(prompt, 20, eos_id=eos, **sampling)
     np.testing.assert_array_equal(keras_ids, litert_ids)
+
+
+def test_calibration_decode_positions_exist(trained, streams):
+    """int8 calibration feeds decode steps; each must have a cache slot left
+    (position < context). A full-context prefill bucket once produced position
+    == context, which TFLite's position gather rejects during conversion."""
+    max_length = int(trained.model.max_length)
+    generate = representative_dataset(trained.model, streams[0], [max_length])
+    positions = [int(inputs["position"][0]) for name, inputs in generate() if name == "decode"]
+    assert positions and max(positions) < max_length
 
 
 def test_quantized_exports_stay_within_budget(trained, streams, tmp_path):

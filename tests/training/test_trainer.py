@@ -47,18 +47,39 @@ def test_tiny_run_learns_and_writes_every_artifact(corpus_file, tmp_path, capsys
     assert [h["step"] for h in history] == [10, 20, 30, 40, 50, 60]
 
 
-def test_tensorboard_has_scalars_and_text_samples(corpus_file, tmp_path):
+def test_tensorboard_has_scalars_text_samples_and_weight_histograms(corpus_file, tmp_path):
+    import numpy as np
     import tensorflow as tf
 
+    from tfllm.inference.loading import load_trained
+
     workdir = tmp_path / "w"
-    _train(corpus_file, workdir, steps=20)
-    tags = set()
+    config = tiny_config(corpus_file, steps=20)
+    config.train.weight_histograms = True
+    setup_runtime(config)
+    train_lm(config, str(workdir))
+    tags, histograms = set(), {}
     for event_file in (workdir / "tensorboard").rglob("events.out.tfevents.*"):
         for record in tf.compat.v1.train.summary_iterator(str(event_file)):
-            tags.update(v.tag for v in record.summary.value)
+            for value in record.summary.value:
+                tags.add(value.tag)
+                if value.tag.startswith("weights/"):
+                    tensor = tf.make_ndarray(value.tensor)  # rows of (left, right, count)
+                    histograms[(value.tag, record.step)] = tensor
     for tag in ("loss", "learning_rate", "grad_norm", "tokens_per_second", "perplexity",
                 "samples"):
         assert tag in tags, tags
+    # One histogram per weight per eval (steps 20 = the end), and the last one
+    # summarises exactly the weights the checkpoint holds.
+    model = load_trained(str(workdir)).model
+    assert {step for _, step in histograms} == {20}
+    assert len(histograms) == len(model.trainable_variables)
+    for variable in model.trainable_variables:
+        buckets = histograms[(f"weights/{variable.path.split('/', 1)[1]}", 20)]
+        weights = np.asarray(variable)
+        assert buckets[:, 2].sum() == weights.size, variable.path
+        assert np.isclose(buckets[0, 0], weights.min()), variable.path
+        assert np.isclose(buckets[-1, 1], weights.max()), variable.path
 
 
 def test_changed_model_cannot_resume_old_checkpoints(corpus_file, tmp_path):

@@ -139,7 +139,9 @@ def representative_dataset(
             if len(window) < 2:
                 continue
             width = buckets[i % len(buckets)]
-            length = int(rng.integers(1, min(width, len(window) - 1) + 1))
+            # The decode step after it writes cache slot `length`, so the prompt
+            # leaves at least one slot free (position max_length does not exist).
+            length = int(rng.integers(1, min(width, len(window) - 1, max_length - 1) + 1))
             tokens = np.zeros([1, width], np.int32)
             tokens[0, :length] = window[:length]
             yield (

@@ -75,9 +75,7 @@ def run_classifier_stages(
     os.makedirs(workdir, exist_ok=True)
     metrics_path = os.path.join(workdir, "metrics.json")
 
-    def stage(name: str, done: bool, fn) -> None:
-        if name in stages:
-            run.stage(prefix + name, done, fn)
+    stage = run.part(prefix, stages)
 
     def train_stage() -> str:
         metrics = train(config, workdir)

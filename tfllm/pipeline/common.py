@@ -135,6 +135,19 @@ class PipelineRun:
             flush=True,
         )
 
+    def part(self, prefix: str, stages: Sequence[str]) -> Callable[[str, bool, Callable], None]:
+        """`stage` for one part of a larger pipeline (the journey's `lm.*`, `cnn.*`, ...).
+
+        The part names its stages without the prefix; only those in `stages`
+        run, so a part can leave a stage to the pipeline around it.
+        """
+
+        def stage(name: str, done: bool, fn: Callable[[], str]) -> None:
+            if name in stages:
+                self.stage(prefix + name, done, fn)
+
+        return stage
+
 
 def training_done(config: ml_collections.ConfigDict, metrics: dict) -> bool:
     """Training is finished when it reached num_steps or stopped early at its last step."""

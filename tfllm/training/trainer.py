@@ -582,6 +582,8 @@ class Trainer:
                     last_eval = self.evaluate()
                     record.update(last_eval)
                     self._write_eval_summaries(eval_writer, last_eval)
+                    if cfg.get("weight_histograms", False):
+                        self._write_weight_histograms(writer)
                 state.history.append(record)
                 if "eval_loss" in record and stopper.should_stop(record["eval_loss"]):
                     self._progress.note(stopper.reason(self.step))
@@ -628,6 +630,22 @@ class Trainer:
         writer.flush()
         if results:
             self._progress.note(f"step {self.step}: {self.task.describe(results)}")
+
+    def _write_weight_histograms(self, writer) -> None:
+        """`weights/<layer>/<variable>` histograms in train/ (config.train.weight_histograms).
+
+        Written at eval time, not every loop: each one reads every weight to the
+        host (an all-gather under tensor parallelism), which costs a full copy
+        of the model.
+        """
+        from tfllm.parallel.mesh import to_host
+
+        with writer.as_default(step=self.step):
+            for variable in self.model.trainable_variables:
+                # Without the model's own name (`gpt_3/`): tags then match across runs.
+                name = variable.path.split("/", 1)[-1]
+                tf.summary.histogram(f"weights/{name}", to_host(variable))
+        writer.flush()
 
     def _final_metrics(
         self, state: TrainState, last_eval: dict, stats: LoopStats | None, wall: float
