@@ -422,15 +422,19 @@ def _validate_relations(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_tensor_parallel(config: ml_collections.ConfigDict) -> None:
-    """Tensor parallelism splits heads and FFN units evenly, on a DTensor mesh."""
+    """Tensor parallelism splits heads and FFN units evenly, on a DTensor mesh.
+
+    Only the transformer models have the Megatron blocks it splits (the GPT
+    and the transformer classifier, which shares the GPT's block layers).
+    """
     model, runtime = config.model, config.runtime
     n = runtime.tensor_parallel
     if n == 1:
         return
-    if model.name != "gpt":
+    if model.name not in ("gpt", "transformer_classifier"):
         raise ConfigError(
-            f"config.runtime.tensor_parallel: {n} is implemented for model 'gpt' only, "
-            f"got config.model.name={model.name!r}"
+            f"config.runtime.tensor_parallel: {n} is implemented for models 'gpt' and "
+            f"'transformer_classifier' only, got config.model.name={model.name!r}"
         )
     for key in ("num_heads", "intermediate_dim"):
         if model[key] % n:

@@ -34,8 +34,9 @@ def _run(script: str, *args: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def checks(tmp_path_factory) -> dict:
-    return _run("tp_checks.py", str(tmp_path_factory.mktemp("tp_ckpt")))
+def checks(tmp_path_factory, labelled_files) -> dict:
+    files = (labelled_files[split] for split in ("train", "eval", "test"))
+    return _run("tp_checks.py", str(tmp_path_factory.mktemp("tp_ckpt")), *files, str(HERE.parent))
 
 
 @pytest.mark.parametrize("mesh", ["tp2", "dp2_tp2"])
@@ -79,6 +80,54 @@ def test_checkpoints_are_layout_free(checks, mesh):
     assert checks[mesh]["one_to_tp_logits_diff"] < 1e-5
 
 
+def test_classifier_forward_gradients_and_checkpoints_equal_one_device(checks):
+    """The transformer classifier (padded rows, mean pooling) on the 2 x 2 mesh: its
+    blocks split like the GPT's, its head replicated."""
+    result = checks["classifier_dp2_tp2"]
+    assert result["mesh"] == [2, 2]
+    assert result["logits_diff"] < 1e-5
+    assert result["grads_diff"] < 1e-5
+    assert result["loss"][0] == pytest.approx(result["loss"][1], abs=1e-5)
+    assert result["grad_layouts_kept"]
+    assert result["tp_to_one_weights_diff"] == 0.0
+    assert result["tp_to_one_logits_diff"] < 1e-5
+    assert result["one_to_tp_logits_diff"] < 1e-5
+
+
+def test_classifier_holds_one_nth_of_every_split_kernel(checks):
+    split = checks["classifier_dp2_tp2"]["split"]
+    assert len(split) == 2 * 10  # the GPT's 10 split variables per block, nothing else
+    assert not any(path.split("/")[1] == "head" for path in split)  # the head is replicated
+    for path, info in split.items():
+        for shape in info["local"]:
+            expected = list(info["global"])
+            expected[info["axis"]] //= 2
+            assert shape == expected, path
+        assert len(set(info["devices"])) == 4, path
+
+
+def test_classifier_init_from_a_host_lm_onto_the_mesh(checks):
+    """`train.init_from`: every LM weight lands in the sharded classifier exactly, and
+    its logits equal a one-device classifier initialised from the same LM."""
+    result = checks["classifier_init_from"]
+    assert result["copied"] == result["lm_variables"] > 0
+    assert result["backbone_diff"] == 0.0
+    assert result["logits_diff"] < 1e-5
+
+
+def test_classifier_training_equals_one_device_and_evaluates_on_one_device(checks):
+    """10 steps of `train_classifier` at tensor_parallel=2 (2 x 2 mesh) against one
+    device; the mesh run's checkpoint then evaluated on one device."""
+    runs = checks["classifier_training"]
+    one, tp = runs["1"], runs["2"]
+    assert len(one["history"]) == len(tp["history"]) == 2
+    for a, b in zip(one["history"], tp["history"], strict=True):
+        assert abs(a - b) / a < 1e-4, (one["history"], tp["history"])
+    assert abs(one["eval_loss"] - tp["eval_loss"]) / one["eval_loss"] < 1e-4
+    assert tp["one_device_eval_loss"] == pytest.approx(tp["eval_loss"], abs=1e-5)
+    assert tp["one_device_accuracy"] == tp["accuracy"] == one["accuracy"]
+
+
 def test_training_losses_equal_one_device(corpus_file):
     """tensor_parallel=2 on 4 logical CPUs is data x tensor parallel (2 x 2);
     tensor_parallel=4 is pure tensor parallel (1 x 4)."""
@@ -109,6 +158,33 @@ def test_tensor_parallel_must_divide_heads_and_ffn(key, value, named):
     assert message.startswith("config.runtime.tensor_parallel: ")
     assert named in message
     assert str(config.runtime.tensor_parallel) in message
+
+
+@pytest.mark.parametrize(("key", "value"), [("num_heads", 2), ("intermediate_dim", 90)])
+def test_tensor_parallel_classifier_must_divide_heads_and_ffn(key, value):
+    config = base_config()
+    config.data.dataset = "sst2"  # labelled data, as every classifier needs
+    config.model.name = "transformer_classifier"
+    config.model.num_heads = 4
+    config.model.intermediate_dim = 96
+    config.runtime.tensor_parallel = 4
+    validate(config)  # 4 divides 4 heads and 96 FFN units
+    config.model[key] = value
+    with pytest.raises(ConfigError) as error:
+        validate(config)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("config.runtime.tensor_parallel: 4 does not divide ")
+    assert f"config.model.{key}={value}" in message
+
+
+def test_tensor_parallel_refuses_models_without_transformer_blocks():
+    config = base_config()
+    config.data.dataset = "sst2"
+    config.model.name = "cnn_classifier"
+    config.runtime.tensor_parallel = 2
+    with pytest.raises(ConfigError, match="'gpt' and 'transformer_classifier' only"):
+        validate(config)
 
 
 def test_tensor_parallel_needs_default_strategy_and_adam():

@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -328,20 +329,42 @@ def lm_loss_sharded(
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
 
 
+_PROBABILITY_SHARDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _probability_sharder(strategy, model: keras.Model) -> RowSharder:
+    """One `RowSharder` of softmax(model(ids)) per (model, strategy), so the periodic
+    evals of a training run and its final report reuse one traced function."""
+    cached = _PROBABILITY_SHARDERS.get(model)
+    if cached is None or cached.strategy is not strategy:
+
+        def per_row(ids):
+            return tf.nn.softmax(tf.cast(model(ids, training=False), tf.float32), axis=-1)
+
+        cached = _PROBABILITY_SHARDERS[model] = RowSharder(strategy, per_row)
+    return cached
+
+
 def predict_probabilities_sharded(
-    strategy, model: keras.Model, split, batch_size: int, *, max_length: int
+    strategy,
+    model: keras.Model,
+    split,
+    batch_size: int,
+    *,
+    max_length: int,
+    max_batches: int = 0,
 ) -> np.ndarray:
     """`tfllm.training.tasks.predict_probabilities` with each batch sharded over replicas:
-    the same batches (in order, none dropped), softmax(model(ids)) per row, [N, C]."""
+    the same batches (in order, none dropped), softmax(model(ids)) per row, [N, C];
+    only the first `max_batches` batches when > 0 (periodic evals during training)."""
     from tfllm.data.classification_data import make_classification_dataset
 
-    def per_row(ids):
-        return tf.nn.softmax(tf.cast(model(ids, training=False), tf.float32), axis=-1)
-
-    sharder = RowSharder(strategy, per_row)
+    sharder = _probability_sharder(strategy, model)
     dataset = make_classification_dataset(
         split, batch_size, shuffle=False, repeat=False, max_length=max_length, drop_remainder=False
     )
+    if max_batches:
+        dataset = dataset.take(max_batches)
     return np.concatenate([sharder(ids.numpy()) for ids, _ in dataset], axis=0)
 
 

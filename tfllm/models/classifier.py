@@ -34,6 +34,7 @@ import keras_hub
 import tensorflow as tf
 
 from tfllm.models.gpt import add_backbone_layers
+from tfllm.parallel.mesh import assign
 
 POOLINGS = ("mean", "cls", "last")
 
@@ -203,6 +204,10 @@ class TransformerClassifier(keras.Model):
     def load_backbone_from(self, lm: keras.Model) -> None:
         """Copy a built `tfllm.models.gpt.GPT`'s embeddings, blocks and final norm.
 
+        The LM may live on the host while this classifier is split on a
+        tensor-parallel mesh: each value is then laid out as the classifier's
+        variable is (`tfllm.parallel.mesh.assign`).
+
         The position embedding takes the LM's first `max_length` rows; the head
         keeps its own initialisation. Raises ValueError when the two
         architectures differ (naming the argument) or the LM has fewer
@@ -226,7 +231,7 @@ class TransformerClassifier(keras.Model):
         for ours, theirs in pairs:
             _copy_weights(ours, theirs)
         positions = lm.position_embedding.position_embeddings[: self.max_length]
-        self.position_embedding.position_embeddings.assign(positions)
+        assign(self.position_embedding.position_embeddings, positions)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -271,7 +276,7 @@ def _copy_weights(target: keras.layers.Layer, source: keras.layers.Layer) -> Non
                 f"layer {target.name}: weight {a.path} {tuple(a.shape)} does not match "
                 f"the LM's {b.path} {tuple(b.shape)}"
             )
-        a.assign(b.value)
+        assign(a, b.value)  # relaid out when this classifier is tensor parallel
 
 
 def _below(variable: keras.Variable, layer: keras.layers.Layer) -> str:

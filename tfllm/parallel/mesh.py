@@ -84,6 +84,20 @@ def to_host(value) -> np.ndarray:
     return np.asarray(tensor)
 
 
+def assign(variable, value) -> None:
+    """`variable.assign(value)`, for a host variable or one on a mesh.
+
+    A mesh variable refuses a host value ("AssignVariableOp got a regular
+    tensor ... but was expecting a DTensor"), so the value is first laid out
+    as the variable is (`to_layout`): copying an LM's weights into a
+    tensor-parallel classifier (`train.init_from`) goes through here.
+    """
+    current = _read(variable)
+    if isinstance(current, tf.Tensor) and dtensor.is_dtensor(current):
+        value = to_layout(_read(value), dtensor.fetch_layout(current))
+    variable.assign(value)
+
+
 def on_mesh(model: keras.Model) -> bool:
     """True when the model's variables live on a DTensor mesh (tensor parallel)."""
     variables = model.variables

@@ -1,4 +1,9 @@
-"""Megatron-style tensor parallelism for the GPT on a DTensor mesh.
+"""Megatron-style tensor parallelism for the GPT and the transformer classifier
+on a DTensor mesh.
+
+The classifier's backbone has the GPT's layers under the GPT's names, so one
+set of path rules (`MEGATRON_SPECS`) lays out both; its pooling and
+classification head (`head`) stay replicated like the embeddings.
 
 Inside every transformer block the Q/K/V projections and the first MLP matmul
 are column-parallel (heads and FFN units split over the mesh's `model` axis),

@@ -213,6 +213,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from tfllm.data.labels import LABELS_FILE, LabelVocab
     from tfllm.evaluation.classifier_eval import evaluate_encoded
     from tfllm.models import build_model
+    from tfllm.parallel.tensor_parallel import MeshStrategy
     from tfllm.training.strategy import create_strategy, is_chief
     from tfllm.training.tasks import ClassificationTask
     from tfllm.training.trainer import Trainer, check_batch_divisible
@@ -252,7 +253,15 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
     weights = None
     if config.train.class_weights == "balanced":
         weights = class_weights(train_split.labels, vocab.num_classes)
-    static_shapes = bool(config.runtime.jit_compile) or config.runtime.strategy == "tpu"
+    # A tensor-parallel mesh re-batches unbatched rows (DTensorDataset), so every
+    # row must have one length: pad to max_length. A row's logits do not depend
+    # on its padding, but the batches no longer follow the one-device length
+    # buckets (docs/distributed.md).
+    static_shapes = (
+        bool(config.runtime.jit_compile)
+        or config.runtime.strategy == "tpu"
+        or int(config.runtime.get("tensor_parallel", 1)) > 1
+    )
     task = ClassificationTask(
         train_split,
         eval_split,
@@ -285,6 +294,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
             batch_size=int(config.train.batch_size),
             max_length=max_length,
             png_path=os.path.join(workdir, "confusion_matrix.png") if is_chief(strategy) else None,
+            strategy=strategy if isinstance(strategy, MeshStrategy) else None,  # DTensor inputs
         )
         metrics.update({("eval_loss" if k == "log_loss" else k): v for k, v in full.items()})
     if is_chief(strategy):

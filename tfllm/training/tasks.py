@@ -207,9 +207,29 @@ class ClassificationTask(Task):
         return loss
 
     def evaluate(self, model, strategy, global_batch):
-        del strategy
+        """Quick metrics on the eval split; the same batches on one device or a mesh.
+
+        A tensor-parallel model takes its inputs as DTensors, so on a mesh the
+        rows go through `predict_probabilities_sharded` (split along the
+        mesh's `batch` axis, probabilities back on the host in row order).
+        """
+        from tfllm.parallel.tensor_parallel import MeshStrategy
+
         if self.eval is None:
             return {}
+        if isinstance(strategy, MeshStrategy):
+            from tfllm.inference.distributed import predict_probabilities_sharded
+
+            probabilities = predict_probabilities_sharded(
+                strategy,
+                model,
+                self.eval,
+                global_batch,
+                max_length=self.max_length,
+                max_batches=self.eval_batches,
+            )
+            labels = self.eval.labels[: len(probabilities)]
+            return quick_classification_metrics(labels, probabilities, self.num_classes)
         probabilities = predict_probabilities(
             model,
             self.eval,
