@@ -224,3 +224,42 @@ def trained_classifier(tmp_path_factory, labelled_files) -> str:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir
+
+
+JOURNEY_STEPS = 12
+
+
+def tiny_journey_overrides() -> list[str]:
+    """Every part of configs/pipeline.py shrunk to seconds (bundled LM and SST-2 data)."""
+    args = []
+    for part in ("lm", "transformer", "cnn", "mlp", "distil.student"):
+        args += [
+            f"--config.{part}.train.num_steps={JOURNEY_STEPS}",
+            f"--config.{part}.train.eval_every={JOURNEY_STEPS}",
+            f"--config.{part}.train.checkpoint_every={JOURNEY_STEPS}",
+            f"--config.{part}.train.steps_per_loop={JOURNEY_STEPS // 2}",
+            f"--config.{part}.train.warmup_steps=0",
+        ]
+    for part in ("lm", "cnn", "mlp"):
+        args.append(f"--config.{part}.tokenizer.vocab_size=400")
+    return args + [
+        "--config.lm.model.num_layers=2",
+        "--config.lm.model.hidden_dim=32",
+        "--config.lm.model.intermediate_dim=64",
+        "--config.lm.model.max_length=32",
+        "--config.lm.train.batch_size=8",
+        "--config.lm.export.max_new_tokens=8",
+        "--config.transformer.model.max_length=32",
+        "--config.distil.student.model.max_length=32",
+        "--config.distil.student.model.hidden_dim=16",
+        "--config.distil.student.model.intermediate_dim=32",
+        "--config.cnn.model.embedding_dim=16",
+        "--config.cnn.model.conv_filters=8",
+        "--config.mlp.model.embedding_dim=16",
+        "--config.benchmark.steps=1",
+        "--config.benchmark.warmup=1",
+        "--config.benchmark.repeats=1",
+        "--config.benchmark.decode_batch=2",
+        "--config.benchmark.decode_prompt_len=4",
+        "--config.benchmark.decode_new_tokens=4",
+    ]

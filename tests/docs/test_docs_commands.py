@@ -1,7 +1,7 @@
 """Every tfllm command in README.md and docs/*.md names real flags, enum values,
 config files and config keys, so a renamed flag or key fails here and not in a
-user's shell. (The commands themselves run in the CLI and pipeline tests with
-tiny settings; this test keeps the documented spelling of them honest.)
+user's shell. It also covers the blocks test_docs_run.py cannot execute (a GCS
+bucket, other hosts); test_docs_run.py runs the rest with tiny settings.
 """
 
 from __future__ import annotations

@@ -1,0 +1,279 @@
+"""Every shell block in README.md and docs/*.md runs, with tiny settings, so the docs cannot rot.
+
+Each page's blocks run in order through `bash -euo pipefail` in a sandbox
+directory that looks like a checkout (configs/, scripts/, examples/ linked in,
+the data files the docs name written out). `bin/` wrappers put first on PATH
+route every `tfllm-*` command to a fork server (tests/docs/forkserver.py) that
+adds the tiny settings of tests/docs/tiny.py and runs the real command module;
+`tensorboard` is replaced by a check that the event files it would show exist,
+and `pip install` by a no-op (the suite runs in the installed checkout).
+
+Pages that use the same runs share a sandbox (the journey group). A page that
+reads a run another page makes (`runs/shakespeare`, say) gets it from a
+per-worker cache built by the documented producing command (`PROVIDERS`).
+Blocks that need real infrastructure are skipped, each with its reason
+(`SKIPPED`); their commands are still checked statically by
+test_docs_commands.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import JOURNEY_STEPS, shakespeare_head
+from test_docs_commands import _BLOCK, COMMANDS, DOCS, ROOT
+
+pytestmark = pytest.mark.slow
+
+HERE = Path(__file__).resolve().parent
+# Pages run in this order, each group in one sandbox (a later page reads the
+# runs an earlier one made, and a command that already ran is not repeated).
+GROUPS = {
+    "journey": ["README.md", "docs/getting-started.md", "docs/pipeline.md", "docs/results.md"],
+    "lm-guides": [
+        "docs/training.md",
+        "docs/configuration.md",
+        "docs/data.md",
+        "docs/generation.md",
+        "docs/export.md",
+        "docs/edge.md",
+        "docs/benchmarks.md",
+        "docs/reliability.md",
+    ],
+    "classifiers-compression-distributed": [
+        "docs/classification.md",
+        "docs/compression.md",
+        "docs/distributed.md",
+    ],
+}
+# Where a group reads a run it does not make: the documented command that makes it.
+PROVIDERS = {
+    "runs/shakespeare": "tfllm-pipeline --config=configs/shakespeare.py --workdir=runs/shakespeare",
+    "runs/tiny": "tfllm-train --config=configs/gpt_tiny.py --workdir=runs/tiny",
+    "runs/cnn_sst2": "tfllm-train --config=configs/cnn_sst2.py --workdir=runs/cnn_sst2",
+}
+# Journey runs the docs start in fresh workdirs: seeded with the finished tiny
+# journey, so these commands parse their profile/overrides and resume instead of
+# repeating the same tiny stages for two more minutes each.
+SEEDED = {"runs/full": "runs/quickstart", "runs/j": "runs/quickstart"}
+SKIPPED = {
+    "python -m pytest": "the test suite itself",
+    "gs://": "needs a GCS bucket and GPUs or a TPU",
+    "TF_CONFIG=": "needs other hosts",
+}
+_RUN = re.compile(r"\bruns/[\w.-]+")
+_PRODUCES = re.compile(
+    r"tfllm-(?:train|pipeline)\b[^\n]*?--workdir=(runs/[\w.-]+)|--output=(runs/[\w.-]+)"
+)
+
+
+def test_every_page_with_shell_blocks_is_in_a_group():
+    pages = {str(d.relative_to(ROOT)) for d in DOCS if _BLOCK.search(d.read_text())}
+    grouped = [page for group in GROUPS.values() for page in group]
+    assert len(grouped) == len(set(grouped))
+    assert pages <= set(grouped), pages - set(grouped)
+
+
+@pytest.fixture(scope="session")
+def forkserver(tmp_path_factory):
+    """One fork server per test worker (TF imported once for all the docs commands)."""
+    sock = str(tmp_path_factory.mktemp("fs") / "s")
+    log = open(Path(sock).with_suffix(".log"), "w")  # noqa: SIM115 (kept open while it runs)
+    server = subprocess.Popen(
+        [sys.executable, str(HERE / "forkserver.py"), sock], stdout=log, stderr=log, cwd=ROOT
+    )
+    deadline = time.time() + 120
+    while not os.path.exists(sock):
+        assert server.poll() is None, Path(log.name).read_text()[-3000:]
+        assert time.time() < deadline, "the docs fork server did not start"
+        time.sleep(0.2)
+    yield sock
+    server.terminate()
+    server.wait(timeout=30)
+    log.close()
+
+
+class Sandbox:
+    """A directory that looks like a checkout to the documented commands."""
+
+    def __init__(self, root: Path, forkserver: str) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        for name in ("configs", "scripts", "examples"):
+            (root / name).symlink_to(ROOT / name)
+        self._write_bin(root / "bin")
+        self._write_data()
+        self.env = dict(
+            os.environ,
+            PATH=f"{root / 'bin'}{os.pathsep}{os.environ['PATH']}",
+            TFLLM_FORKSERVER=forkserver,
+            TF_CPP_MIN_LOG_LEVEL="2",
+            PYTHONUNBUFFERED="1",
+        )
+
+    def _write_bin(self, bin_dir: Path) -> None:
+        bin_dir.mkdir()
+        head = f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(HERE)!r})\n"
+        scripts = {
+            name: head + f"import forkserver\nforkserver.client({module!r})\n"
+            for name, module in COMMANDS.items()
+        }
+        scripts["tfllm-launch"] = head + "from tfllm.launch import main\nsys.exit(main())\n"
+        scripts["tensorboard"] = head + "from stubs import tensorboard\ntensorboard()\n"
+        scripts["pip"] = head + "from stubs import pip\npip()\n"
+        for name, text in scripts.items():
+            (bin_dir / name).write_text(text)
+            (bin_dir / name).chmod(0o755)
+
+    def _write_data(self) -> None:
+        """The files the docs tell users to bring (corpus.txt, tickets_*.jsonl, ...)."""
+        text = shakespeare_head(30_000)
+        (self.root / "corpus.txt").write_text(text)
+        (self.root / "other.txt").write_text(shakespeare_head(60_000)[30_000:])
+        queues = ["billing", "login", "shipping"]
+        lines = [line for line in text.splitlines() if len(line.split()) > 3]
+        for name, rows in (("tickets_train.jsonl", 600), ("tickets_dev.jsonl", 120)):
+            with open(self.root / name, "w") as f:
+                for i in range(rows):
+                    queue = queues[i % 3]
+                    body = f"{lines[i % len(lines)]} (about {queue})"
+                    f.write(json.dumps(dict(body=body, queue=queue)) + "\n")
+
+    def run(self, script: str, timeout: int = 900) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
+@pytest.fixture(scope="session")
+def provided(tmp_path_factory, forkserver):
+    """Runs made by their documented command once per worker, copied into sandboxes."""
+    cache: dict[str, Path] = {}
+    root = tmp_path_factory.mktemp("provided")
+
+    def provide(run: str, sandbox: Sandbox) -> None:
+        if run not in cache:
+            maker = Sandbox(root / run.replace("/", "_"), forkserver)
+            proc = maker.run(PROVIDERS[run])
+            assert proc.returncode == 0, _failure(f"providing {run}", PROVIDERS[run], proc)
+            cache[run] = maker.root / run
+        shutil.copytree(cache[run], sandbox.root / run, symlinks=True)
+
+    return provide
+
+
+def _failure(where: str, block: str, proc: subprocess.CompletedProcess) -> str:
+    return (
+        f"{where} failed (exit {proc.returncode}):\n{block.strip()}\n"
+        f"--- stdout (tail)\n{proc.stdout[-2500:]}\n--- stderr (tail)\n{proc.stderr[-4000:]}"
+    )
+
+
+def _skip_reason(block: str) -> str | None:
+    return next((why for needle, why in SKIPPED.items() if needle in block), None)
+
+
+def _prepare(block: str, sandbox: Sandbox, provide) -> None:
+    """Puts in place the runs `block` reads but does not make itself."""
+    made = {a or b for a, b in _PRODUCES.findall(block)}
+    for run in dict.fromkeys(_RUN.findall(block)):
+        if (sandbox.root / run).exists() or run in made and run not in SEEDED:
+            continue
+        if run in SEEDED:
+            shutil.copytree(sandbox.root / SEEDED[run], sandbox.root / run, symlinks=True)
+        elif run in PROVIDERS:
+            provide(run, sandbox)
+
+
+def _commands(block: str) -> list[str]:
+    """The block's command lines, continuations joined, comments and spacing dropped."""
+    lines = re.sub(r"\\\n\s*", " ", block).splitlines()
+    return [
+        " ".join(line.split("#", 1)[0].split()) for line in lines if line.split("#", 1)[0].strip()
+    ]
+
+
+def _check_journey(sandbox: Sandbox, outputs: dict[str, str]) -> None:
+    """What README's first command and docs/pipeline.md's --force made, in detail."""
+    run = sandbox.root / "runs" / "quickstart"
+    report = (run / "report.md").read_text()
+    for section in (
+        "## Language model",
+        "## Text classifiers (SST-2)",
+        "## Compression",
+        "## Speed",
+        "## Stages",
+        "## Reproduce",
+        "## Environment",
+    ):
+        assert section in report, section
+    for png in ("lm_curve.png", "classifier_curves.png", "pareto.png", "latency.png"):
+        assert (run / png).stat().st_size > 1000, png
+        assert f"]({png})" in report
+    page = (run / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count('src="data:image/png;base64,') == 5
+
+    results = json.loads((run / "results.json").read_text())
+    assert results["profile"] == "quick"
+    assert results["language_model"]["saved_model_match"] is True
+    assert results["language_model"]["perplexity"] > 1
+    assert len(results["classifiers"]) == 5  # three families, the pruned and the distilled
+    for name, row in results["classifiers"].items():
+        assert 0.0 <= row["test_accuracy"] <= 1.0, name
+        assert row["litert_bytes"] > 0 and row["litert_ms"] > 0, name
+    for family in ("transformer", "cnn", "mlp"):
+        metrics = json.loads((run / "classifiers" / family / "metrics.json").read_text())
+        assert metrics["test_split"]["num_examples"] == 872  # bundled SST-2 test.tsv
+        assert metrics["step"] == JOURNEY_STEPS
+    student = json.loads((run / "distil" / "compression.json").read_text())
+    assert student["method"] == "distill" and student["num_params"] < student["teacher_params"]
+    config = json.loads((run / "classifiers" / "transformer" / "config.json").read_text())
+    assert config["train"]["init_from"] == "runs/quickstart/lm"  # the journey's own LM
+    bench = results["benchmark"]
+    assert bench["train_tokens_per_second"] > 0 and bench["train_speedup_vs_keras_hub"] > 0
+
+    forced = outputs["docs/pipeline.md block 2"]  # --force=cnn.tflite,distil
+    assert forced.count("already done, skipping") == 19, forced[-3000:]
+    assert "cnn.tflite: done in" in forced and "distil: done in" in forced
+
+
+@pytest.mark.parametrize("group", list(GROUPS))
+def test_documented_shell_blocks_run(group, tmp_path, forkserver, provided):
+    sandbox = Sandbox(tmp_path / "sandbox", forkserver)
+    ran, skipped, failures, outputs = set(), [], [], {}
+    for page in GROUPS[group]:
+        for number, block in enumerate(_BLOCK.findall((ROOT / page).read_text()), 1):
+            where = f"{page} block {number}"
+            reason = _skip_reason(block)
+            commands = _commands(block)
+            if not reason and set(commands) <= ran:
+                reason = "its commands already ran in this group"
+            if reason:
+                skipped.append(f"{where}: {reason}")
+                continue
+            start = time.time()
+            _prepare(block, sandbox, provided)
+            proc = sandbox.run(block)
+            outputs[where] = proc.stdout
+            print(f"{where}: exit {proc.returncode} in {time.time() - start:.0f}s")
+            if proc.returncode:
+                failures.append(_failure(where, block, proc))
+            ran.update(commands)
+    print("skipped:", *skipped, sep="\n  ")
+    assert not failures, "\n\n".join(failures)
+    assert ran
+    if group == "journey":
+        _check_journey(sandbox, outputs)
