@@ -8,12 +8,13 @@ adds the tiny settings of tests/docs/tiny.py and runs the real command module;
 `tensorboard` is replaced by a check that the event files it would show exist,
 and `pip install` by a no-op (the suite runs in the installed checkout).
 
-Pages that use the same runs share a sandbox (the journey group). A page that
-reads a run another page makes (`runs/shakespeare`, say) gets it from a
-per-worker cache built by the documented producing command (`PROVIDERS`).
-Blocks that need real infrastructure are skipped, each with its reason
-(`SKIPPED`); their commands are still checked statically by
-test_docs_commands.py.
+Pages run in three groups (`GROUPS`), one sandbox and one test each, so a
+page reads the runs an earlier page of its group made and a command line that
+already ran in the group is not repeated. A group that reads a run another
+group makes (`runs/shakespeare`, say) gets it from a per-worker cache built by
+the documented producing command (`PROVIDERS`). Blocks that need real
+infrastructure are skipped, each with its reason (`SKIPPED`); their commands
+are still checked statically by test_docs_commands.py.
 """
 
 from __future__ import annotations
