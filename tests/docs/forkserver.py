@@ -19,6 +19,7 @@ copies a lock that another thread holds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import runpy
@@ -89,10 +90,8 @@ def serve(path: str, rewrite) -> None:
             conn = children.pop(pid, None)
             if conn is not None:
                 code = os.waitstatus_to_exitcode(status)
-                try:
+                with contextlib.suppress(OSError):  # the client may be gone
                     conn.sendall(struct.pack("!i", 128 - code if code < 0 else code))
-                except OSError:
-                    pass  # the client is gone
                 conn.close()
 
 
