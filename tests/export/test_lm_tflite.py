@@ -49,7 +49,7 @@ def test_signatures_and_cache_layout(float_export, trained):
     model = trained.model
     sigs = record["signatures"]
     assert sorted(sigs) == ["decode", "prefill", "prefill_8"]
-    layer_cache = [1, 2, model.max_length, model.num_heads, model.head_dim]
+    layer_cache = [2, 1, model.num_heads, model.max_length, model.head_dim]
     cache_names = [f"kv_cache_{i}" for i in range(model.num_layers)]
     assert sigs["prefill_8"]["inputs"] == {
         "length": {"shape": [1], "dtype": "int32"},

@@ -87,19 +87,29 @@ def test_dropout_only_in_training() -> None:
     assert np.abs(model(ids, training=True).numpy() - model(ids).numpy()).max() > 1e-4
 
 
+@pytest.mark.parametrize("cache_update", ["slice", "blend"])
 @pytest.mark.parametrize("prefill", [1, 5])
-def test_kv_cache_decoding_matches_full_forward(prefill: int) -> None:
+def test_kv_cache_decoding_matches_full_forward(prefill: int, cache_update: str) -> None:
+    """Our cached path (fused Q/K/V, heads-major cache) against keras-hub's full forward."""
     model = tiny_gpt()
     ids = random_ids(2, 16, seed=prefill)
     full = model(ids).numpy()
     cache = model.init_cache(2)
-    assert cache.shape == (2, 2, 2, 16, 2, 8)
-    logits, cache = model.call_with_cache(ids[:, :prefill], cache, 0)
+    assert [c.shape for c in cache] == [(2, 2, 2, 16, 8)] * 2  # per layer [2, B, H, T, Dh]
+    logits, cache = model.call_with_cache(ids[:, :prefill], cache, 0, cache_update)
     np.testing.assert_allclose(logits.numpy(), full[:, :prefill], atol=1e-4)
     for i in range(prefill, 16):
-        logits, cache = model.call_with_cache(ids[:, i : i + 1], cache, tf.constant(i))
+        logits, cache = model.call_with_cache(
+            ids[:, i : i + 1], cache, tf.constant(i), cache_update
+        )
         assert logits.shape == (2, 1, 50) and logits.dtype == tf.float32
         np.testing.assert_allclose(logits.numpy()[:, 0], full[:, i], atol=1e-4)
+
+
+def test_unknown_cache_update_is_refused() -> None:
+    model = tiny_gpt()
+    with pytest.raises(ValueError, match="cache_update must be one of"):
+        model.call_with_cache(random_ids(1, 2), model.init_cache(1), 0, "scatter")
 
 
 def test_cached_step_in_tf_function_and_xla() -> None:
@@ -127,7 +137,7 @@ def test_mixed_precision_logits_are_float32() -> None:
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert logits.dtype == tf.float32
-    assert cache.dtype == tf.bfloat16
+    assert {c.dtype for c in cache} == {tf.bfloat16}
     step_logits, _ = model.call_with_cache(random_ids(1, 3), cache, 0)
     assert step_logits.dtype == tf.float32
 

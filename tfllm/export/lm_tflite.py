@@ -57,13 +57,13 @@ def cache_names(num_layers: int) -> list[str]:
 def build_lm_archive(model: keras.Model, buckets: list[int]) -> keras.export.ExportArchive:
     """ExportArchive with `prefill` (max_length), `prefill_<n>` per smaller bucket, `decode`.
 
-    Each layer's cache is its own input/output `kv_cache_<i>` [1, 2, max_length,
-    heads, head_dim] (keys, values), as keras-hub's attention layers hold it.
+    Each layer's cache is its own input/output `kv_cache_<i>` [2 (keys, values),
+    1, heads, max_length, head_dim], as `GPT.init_cache` lays it out.
     """
     archive = keras.export.ExportArchive()
     archive.track(model)
     names = cache_names(model.num_layers)
-    layer_shape = model.init_cache(1).shape[:1] + model.init_cache(1).shape[2:]
+    layer_shape = model.init_cache(1)[0].shape
     cache_specs = [tf.TensorSpec(layer_shape, tf.float32, name=n) for n in names]
 
     def outputs(logits: tf.Tensor, caches: list[tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -74,12 +74,12 @@ def build_lm_archive(model: keras.Model, buckets: list[int]) -> keras.export.Exp
 
     def prefill(tokens, length):
         caches = [tf.zeros(layer_shape, model.compute_dtype) for _ in names]
-        logits, caches = model.call_with_layer_caches(tokens, caches, tf.constant(0))
+        logits, caches = model.call_with_cache(tokens, caches, tf.constant(0))
         return outputs(tf.gather(logits[0], length[0] - 1)[tf.newaxis], caches)
 
     def decode(token, position, *caches):
         caches = [tf.cast(c, model.compute_dtype) for c in caches]
-        logits, caches = model.call_with_layer_caches(token, caches, position[0])
+        logits, caches = model.call_with_cache(token, caches, position[0])
         return outputs(logits[:, 0], caches)
 
     for width in buckets:
@@ -154,13 +154,15 @@ def representative_dataset(
             _, cache = model.call_with_cache(
                 tf.constant(window[np.newaxis, :length]), model.init_cache(1), 0
             )
-            cache = tf.cast(cache, tf.float32).numpy()
             yield (
                 "decode",
                 {
                     "token": window[np.newaxis, length : length + 1].astype(np.int32),
                     "position": np.array([length], np.int32),
-                    **{n: cache[:, i] for i, n in enumerate(cache_names(model.num_layers))},
+                    **{
+                        n: tf.cast(c, tf.float32).numpy()
+                        for n, c in zip(cache_names(model.num_layers), cache, strict=True)
+                    },
                 },
             )
 
@@ -266,7 +268,7 @@ def export_lm_tflite(
             "task": "language_model",
             "signatures": _signature_details(lm.interpreter),
             "prefill_buckets": buckets,
-            "cache_layout": "kv_cache_<layer>: [1, 2 (keys, values), max_length, heads, head_dim]",
+            "cache_layout": "kv_cache_<layer>: [2 (keys, values), 1, heads, max_length, head_dim]",
             **compare_windows(model, lm, windows),
         }
         record["prefill_max_abs_diff"] = compare_prefill(model, lm, windows[0][:-1])

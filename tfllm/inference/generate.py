@@ -16,8 +16,9 @@ length, while the decode loop's shapes depend only on the batch size.
 Likewise the final `[:, :max_new_tokens]` slice happens outside XLA, since a
 shape that depends on a tensor's value cannot be compiled.
 
-The model must provide `init_cache(batch_size)`, `call_with_cache(ids, cache,
-index) -> (logits, cache)` and `max_length` (see `tfllm.models.gpt.GPT`).
+The model must provide `init_cache(batch_size, length)` (a tuple of per-layer
+`[2, B, heads, length, head_dim]` caches), `call_with_cache(ids, cache, index)
+-> (logits, cache)` and `max_length` (see `tfllm.models.gpt.GPT`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import tensorflow as tf
 from tfllm.inference.sampling import check_sampler_args, sample_next
 
 TensorLike = float | int | tf.Tensor
+KVCache = tuple[tf.Tensor, ...]  # one [2, B, heads, length, head_dim] tensor per layer
 
 
 class Tokenizer(Protocol):
@@ -71,7 +73,7 @@ def cache_length(needed: int, max_length: int) -> int:
 
 def _prefill(
     model: keras.Model, prompt_ids: tf.Tensor, length: int | None = None
-) -> tuple[tf.Tensor, tf.Tensor]:
+) -> tuple[tf.Tensor, KVCache]:
     """Run the whole prompt once; return the last position's logits and cache."""
     cache = model.init_cache(tf.shape(prompt_ids)[0], length)
     logits, cache = model.call_with_cache(prompt_ids, cache, tf.constant(0, tf.int32))
@@ -122,7 +124,7 @@ def sample_step(
 def _decode_loop(
     model: keras.Model,
     logits: tf.Tensor,
-    cache: tf.Tensor,
+    cache: KVCache,
     prompt_len: tf.Tensor,
     max_new_tokens: tf.Tensor,
     temperature: tf.Tensor,
@@ -141,7 +143,7 @@ def _decode_loop(
     every row has produced `eos_id`.
     """
     batch = tf.shape(logits)[0]
-    width = cache.shape[3] if cache.shape[3] is not None else model.max_length
+    width = cache[0].shape[3] if cache[0].shape[3] is not None else model.max_length
     pad = 0 if eos_id is None else eos_id
     slots = tf.range(width, dtype=tf.int32)[tf.newaxis, :]
 
@@ -160,12 +162,12 @@ def _decode_loop(
     buffer = write(buffer, step, token)
 
     def cond(
-        step: tf.Tensor, token: tf.Tensor, cache: tf.Tensor, buffer: tf.Tensor, done: tf.Tensor
+        step: tf.Tensor, token: tf.Tensor, cache: KVCache, buffer: tf.Tensor, done: tf.Tensor
     ) -> tf.Tensor:
         return tf.logical_and(step + 1 < max_new_tokens, tf.logical_not(tf.reduce_all(done)))
 
     def body(
-        step: tf.Tensor, token: tf.Tensor, cache: tf.Tensor, buffer: tf.Tensor, done: tf.Tensor
+        step: tf.Tensor, token: tf.Tensor, cache: KVCache, buffer: tf.Tensor, done: tf.Tensor
     ) -> tuple:
         # The previous token sits at position prompt_len + step.
         step_logits, cache = model.call_with_cache(token[:, tf.newaxis], cache, prompt_len + step)
@@ -234,7 +236,7 @@ class Generator:
     def __init__(self, model: keras.Model, use_xla: bool = True) -> None:
         self.model = model
         self.use_xla = use_xla
-        self._prefills: dict[int, Callable[..., tuple[tf.Tensor, tf.Tensor]]] = {}
+        self._prefills: dict[int, Callable[..., tuple[tf.Tensor, KVCache]]] = {}
         self._decoders: dict[tuple[str, int | None], Callable[..., tf.Tensor]] = {}
 
     def _decoder(self, sampler: str, eos_id: int | None) -> Callable[..., tf.Tensor]:

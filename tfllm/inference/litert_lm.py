@@ -10,8 +10,8 @@ and these signatures (batch 1, static shapes; the contract in docs/edge.md):
   → `logits` float32 [1, V], `kv_cache` (the input cache with `position` written).
 
 Each layer's cache is its own tensor `kv_cache_<i>`, float32
-[1, 2, max_length, num_heads, head_dim] (axis 1: keys, values), the layout
-keras-hub's attention layers use. Padding positions a prefill writes past
+[2, 1, num_heads, max_length, head_dim] (axis 0: keys, values), the layout
+`GPT.init_cache` gives each layer. Padding positions a prefill writes past
 `length` are harmless: a decode step at position p overwrites slot p before
 attending, and attends only to slots ≤ p.
 

@@ -7,15 +7,24 @@ embedding matrix used in reverse (tied input/output embeddings). The blocks are
 `keras_hub.layers.TransformerDecoder`s, whose self-attention cache arguments
 give KV-cache decoding without a home-made attention layer.
 
-KV cache layout (`init_cache`, `call_with_cache`)::
+KV cache (`init_cache`, `call_with_cache`): one tensor per layer,
 
-    cache: [batch, num_layers, 2, max_length, num_heads, head_dim]
+    cache[i]: [2, batch, num_heads, length, head_dim]
 
-axis 2 holds keys (0) and values (1). One layer's slice `cache[:, i]` is the
-`[batch, 2, max_length, num_heads, head_dim]` tensor keras-hub's
-`CachedMultiHeadAttention` reads and updates, so the layout follows it (it is
-also what `keras_hub.models.GPT2CausalLM` uses). The cache has a static shape
-so a decode loop can carry it through `tf.while_loop` and XLA.
+axis 0 holds keys (0) and values (1). The cached path is our own
+(`cached_block`), not keras-hub's `CachedMultiHeadAttention` cache argument,
+for three measured reasons: keras-hub keeps each layer's cache as
+`[B, 2, S, H, Dh]` and per layer and step slices keys and values out, updates
+each and re-stacks them (whole-cache copies that made our XLA decode loop
+scale with the cache length); its projections are three separate matmuls;
+and its cache update is an `XlaDynamicUpdateSlice` that DTensor cannot lay
+out, which blocked tensor-parallel generation. `cached_block` runs the same
+sublayers (same weights, same math) with one fused Q/K/V matmul, a
+heads-major cache whose keys for one head are contiguous for the score
+matmul, and one in-place update per layer and step (or a DTensor-friendly
+one-hot blend, `cache_update="blend"`). Per-layer tensors have static shapes,
+so a decode loop carries them through `tf.while_loop` and XLA, and the TFLite
+export uses them as its `kv_cache_<i>` signature tensors unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ from typing import Any
 import keras
 import keras_hub
 import tensorflow as tf
+
+CACHE_UPDATES = ("slice", "blend")
 
 
 def _init(stddev: float) -> keras.initializers.Initializer:
@@ -77,6 +88,76 @@ def add_backbone_layers(model: keras.Model) -> None:
     model.final_norm = keras.layers.LayerNormalization(
         epsilon=model.layer_norm_epsilon, dtype=policy, name="final_norm"
     )
+
+
+def write_cache(
+    cache: tf.Tensor, keys_values: tf.Tensor, index: int | tf.Tensor, mode: str = "slice"
+) -> tf.Tensor:
+    """Writes `keys_values` [2, B, H, t, Dh] into `cache` [2, B, H, S, Dh] at `index`.
+
+    "slice" is one dynamic-update-slice (in place inside an XLA loop, and
+    TFLite's DYNAMIC_UPDATE_SLICE). "blend" places the rows with a one-hot
+    [t, S] matmul and blends them in elementwise: it touches the whole cache
+    (measured slower), but every op in it has a DTensor layout rule, so a
+    cache sharded over heads stays sharded (DTensor cannot lay out
+    XlaDynamicUpdateSlice).
+    """
+    if mode == "slice":
+        return keras.ops.slice_update(cache, [0, 0, 0, index, 0], keys_values)
+    length = cache.shape[3]
+    positions = tf.cast(index, tf.int32) + tf.range(tf.shape(keys_values)[3])
+    place = tf.one_hot(positions, length, dtype=cache.dtype)  # [t, S]
+    placed = tf.einsum("kbhtd,ts->kbhsd", keys_values, place)
+    keep = 1 - tf.reduce_sum(place, axis=0)[:, tf.newaxis]  # [S, 1]: 0 where written
+    return cache * keep + placed
+
+
+def cached_block(
+    block: keras_hub.layers.TransformerDecoder,
+    x: tf.Tensor,
+    cache: tf.Tensor,
+    index: int | tf.Tensor,
+    cache_update: str = "slice",
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """One pre-LayerNorm decoder block on `x` [B, t, d] at positions `index…index+t-1`.
+
+    Uses the block's own sublayers, so its weights and math are those of
+    `block(x)` (tested against the full forward pass). Returns `(x, cache)`
+    with the new keys/values written; each position attends to every cached
+    position up to itself.
+    """
+    attention = block._self_attention_layer
+    h = block._self_attention_layer_norm(x)
+    # Q, K and V in one matmul: [d, 3H, Dh] kernel, split after.
+    kernel = tf.concat(
+        [attention._query_dense.kernel, attention._key_dense.kernel, attention._value_dense.kernel],
+        axis=1,
+    )
+    bias = tf.concat(
+        [attention._query_dense.bias, attention._key_dense.bias, attention._value_dense.bias],
+        axis=0,
+    )
+    qkv = tf.einsum("btd,dnh->bnth", h, tf.cast(kernel, h.dtype)) + tf.cast(
+        bias[:, tf.newaxis, :], h.dtype
+    )
+    query, keys_values = tf.split(qkv, [attention._num_heads, 2 * attention._num_heads], axis=1)
+    keys_values = tf.stack(tf.split(keys_values, 2, axis=1))  # [2, B, H, t, Dh]
+    cache = write_cache(cache, keys_values, index, cache_update)
+
+    query = query * tf.cast(attention._key_dim**-0.5, query.dtype)
+    scores = tf.einsum("bhtd,bhsd->bhts", query, cache[0])
+    query_positions = tf.cast(index, tf.int32) + tf.range(tf.shape(x)[1])
+    visible = tf.range(cache.shape[3])[tf.newaxis, :] <= query_positions[:, tf.newaxis]
+    # Softmax in float32 (as keras' MHA does under mixed precision); a row always
+    # sees its own position, so the -inf entries never make a NaN.
+    scores = tf.where(visible, tf.cast(scores, tf.float32), float("-inf"))
+    probs = tf.cast(tf.nn.softmax(scores, axis=-1), x.dtype)
+    attended = tf.einsum("bhts,bhsd->bthd", probs, cache[1])
+    x = x + attention._output_dense(attended)
+
+    h = block._feedforward_layer_norm(x)
+    h = block._feedforward_output_dense(block._feedforward_intermediate_dense(h))
+    return x + h, cache
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -160,64 +241,42 @@ class GPT(keras.Model):
             x = block(x, training=training)
         return self._logits(x)
 
-    def init_cache(self, batch_size: int | tf.Tensor, length: int | None = None) -> tf.Tensor:
-        """An all-zero KV cache `[B, num_layers, 2, length, heads, head_dim]`.
+    def init_cache(
+        self, batch_size: int | tf.Tensor, length: int | None = None
+    ) -> tuple[tf.Tensor, ...]:
+        """All-zero KV caches, one `[2, B, heads, length, head_dim]` per layer.
 
         `length` defaults to the whole context; a generator that knows it needs
         only prompt + new tokens passes less, and every decode step then reads
         (and attends over) a proportionally smaller cache.
         """
         length = self.max_length if length is None else length
-        shape = [
-            batch_size,
-            self.num_layers,
-            2,
-            length,
-            self.num_heads,
-            self.head_dim,
-        ]
-        return tf.zeros(shape, dtype=self.compute_dtype)
+        shape = [2, batch_size, self.num_heads, length, self.head_dim]
+        return tuple(tf.zeros(shape, dtype=self.compute_dtype) for _ in range(self.num_layers))
 
     def call_with_cache(
         self,
         token_ids: tf.Tensor,
-        cache: tf.Tensor,
+        cache: tuple[tf.Tensor, ...] | list[tf.Tensor],
         cache_index: int | tf.Tensor,
-    ) -> tuple[tf.Tensor, tf.Tensor]:
+        cache_update: str = "slice",
+    ) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
         """Run positions `cache_index .. cache_index + t - 1` against the cache.
 
-        Writes the new tokens' keys/values into the cache and lets each of them
-        attend causally to every cached position before it. Serves both the
-        prefill (`t` = prompt length, `cache_index` = 0) and one-token decode
-        steps (`t` = 1). Returns `(logits [B, t, V] float32, new_cache)`.
+        Writes the new tokens' keys/values into each layer's cache and lets
+        each of them attend causally to every cached position before it.
+        Serves both the prefill (`t` = prompt length, `cache_index` = 0) and
+        one-token decode steps (`t` = 1). `cache_update` is how the cache is
+        written (`write_cache`). Returns `(logits [B, t, V] float32, new_cache)`.
         """
-        layer_caches = [cache[:, i, ...] for i in range(self.num_layers)]
-        logits, layer_caches = self.call_with_layer_caches(token_ids, layer_caches, cache_index)
-        return logits, tf.stack(layer_caches, axis=1)
-
-    def call_with_layer_caches(
-        self,
-        token_ids: tf.Tensor,
-        layer_caches: list[tf.Tensor],
-        cache_index: int | tf.Tensor,
-    ) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        """`call_with_cache` with one `[B, 2, length, heads, head_dim]` cache per layer.
-
-        The TFLite export uses this form: it never builds the 6-D stacked
-        cache, which TFLite's STRIDED_SLICE (≤ 5-D) cannot slice, and each
-        layer's cache is updated in place instead of being re-packed per step.
-        """
+        if cache_update not in CACHE_UPDATES:
+            raise ValueError(f"cache_update must be one of {CACHE_UPDATES}, got {cache_update!r}")
         x = self._embed(token_ids, cache_index, training=False)
-        new_caches = []
-        for block, layer_cache in zip(self.blocks, layer_caches, strict=True):
-            x, layer_cache = block(
-                x,
-                self_attention_cache=layer_cache,
-                self_attention_cache_update_index=cache_index,
-                training=False,
-            )
-            new_caches.append(layer_cache)
-        return self._logits(x), new_caches
+        new_cache = []
+        for block, layer_cache in zip(self.blocks, cache, strict=True):
+            x, layer_cache = cached_block(block, x, layer_cache, cache_index, cache_update)
+            new_cache.append(layer_cache)
+        return self._logits(x), tuple(new_cache)
 
     def num_params(self, include_position_embedding: bool = True) -> int:
         """Parameter count; the token embedding counts once (it is tied)."""
