@@ -21,9 +21,8 @@ def main(workdir: str, prompts_file: str, max_new_tokens: int) -> None:
     import tensorflow as tf
 
     from tfllm.data.sources import lm_token_streams, load_text_splits
-    from tfllm.errors import ConfigError
     from tfllm.evaluation.metrics import lm_loss_and_perplexity
-    from tfllm.inference.distributed import BatchGenerator, check_can_generate, lm_loss_sharded
+    from tfllm.inference.distributed import BatchGenerator, lm_loss_sharded
     from tfllm.inference.generate import Generator
     from tfllm.inference.loading import load_trained
     from tfllm.inference.prompts import read_prompts
@@ -62,17 +61,17 @@ def main(workdir: str, prompts_file: str, max_new_tokens: int) -> None:
     seq_len = int(config.model.max_length)
     result["eval_reference"] = lm_loss_and_perplexity(one.model, eval_ids, seq_len, 6)["loss"]
     mesh = MeshStrategy(2)
+    on_mesh_model = load_trained(workdir, mesh).model
     for name, strategy, model in (
         ("default", tf.distribute.get_strategy(), one.model),
         ("mirrored", mirrored, on_mirrored.model),
-        ("tensor_parallel", mesh, load_trained(workdir, mesh).model),
+        ("tensor_parallel", mesh, on_mesh_model),
     ):
         result[f"eval_{name}"] = lm_loss_sharded(model, strategy, eval_ids, seq_len, 6)
-    try:
-        check_can_generate(mesh)
-        result["mesh_generate_error"] = ""
-    except ConfigError as e:
-        result["mesh_generate_error"] = str(e)
+    on_mesh = BatchGenerator(on_mesh_model, mesh, batch_size=3)
+    for kind, kwargs in (("greedy", {}), ("sampled", sampled)):
+        out = on_mesh.generate(prompts, max_new_tokens, eos_id=eos, **kwargs)
+        result[f"tensor_parallel_{kind}"] = [c.ids for c in out]
     print("RESULT " + json.dumps(result), flush=True)
 
 

@@ -138,16 +138,10 @@ def _generate_file() -> None:
 
     import keras
 
-    from tfllm.inference.distributed import (
-        BatchGenerator,
-        Progress,
-        check_can_generate,
-        strategy_label,
-    )
+    from tfllm.inference.distributed import BatchGenerator, Progress, strategy_label
     from tfllm.inference.loading import load_trained
     from tfllm.training.strategy import is_chief
 
-    check_can_generate(strategy)  # before minutes of loading
     keras.utils.set_random_seed(FLAGS.seed)  # before the tokenizer exists (DESIGN §2)
     trained = load_trained(FLAGS.workdir, strategy)
     tokenizer = trained.tokenizer

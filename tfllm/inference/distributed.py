@@ -47,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm.errors import ConfigError
-from tfllm.inference.generate import _decode_loop, _prefill, cache_length, fit_prompt
+from tfllm.inference.generate import cache_length, decode_loop, fit_prompt, prefill
 from tfllm.inference.sampling import check_sampler_args
 
 Nest = object  # a numpy array or a tuple/dict of them, all with the same leading dim
@@ -147,24 +147,6 @@ def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     ]
 
 
-def check_can_generate(strategy) -> None:
-    """Raises ConfigError for a strategy the KV-cache decode cannot run under.
-
-    Measured (TF 2.21, Keras 3.15): keras-hub's cached attention writes the
-    cache with `XlaDynamicUpdateSlice`, and DTensor rejects it ("'tf.
-    XlaDynamicUpdateSlice' op does not implement layout propagation"), so the
-    decode loop does not run on a tensor-parallel mesh.
-    """
-    from tfllm.parallel.tensor_parallel import MeshStrategy
-
-    if isinstance(strategy, MeshStrategy):
-        raise ConfigError(
-            "--tensor_parallel: KV-cache generation does not run on a DTensor mesh "
-            "(DTensor has no layout propagation for the cache update, XlaDynamicUpdateSlice); "
-            "the checkpoint is layout-free: generate with --tensor_parallel=1"
-        )
-
-
 class BatchGenerator:
     """Generates for a list of prompts under a strategy; results in input order.
 
@@ -180,12 +162,21 @@ class BatchGenerator:
     """
 
     def __init__(self, model: keras.Model, strategy, batch_size: int, use_xla: bool = True):
-        check_can_generate(strategy)
+        from tfllm.parallel.tensor_parallel import MeshStrategy
+
         self.model = model
         self.strategy = strategy
         self.rows = -(-batch_size // replicas(strategy)) * replicas(strategy)
         self.batch_size = batch_size
-        self.use_xla = use_xla
+        on_mesh = isinstance(strategy, MeshStrategy)
+        self.use_xla = use_xla and not on_mesh
+        # On a mesh: the cache write DTensor can lay out, and sampling on values
+        # whole on every device (logits gathered from the batch shards, seeds
+        # replicated): sampling takes seeds row by row, which DTensor cannot do on a
+        # batch-sharded tensor ("SPMD expansion resulted in op output inconsistent
+        # with the provided layout", measured). No XLA: DTensor runs the loop.
+        self.cache_update = strategy.cache_update if on_mesh else "slice"
+        self._whole = strategy.replicate if on_mesh else tf.identity
         self._sharders: dict[tuple, RowSharder] = {}
 
     def _sharder(self, length: int, n: int, sampling: tuple, eos_id: int | None) -> RowSharder:
@@ -193,15 +184,23 @@ class BatchGenerator:
         if key not in self._sharders:
             sampler, temperature, top_k, top_p = sampling
             model = self.model
+            cache_update, whole = self.cache_update, self._whole
             decode = tf.function(
-                lambda *a: _decode_loop(model, *a, sampler=sampler, eos_id=eos_id),
+                lambda *a: decode_loop(
+                    model,
+                    *a,
+                    sampler=sampler,
+                    eos_id=eos_id,
+                    cache_update=cache_update,
+                    whole=whole,
+                ),
                 jit_compile=self.use_xla,
                 reduce_retracing=True,
             )
 
             def per_replica(values):
                 prompts, seeds = values
-                logits, cache = _prefill(model, prompts, length)
+                logits, cache = prefill(model, prompts, length, cache_update)
                 buffer = decode(
                     logits,
                     cache,
@@ -210,7 +209,7 @@ class BatchGenerator:
                     tf.constant(temperature, tf.float32),
                     tf.constant(top_k, tf.int32),
                     tf.constant(top_p, tf.float32),
-                    seeds,
+                    whole(seeds),
                 )
                 return buffer[:, :n]
 

@@ -30,7 +30,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfllm.inference.sampling import check_sampler_args, sample_next
+from tfllm.inference.sampling import check_sampler_args, map_rows, sample_next
+from tfllm.models.gpt import CacheUpdate
 
 TensorLike = float | int | tf.Tensor
 KVCache = tuple[tf.Tensor, ...]  # one [2, B, heads, length, head_dim] tensor per layer
@@ -71,12 +72,15 @@ def cache_length(needed: int, max_length: int) -> int:
     return min(max_length, -(-needed // CACHE_BUCKET) * CACHE_BUCKET)
 
 
-def _prefill(
-    model: keras.Model, prompt_ids: tf.Tensor, length: int | None = None
+def prefill(
+    model: keras.Model,
+    prompt_ids: tf.Tensor,
+    length: int | None = None,
+    cache_update: CacheUpdate = "slice",
 ) -> tuple[tf.Tensor, KVCache]:
     """Run the whole prompt once; return the last position's logits and cache."""
     cache = model.init_cache(tf.shape(prompt_ids)[0], length)
-    logits, cache = model.call_with_cache(prompt_ids, cache, tf.constant(0, tf.int32))
+    logits, cache = model.call_with_cache(prompt_ids, cache, tf.constant(0, tf.int32), cache_update)
     return logits[:, -1, :], cache
 
 
@@ -84,10 +88,10 @@ def fold_in_step(seed: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
     """`fold_in(seed, step)` for one seed [2] or for each row's seed [B, 2]."""
     seed = tf.convert_to_tensor(seed)
     if seed.shape.rank == 2:
-        return tf.map_fn(
+        return map_rows(
             lambda row_seed: tf.random.experimental.stateless_fold_in(row_seed, step, alg="philox"),
             seed,
-            fn_output_signature=tf.TensorSpec([2], tf.int32),
+            tf.TensorSpec([2], tf.int32),
         )
     return tf.random.experimental.stateless_fold_in(seed, step, alg="philox")
 
@@ -121,7 +125,7 @@ def sample_step(
     return token, done
 
 
-def _decode_loop(
+def decode_loop(
     model: keras.Model,
     logits: tf.Tensor,
     cache: KVCache,
@@ -134,13 +138,18 @@ def _decode_loop(
     *,
     sampler: str,
     eos_id: int | None,
+    cache_update: CacheUpdate = "slice",
+    whole: Callable[[tf.Tensor], tf.Tensor] = tf.identity,
 ) -> tf.Tensor:
     """Sample `max_new_tokens` tokens after a prefill; returns `[B, max_length]`.
 
     Slot `i` of the buffer holds new token `i`; slots past the last one hold
     `eos_id` (or 0). Step `i` draws with seed `fold_in(seed, i)`, so draws are
     independent across steps yet fully determined by `seed`. Stops early once
-    every row has produced `eos_id`.
+    every row has produced `eos_id`. `cache_update` is how each step writes the
+    cache (`GPT.call_with_cache`); `whole` is applied to the logits before
+    sampling (a tensor-parallel mesh gathers them there, see
+    `tfllm.inference.distributed.BatchGenerator`).
     """
     batch = tf.shape(logits)[0]
     width = cache[0].shape[3] if cache[0].shape[3] is not None else model.max_length
@@ -149,7 +158,7 @@ def _decode_loop(
 
     def sample(step: tf.Tensor, step_logits: tf.Tensor, done: tf.Tensor) -> tuple:
         return sample_step(
-            step, step_logits, done, seed, sampler, temperature, top_k, top_p, eos_id
+            step, whole(step_logits), done, seed, sampler, temperature, top_k, top_p, eos_id
         )
 
     def write(buffer: tf.Tensor, step: tf.Tensor, token: tf.Tensor) -> tf.Tensor:
@@ -170,7 +179,9 @@ def _decode_loop(
         step: tf.Tensor, token: tf.Tensor, cache: KVCache, buffer: tf.Tensor, done: tf.Tensor
     ) -> tuple:
         # The previous token sits at position prompt_len + step.
-        step_logits, cache = model.call_with_cache(token[:, tf.newaxis], cache, prompt_len + step)
+        step_logits, cache = model.call_with_cache(
+            token[:, tf.newaxis], cache, prompt_len + step, cache_update
+        )
         step = step + 1
         token, done = sample(step, step_logits[:, 0, :], done)
         return step, token, cache, write(buffer, step, token), done
@@ -206,8 +217,8 @@ def generate_ids(
     """
     prompt_ids = tf.convert_to_tensor(prompt_ids, tf.int32)
     max_new_tokens = tf.convert_to_tensor(max_new_tokens, tf.int32)
-    logits, cache = _prefill(model, prompt_ids)
-    buffer = _decode_loop(
+    logits, cache = prefill(model, prompt_ids)
+    buffer = decode_loop(
         model,
         logits,
         cache,
@@ -244,7 +255,7 @@ class Generator:
         if key not in self._decoders:
 
             def decode(*args: Any) -> tf.Tensor:
-                return _decode_loop(self.model, *args, sampler=sampler, eos_id=eos_id)
+                return decode_loop(self.model, *args, sampler=sampler, eos_id=eos_id)
 
             self._decoders[key] = tf.function(
                 decode, jit_compile=self.use_xla, reduce_retracing=True
@@ -280,7 +291,7 @@ class Generator:
         length = cache_length(prompt.shape[1] + max_new_tokens, self.model.max_length)
         if length not in self._prefills:
             self._prefills[length] = tf.function(
-                lambda ids, n=length: _prefill(self.model, ids, n),
+                lambda ids, n=length: prefill(self.model, ids, n),
                 input_signature=[tf.TensorSpec([None, None], tf.int32)],
             )
         logits, cache = self._prefills[length](tf.constant(prompt))

@@ -23,6 +23,8 @@ uniforms from integer bits keeps them exactly representable.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import tensorflow as tf
 
 from tfllm.errors import ConfigError
@@ -59,6 +61,21 @@ def check_sampler_args(
         raise ConfigError(f"--max_new_tokens must be ≥ 1 (got {max_new_tokens})")
 
 
+def map_rows(
+    fn: Callable[[tf.Tensor], tf.Tensor], rows: tf.Tensor, spec: tf.TensorSpec
+) -> tf.Tensor:
+    """`tf.map_fn(fn, rows)`, unrolled when the row count is static.
+
+    Unrolled, it is one op per row instead of a TensorList loop, which DTensor
+    cannot lay out ("'tf.TensorListStack' op does not implement layout
+    propagation", measured): sampling with a seed per row then also runs on a
+    tensor-parallel mesh. The result is the same either way.
+    """
+    if rows.shape[0] is not None:
+        return tf.stack([fn(rows[i]) for i in range(rows.shape[0])])
+    return tf.map_fn(fn, rows, fn_output_signature=spec)
+
+
 def _random_bits(logits: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """Philox int32 bits shaped like `logits` [B, V], from one seed [2] or one per row [B, 2].
 
@@ -68,13 +85,13 @@ def _random_bits(logits: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """
     if seed.shape.rank == 2:
         vocab = logits.shape[-1] if logits.shape[-1] is not None else tf.shape(logits)[-1]
-        return tf.map_fn(
-            lambda row_seed: tf.random.stateless_uniform(
+
+        def row_bits(row_seed: tf.Tensor) -> tf.Tensor:
+            return tf.random.stateless_uniform(
                 [vocab], seed=row_seed, minval=None, maxval=None, dtype=tf.int32, alg="philox"
-            ),
-            seed,
-            fn_output_signature=tf.TensorSpec([logits.shape[-1]], tf.int32),
-        )
+            )
+
+        return map_rows(row_bits, seed, tf.TensorSpec([logits.shape[-1]], tf.int32))
     return tf.random.stateless_uniform(
         tf.shape(logits), seed=seed, minval=None, maxval=None, dtype=tf.int32, alg="philox"
     )

@@ -13,22 +13,24 @@ KV cache (`init_cache`, `call_with_cache`): one tensor per layer,
 
 axis 0 holds keys (0) and values (1). The cached path is our own
 (`cached_block`), not keras-hub's `CachedMultiHeadAttention` cache argument,
-for three measured reasons: keras-hub keeps each layer's cache as
-`[B, 2, S, H, Dh]` and per layer and step slices keys and values out, updates
-each and re-stacks them (whole-cache copies that made our XLA decode loop
-scale with the cache length); its projections are three separate matmuls;
-and its cache update is an `XlaDynamicUpdateSlice` that DTensor cannot lay
-out, which blocked tensor-parallel generation. `cached_block` runs the same
-sublayers (same weights, same math) with one fused Q/K/V matmul, a
+for two measured reasons: keras-hub keeps each layer's cache as
+`[B, 2, S, H, Dh]` and in every layer and step slices keys and values out,
+updates each and re-stacks them (whole-cache copies: our XLA decode loop ran
+about 1.7× slower on it at gpt_small dims, docs/benchmarks.md), and its cache
+update is an `XlaDynamicUpdateSlice`, which DTensor cannot lay out, so
+tensor-parallel generation could not run. `cached_block` calls the same
+sublayers (same weights, same math; tested against `block(x)`), keeps a
 heads-major cache whose keys for one head are contiguous for the score
-matmul, and one in-place update per layer and step (or a DTensor-friendly
-one-hot blend, `cache_update="blend"`). Per-layer tensors have static shapes,
-so a decode loop carries them through `tf.while_loop` and XLA, and the TFLite
-export uses them as its `kv_cache_<i>` signature tensors unchanged.
+matmul, and writes it once per layer and step: in place (`"slice"`), or with
+a one-hot blend whose ops all have DTensor layout rules (`"blend"`, what a
+tensor-parallel mesh uses). Per-layer tensors have static shapes, so a decode
+loop carries them through `tf.while_loop` and XLA, and the TFLite export uses
+them as its `kv_cache_<i>` signature tensors unchanged.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -36,6 +38,8 @@ import keras_hub
 import tensorflow as tf
 
 CACHE_UPDATES = ("slice", "blend")
+# A cache write: "slice", "blend", or fn(cache, keys_values, index) -> cache (a mesh's).
+CacheUpdate = str | Callable[[tf.Tensor, tf.Tensor, Any], tf.Tensor]
 
 
 def _init(stddev: float) -> keras.initializers.Initializer:
@@ -91,7 +95,7 @@ def add_backbone_layers(model: keras.Model) -> None:
 
 
 def write_cache(
-    cache: tf.Tensor, keys_values: tf.Tensor, index: int | tf.Tensor, mode: str = "slice"
+    cache: tf.Tensor, keys_values: tf.Tensor, index: int | tf.Tensor, mode: CacheUpdate = "slice"
 ) -> tf.Tensor:
     """Writes `keys_values` [2, B, H, t, Dh] into `cache` [2, B, H, S, Dh] at `index`.
 
@@ -100,8 +104,10 @@ def write_cache(
     [t, S] matmul and blends them in elementwise: it touches the whole cache
     (measured slower), but every op in it has a DTensor layout rule, so a
     cache sharded over heads stays sharded (DTensor cannot lay out
-    XlaDynamicUpdateSlice).
+    XlaDynamicUpdateSlice). A callable `mode` does the write itself.
     """
+    if callable(mode):
+        return mode(cache, keys_values, index)
     if mode == "slice":
         return keras.ops.slice_update(cache, [0, 0, 0, index, 0], keys_values)
     length = cache.shape[3]
@@ -117,7 +123,7 @@ def cached_block(
     x: tf.Tensor,
     cache: tf.Tensor,
     index: int | tf.Tensor,
-    cache_update: str = "slice",
+    cache_update: CacheUpdate = "slice",
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """One pre-LayerNorm decoder block on `x` [B, t, d] at positions `index…index+t-1`.
 
@@ -128,31 +134,28 @@ def cached_block(
     """
     attention = block._self_attention_layer
     h = block._self_attention_layer_norm(x)
-    # Q, K and V in one matmul: [d, 3H, Dh] kernel, split after.
-    kernel = tf.concat(
-        [attention._query_dense.kernel, attention._key_dense.kernel, attention._value_dense.kernel],
-        axis=1,
-    )
-    bias = tf.concat(
-        [attention._query_dense.bias, attention._key_dense.bias, attention._value_dense.bias],
-        axis=0,
-    )
-    qkv = tf.einsum("btd,dnh->bnth", h, tf.cast(kernel, h.dtype)) + tf.cast(
-        bias[:, tf.newaxis, :], h.dtype
-    )
-    query, keys_values = tf.split(qkv, [attention._num_heads, 2 * attention._num_heads], axis=1)
-    keys_values = tf.stack(tf.split(keys_values, 2, axis=1))  # [2, B, H, t, Dh]
+
+    # Through the layers themselves: an einsum straight onto a sharded kernel
+    # crashed DTensor (segfault, measured), and a fused Q/K/V kernel gained
+    # nothing measurable under XLA.
+    def heads(dense: keras.layers.EinsumDense) -> tf.Tensor:  # [B, t, H, Dh] -> [B, H, t, Dh]
+        return tf.transpose(dense(h), [0, 2, 1, 3])
+
+    query = heads(attention._query_dense)
+    keys_values = tf.stack([heads(attention._key_dense), heads(attention._value_dense)])
     cache = write_cache(cache, keys_values, index, cache_update)
 
     query = query * tf.cast(attention._key_dim**-0.5, query.dtype)
-    scores = tf.einsum("bhtd,bhsd->bhts", query, cache[0])
+    # unstack, not cache[0]: DTensor's strided slice gives the result a wrong layout.
+    keys, values = tf.unstack(cache)
+    scores = tf.einsum("bhtd,bhsd->bhts", query, keys)
     query_positions = tf.cast(index, tf.int32) + tf.range(tf.shape(x)[1])
     visible = tf.range(cache.shape[3])[tf.newaxis, :] <= query_positions[:, tf.newaxis]
     # Softmax in float32 (as keras' MHA does under mixed precision); a row always
     # sees its own position, so the -inf entries never make a NaN.
     scores = tf.where(visible, tf.cast(scores, tf.float32), float("-inf"))
     probs = tf.cast(tf.nn.softmax(scores, axis=-1), x.dtype)
-    attended = tf.einsum("bhts,bhsd->bthd", probs, cache[1])
+    attended = tf.einsum("bhts,bhsd->bthd", probs, values)
     x = x + attention._output_dense(attended)
 
     h = block._feedforward_layer_norm(x)
@@ -259,7 +262,7 @@ class GPT(keras.Model):
         token_ids: tf.Tensor,
         cache: tuple[tf.Tensor, ...] | list[tf.Tensor],
         cache_index: int | tf.Tensor,
-        cache_update: str = "slice",
+        cache_update: CacheUpdate = "slice",
     ) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
         """Run positions `cache_index .. cache_index + t - 1` against the cache.
 
@@ -269,7 +272,7 @@ class GPT(keras.Model):
         one-token decode steps (`t` = 1). `cache_update` is how the cache is
         written (`write_cache`). Returns `(logits [B, t, V] float32, new_cache)`.
         """
-        if cache_update not in CACHE_UPDATES:
+        if not callable(cache_update) and cache_update not in CACHE_UPDATES:
             raise ValueError(f"cache_update must be one of {CACHE_UPDATES}, got {cache_update!r}")
         x = self._embed(token_ids, cache_index, training=False)
         new_cache = []
