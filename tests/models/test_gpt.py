@@ -95,7 +95,8 @@ def test_kv_cache_decoding_matches_full_forward(prefill: int, cache_update: str)
     ids = random_ids(2, 16, seed=prefill)
     full = model(ids).numpy()
     cache = model.init_cache(2)
-    assert [c.shape for c in cache] == [(2, 2, 2, 16, 8)] * 2  # per layer [2, B, H, T, Dh]
+    # per layer (keys, values), each [B, H, T, Dh]
+    assert [(k.shape, v.shape) for k, v in cache] == [((2, 2, 16, 8), (2, 2, 16, 8))] * 2
     logits, cache = model.call_with_cache(ids[:, :prefill], cache, 0, cache_update)
     np.testing.assert_allclose(logits.numpy(), full[:, :prefill], atol=1e-4)
     for i in range(prefill, 16):
@@ -137,7 +138,7 @@ def test_mixed_precision_logits_are_float32() -> None:
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert logits.dtype == tf.float32
-    assert {c.dtype for c in cache} == {tf.bfloat16}
+    assert {c.dtype for c in tf.nest.flatten(cache)} == {tf.bfloat16}
     step_logits, _ = model.call_with_cache(random_ids(1, 3), cache, 0)
     assert step_logits.dtype == tf.float32
 

@@ -58,27 +58,27 @@ def build_lm_archive(model: keras.Model, buckets: list[int]) -> keras.export.Exp
     """ExportArchive with `prefill` (max_length), `prefill_<n>` per smaller bucket, `decode`.
 
     Each layer's cache is its own input/output `kv_cache_<i>` [2 (keys, values),
-    1, heads, max_length, head_dim], as `GPT.init_cache` lays it out.
+    1, heads, max_length, head_dim]: `GPT.init_cache`'s (keys, values) pair,
+    stacked, so the signature has one cache tensor per layer.
     """
     archive = keras.export.ExportArchive()
     archive.track(model)
     names = cache_names(model.num_layers)
-    layer_shape = model.init_cache(1)[0].shape
+    layer_shape = [2, *model.init_cache(1)[0][0].shape]
     cache_specs = [tf.TensorSpec(layer_shape, tf.float32, name=n) for n in names]
 
-    def outputs(logits: tf.Tensor, caches: list[tf.Tensor]) -> dict[str, tf.Tensor]:
+    def outputs(logits: tf.Tensor, caches) -> dict[str, tf.Tensor]:
         return {
             "logits": logits,
-            **{n: tf.cast(c, tf.float32) for n, c in zip(names, caches, strict=True)},
+            **{n: tf.cast(tf.stack(c), tf.float32) for n, c in zip(names, caches, strict=True)},
         }
 
     def prefill(tokens, length):
-        caches = [tf.zeros(layer_shape, model.compute_dtype) for _ in names]
-        logits, caches = model.call_with_cache(tokens, caches, tf.constant(0))
+        logits, caches = model.call_with_cache(tokens, model.init_cache(1), tf.constant(0))
         return outputs(tf.gather(logits[0], length[0] - 1)[tf.newaxis], caches)
 
     def decode(token, position, *caches):
-        caches = [tf.cast(c, model.compute_dtype) for c in caches]
+        caches = [tuple(tf.unstack(tf.cast(c, model.compute_dtype))) for c in caches]
         logits, caches = model.call_with_cache(token, caches, position[0])
         return outputs(logits[:, 0], caches)
 
@@ -160,7 +160,7 @@ def representative_dataset(
                     "token": window[np.newaxis, length : length + 1].astype(np.int32),
                     "position": np.array([length], np.int32),
                     **{
-                        n: tf.cast(c, tf.float32).numpy()
+                        n: tf.cast(tf.stack(c), tf.float32).numpy()
                         for n, c in zip(cache_names(model.num_layers), cache, strict=True)
                     },
                 },

@@ -16,8 +16,8 @@ length, while the decode loop's shapes depend only on the batch size.
 Likewise the final `[:, :max_new_tokens]` slice happens outside XLA, since a
 shape that depends on a tensor's value cannot be compiled.
 
-The model must provide `init_cache(batch_size, length)` (a tuple of per-layer
-`[2, B, heads, length, head_dim]` caches), `call_with_cache(ids, cache, index)
+The model must provide `init_cache(batch_size, length)` (per layer a (keys,
+values) pair, each `[B, heads, length, head_dim]`), `call_with_cache(ids, cache, index)
 -> (logits, cache)` and `max_length` (see `tfllm.models.gpt.GPT`).
 """
 
@@ -31,10 +31,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm.inference.sampling import check_sampler_args, map_rows, sample_next
-from tfllm.models.gpt import CacheUpdate
+from tfllm.models.gpt import CacheUpdate, KVCache
 
 TensorLike = float | int | tf.Tensor
-KVCache = tuple[tf.Tensor, ...]  # one [2, B, heads, length, head_dim] tensor per layer
 
 
 class Tokenizer(Protocol):
@@ -152,7 +151,7 @@ def decode_loop(
     `tfllm.inference.distributed.BatchGenerator`).
     """
     batch = tf.shape(logits)[0]
-    width = cache[0].shape[3] if cache[0].shape[3] is not None else model.max_length
+    width = cache[0][0].shape[2] if cache[0][0].shape[2] is not None else model.max_length
     pad = 0 if eos_id is None else eos_id
     slots = tf.range(width, dtype=tf.int32)[tf.newaxis, :]
 

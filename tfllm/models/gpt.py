@@ -4,14 +4,13 @@ The model reads top to bottom like nanoGPT: token + learned position
 embeddings, dropout, `num_layers` pre-LayerNorm transformer blocks (causal
 self-attention and a GELU MLP), a final LayerNorm, and logits from the token
 embedding matrix used in reverse (tied input/output embeddings). The blocks are
-`keras_hub.layers.TransformerDecoder`s, whose self-attention cache arguments
-give KV-cache decoding without a home-made attention layer.
+`keras_hub.layers.TransformerDecoder`s.
 
-KV cache (`init_cache`, `call_with_cache`): one tensor per layer,
+KV cache (`init_cache`, `call_with_cache`): a (keys, values) pair per layer,
 
-    cache[i]: [2, batch, num_heads, length, head_dim]
+    cache[i] = (keys, values), each [batch, num_heads, length, head_dim]
 
-axis 0 holds keys (0) and values (1). The cached path is our own
+The cached path is our own
 (`cached_block`), not keras-hub's `CachedMultiHeadAttention` cache argument,
 for two measured reasons: keras-hub keeps each layer's cache as
 `[B, 2, S, H, Dh]` and in every layer and step slices keys and values out,
@@ -23,9 +22,11 @@ sublayers (same weights, same math; tested against `block(x)`), keeps a
 heads-major cache whose keys for one head are contiguous for the score
 matmul, and writes it once per layer and step: in place (`"slice"`), or with
 a one-hot blend whose ops all have DTensor layout rules (`"blend"`, what a
-tensor-parallel mesh uses). Per-layer tensors have static shapes, so a decode
-loop carries them through `tf.while_loop` and XLA, and the TFLite export uses
-them as its `kv_cache_<i>` signature tensors unchanged.
+tensor-parallel mesh uses). Keys and values are separate tensors because
+XLA copied each out of a stacked `[2, ...]` cache in every step (measured
+in the optimized HLO). All have static shapes, so a decode loop carries them
+through `tf.while_loop` and XLA; the TFLite export stacks each layer's pair
+into its `kv_cache_<i>` signature tensor.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ import keras_hub
 import tensorflow as tf
 
 CACHE_UPDATES = ("slice", "blend")
-# A cache write: "slice", "blend", or fn(cache, keys_values, index) -> cache (a mesh's).
+# A cache write: "slice", "blend", or fn(cache, update, index) -> cache (a mesh's).
 CacheUpdate = str | Callable[[tf.Tensor, tf.Tensor, Any], tf.Tensor]
+KVCache = tuple[tuple[tf.Tensor, tf.Tensor], ...]  # per layer: (keys, values)
 
 
 def _init(stddev: float) -> keras.initializers.Initializer:
@@ -95,25 +97,24 @@ def add_backbone_layers(model: keras.Model) -> None:
 
 
 def write_cache(
-    cache: tf.Tensor, keys_values: tf.Tensor, index: int | tf.Tensor, mode: CacheUpdate = "slice"
+    cache: tf.Tensor, update: tf.Tensor, index: int | tf.Tensor, mode: CacheUpdate = "slice"
 ) -> tf.Tensor:
-    """Writes `keys_values` [2, B, H, t, Dh] into `cache` [2, B, H, S, Dh] at `index`.
+    """Writes `update` [B, H, t, Dh] into `cache` [B, H, S, Dh] at position `index`.
 
     "slice" is one dynamic-update-slice (in place inside an XLA loop, and
     TFLite's DYNAMIC_UPDATE_SLICE). "blend" places the rows with a one-hot
-    [t, S] matmul and blends them in elementwise: it touches the whole cache
-    (measured slower), but every op in it has a DTensor layout rule, so a
-    cache sharded over heads stays sharded (DTensor cannot lay out
-    XlaDynamicUpdateSlice). A callable `mode` does the write itself.
+    [t, S] matmul and blends them in elementwise: it touches the whole cache,
+    but every op in it has a DTensor layout rule, so a cache sharded over
+    heads stays sharded (DTensor cannot lay out XlaDynamicUpdateSlice). A
+    callable `mode` does the write itself.
     """
     if callable(mode):
-        return mode(cache, keys_values, index)
+        return mode(cache, update, index)
     if mode == "slice":
-        return keras.ops.slice_update(cache, [0, 0, 0, index, 0], keys_values)
-    length = cache.shape[3]
-    positions = tf.cast(index, tf.int32) + tf.range(tf.shape(keys_values)[3])
-    place = tf.one_hot(positions, length, dtype=cache.dtype)  # [t, S]
-    placed = tf.einsum("kbhtd,ts->kbhsd", keys_values, place)
+        return keras.ops.slice_update(cache, [0, 0, index, 0], update)
+    positions = tf.cast(index, tf.int32) + tf.range(tf.shape(update)[2])
+    place = tf.one_hot(positions, cache.shape[2], dtype=cache.dtype)  # [t, S]
+    placed = tf.einsum("bhtd,ts->bhsd", update, place)
     keep = 1 - tf.reduce_sum(place, axis=0)[:, tf.newaxis]  # [S, 1]: 0 where written
     return cache * keep + placed
 
@@ -121,16 +122,16 @@ def write_cache(
 def cached_block(
     block: keras_hub.layers.TransformerDecoder,
     x: tf.Tensor,
-    cache: tf.Tensor,
+    cache: tuple[tf.Tensor, tf.Tensor],
     index: int | tf.Tensor,
     cache_update: CacheUpdate = "slice",
-) -> tuple[tf.Tensor, tf.Tensor]:
+) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor]]:
     """One pre-LayerNorm decoder block on `x` [B, t, d] at positions `index…index+t-1`.
 
     Uses the block's own sublayers, so its weights and math are those of
-    `block(x)` (tested against the full forward pass). Returns `(x, cache)`
-    with the new keys/values written; each position attends to every cached
-    position up to itself.
+    `block(x)` (tested against the full forward pass). `cache` is the layer's
+    (keys, values); returns `(x, cache)` with the new keys/values written.
+    Each position attends to every cached position up to itself.
     """
     attention = block._self_attention_layer
     h = block._self_attention_layer_norm(x)
@@ -142,15 +143,13 @@ def cached_block(
         return tf.transpose(dense(h), [0, 2, 1, 3])
 
     query = heads(attention._query_dense)
-    keys_values = tf.stack([heads(attention._key_dense), heads(attention._value_dense)])
-    cache = write_cache(cache, keys_values, index, cache_update)
+    keys = write_cache(cache[0], heads(attention._key_dense), index, cache_update)
+    values = write_cache(cache[1], heads(attention._value_dense), index, cache_update)
 
     query = query * tf.cast(attention._key_dim**-0.5, query.dtype)
-    # unstack, not cache[0]: DTensor's strided slice gives the result a wrong layout.
-    keys, values = tf.unstack(cache)
     scores = tf.einsum("bhtd,bhsd->bhts", query, keys)
     query_positions = tf.cast(index, tf.int32) + tf.range(tf.shape(x)[1])
-    visible = tf.range(cache.shape[3])[tf.newaxis, :] <= query_positions[:, tf.newaxis]
+    visible = tf.range(keys.shape[2])[tf.newaxis, :] <= query_positions[:, tf.newaxis]
     # Softmax in float32 (as keras' MHA does under mixed precision); a row always
     # sees its own position, so the -inf entries never make a NaN.
     scores = tf.where(visible, tf.cast(scores, tf.float32), float("-inf"))
@@ -160,7 +159,7 @@ def cached_block(
 
     h = block._feedforward_layer_norm(x)
     h = block._feedforward_output_dense(block._feedforward_intermediate_dense(h))
-    return x + h, cache
+    return x + h, (keys, values)
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -244,26 +243,28 @@ class GPT(keras.Model):
             x = block(x, training=training)
         return self._logits(x)
 
-    def init_cache(
-        self, batch_size: int | tf.Tensor, length: int | None = None
-    ) -> tuple[tf.Tensor, ...]:
-        """All-zero KV caches, one `[2, B, heads, length, head_dim]` per layer.
+    def init_cache(self, batch_size: int | tf.Tensor, length: int | None = None) -> KVCache:
+        """All-zero KV caches: per layer, keys and values `[B, heads, length, head_dim]`.
 
         `length` defaults to the whole context; a generator that knows it needs
         only prompt + new tokens passes less, and every decode step then reads
         (and attends over) a proportionally smaller cache.
         """
         length = self.max_length if length is None else length
-        shape = [2, batch_size, self.num_heads, length, self.head_dim]
-        return tuple(tf.zeros(shape, dtype=self.compute_dtype) for _ in range(self.num_layers))
+        shape = [batch_size, self.num_heads, length, self.head_dim]
+
+        def zeros() -> tf.Tensor:
+            return tf.zeros(shape, dtype=self.compute_dtype)
+
+        return tuple((zeros(), zeros()) for _ in range(self.num_layers))
 
     def call_with_cache(
         self,
         token_ids: tf.Tensor,
-        cache: tuple[tf.Tensor, ...] | list[tf.Tensor],
+        cache: KVCache,
         cache_index: int | tf.Tensor,
         cache_update: CacheUpdate = "slice",
-    ) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
+    ) -> tuple[tf.Tensor, KVCache]:
         """Run positions `cache_index .. cache_index + t - 1` against the cache.
 
         Writes the new tokens' keys/values into each layer's cache and lets

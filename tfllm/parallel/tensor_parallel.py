@@ -222,14 +222,14 @@ class MeshStrategy:
         """`value` whole on every device of the mesh (inside a traced function)."""
         return dtensor.relayout(value, replicated(self.mesh, value.shape.rank))
 
-    def cache_update(self, cache: tf.Tensor, keys_values: tf.Tensor, index) -> tf.Tensor:
+    def cache_update(self, cache: tf.Tensor, update: tf.Tensor, index) -> tf.Tensor:
         """`GPT.call_with_cache`'s cache write on the mesh: the one-hot blend, whose ops
-        all have DTensor layout rules, relaid out to `[·, batch, model, ·, ·]` so the
+        all have DTensor layout rules, relaid out to `[batch, model, ·, ·]` so the
         cache a decode loop carries keeps one layout from step to step."""
         from tfllm.models.gpt import write_cache
 
-        layout = dtensor.Layout([UNSHARDED, BATCH, MODEL, UNSHARDED, UNSHARDED], self.mesh)
-        return dtensor.relayout(write_cache(cache, keys_values, index, "blend"), layout)
+        layout = dtensor.Layout([BATCH, MODEL, UNSHARDED, UNSHARDED], self.mesh)
+        return dtensor.relayout(write_cache(cache, update, index, "blend"), layout)
 
     def to_mesh(self, value: tf.Tensor | np.ndarray) -> tf.Tensor:
         """A host batch as a DTensor split along the `batch` axis (or replicated if it
