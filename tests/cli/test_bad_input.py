@@ -166,8 +166,6 @@ TABLE = [
      ["--input_file", ":2:", "'prompt'"]),
     ("generate", ["--workdir={trained}", "--input_file={prompts}", "--output_file={w}/o.jsonl",
                   "--batch_size=0"], ["--batch_size"]),
-    ("generate", ["--workdir={trained}", "--input_file={prompts}", "--output_file={w}/o.jsonl",
-                  "--tensor_parallel=2", "--logical_cpus=2"], ["--tensor_parallel", "mesh"]),
     ("generate", ["--workdir={w}", "--strategy=mirrored"], ["--strategy", "--input_file"]),
     ("evaluate", ["--workdir={trained}", "--strategy=multi_worker"], ["TF_CONFIG"]),
     ("evaluate", ["--workdir={w}"], ["--workdir"]),
