@@ -2,15 +2,21 @@
 
 The tiny config trains a real GPT (2 layers, d 32) on the first 60 KB of the
 bundled Tiny Shakespeare, so command tests exercise the whole data flow in
-seconds instead of minutes.
+seconds instead of minutes. `run_cli` forks each command from a server that
+has already imported TensorFlow (`_forkserver`), so a command that runs for a
+second does not pay five seconds of imports first.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -73,11 +79,74 @@ def tiny_config(corpus: str, steps: int = 40):
     return config
 
 
-def run_cli(command: str, *args: str, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
-    """Runs `python -m tfllm.cli.<command> args...`, capturing text output."""
+FORKSERVER = REPO / "tests" / "docs" / "forkserver.py"
+_SERVER: dict = {}  # this test process's plain fork server, started on first use
+_SERVER_LOCK = threading.Lock()  # tests may call run_cli from several threads
+
+
+def _forkserver() -> str:
+    """The socket of a server that has TensorFlow imported and forks each command.
+
+    Importing TF, Keras and keras_hub takes about 5 s of CPU, often longer than
+    the command then runs (a bad flag, a 12-token generate). The child runs the
+    module as `__main__` with the caller's argv, cwd, environment and pipes, as
+    `python -m` would (tests/docs/forkserver.py: the docs run uses the same).
+    """
+    with _SERVER_LOCK:
+        if "socket" not in _SERVER:
+            root = tempfile.mkdtemp(prefix="tfllm-fs-")  # short: a socket path has a limit
+            log = open(os.path.join(root, "log"), "w")  # noqa: SIM115 (open while it runs)
+            env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+            env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+            server = subprocess.Popen(
+                [sys.executable, str(FORKSERVER), os.path.join(root, "s"), "--plain"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=REPO,
+                env=env,
+            )
+            _SERVER.update(server=server, log=log, root=root, socket=os.path.join(root, "s"))
+    deadline = time.time() + 180
+    while not os.path.exists(_SERVER["socket"]):
+        server = _SERVER["server"]
+        assert server.poll() is None, Path(_SERVER["log"].name).read_text()[-3000:]
+        assert time.time() < deadline, "the test fork server did not start"
+        time.sleep(0.1)
+    return _SERVER["socket"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_forkserver():
+    yield
+    if "server" in _SERVER:
+        _SERVER["server"].terminate()
+        _SERVER["server"].wait(timeout=30)
+        _SERVER["log"].close()
+        shutil.rmtree(_SERVER["root"], ignore_errors=True)
+
+
+def run_cli(
+    command: str, *args: str, timeout: int = 600, fresh: bool = False, **kwargs
+) -> subprocess.CompletedProcess:
+    """Runs `python -m tfllm.cli.<command> args...`, capturing text output.
+
+    The command is forked from this process's fork server (`_forkserver`)
+    unless `fresh` (or TFLLM_TEST_FRESH=1 in the environment): then it starts a
+    new interpreter, for a check across separately started processes.
+    """
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    module = f"tfllm.cli.{command}"
+    argv = [sys.executable, "-m", module, *args]
+    if not fresh and os.environ.get("TFLLM_TEST_FRESH") != "1":
+        env["TFLLM_FORKSERVER"] = _forkserver()
+        client = (
+            f"import sys; sys.path.insert(0, {str(FORKSERVER.parent)!r}); "
+            f"import forkserver; forkserver.client({module!r})"
+        )
+        argv = [sys.executable, "-c", client, *args]
     return subprocess.run(
-        [sys.executable, "-m", f"tfllm.cli.{command}", *args],
+        argv,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -13,7 +13,11 @@ its own runtime: logical CPUs, TF_CONFIG and thread settings all still apply.
 The server is single-threaded on purpose (select + waitpid), so a fork never
 copies a lock that another thread holds.
 
-    python tests/docs/forkserver.py SOCKET      # serve until killed
+The test suite's `run_cli` (tests/conftest.py) uses a second, plain server
+per test process, which runs each command exactly as given (`--plain`): about
+150 command runs that would each import TensorFlow again.
+
+    python tests/docs/forkserver.py SOCKET [--plain]   # serve until killed
     TFLLM_FORKSERVER=SOCKET tfllm-train ...      # the bin/ wrappers: client()
 """
 
@@ -72,7 +76,8 @@ def serve(path: str, rewrite) -> None:
     listener.bind(path)
     listener.listen(16)
     children: dict[int, socket.socket] = {}  # pid -> the client waiting for it
-    while True:
+    parent = os.getppid()
+    while os.getppid() == parent:  # a test process that died leaves no server behind
         readable, _, _ = select.select([listener, *children.values()], [], [], 0.05)
         for ready in readable:
             if ready is listener:
@@ -125,6 +130,8 @@ def _child(request: dict, argv: list[str], fds: list[int]) -> None:
     code = 1
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if "numpy" in sys.modules:  # a fresh process's seed, not the server's copied state
+            sys.modules["numpy"].random.seed()  # (Python's random reseeds itself on fork)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
         os.chdir(request["cwd"])
@@ -147,6 +154,10 @@ def _child(request: dict, argv: list[str], fds: list[int]) -> None:
         os._exit(code)
 
 
+def _as_given(module: str, argv: list[str], cwd: str) -> list[str]:
+    return argv
+
+
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -156,7 +167,11 @@ def main() -> None:
     import keras_hub  # noqa: F401
     import tensorflow  # noqa: F401
     import tensorflow_text  # noqa: F401
-    from tiny import rewrite  # the docs run's tiny settings
+
+    if sys.argv[2:] == ["--plain"]:
+        rewrite = _as_given
+    else:
+        from tiny import rewrite  # the docs run's tiny settings
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     serve(sys.argv[1], rewrite)

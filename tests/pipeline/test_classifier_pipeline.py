@@ -84,6 +84,7 @@ def test_classifier_pipeline_rejects_lm_only_force_stage(labelled_files, tmp_pat
         f"--workdir={tmp_path / 'c'}",
         "--force=samples",
         *classifier_overrides(labelled_files, "mlp_classifier", steps=60),
+        fresh=True,  # as a user's: it fails before TF is imported, so TF logs nothing
     )
     assert proc.returncode != 0
     assert len([x for x in proc.stderr.splitlines() if x.strip()]) == 1, proc.stderr
