@@ -27,6 +27,28 @@ REPO = Path(__file__).resolve().parents[1]
 CORPUS_BYTES = 60_000
 
 
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection
+def pytest_collection_modifyitems(config, items):
+    """Under xdist, the `longest` tests (the docs run's page groups, several minutes
+    each) start first, each on its own worker.
+
+    xdist's default `load` scheduling hands each worker a first batch of
+    consecutive tests (a quarter of its share), then more batches as it runs
+    dry; two long tests side by side would run one after the other on one
+    worker while the other finishes everything else. So the i-th longest test
+    goes to the front of the i-th worker's first batch.
+    """
+    workers = getattr(config, "workerinput", {}).get("workercount", 0)
+    longest = [item for item in items if item.get_closest_marker("longest")]
+    if workers < 2 or not longest:
+        return
+    batch = max(2, len(items) // workers // 4)  # xdist.scheduler.LoadScheduling.schedule
+    rest = [item for item in items if not item.get_closest_marker("longest")]
+    for i, item in enumerate(longest):
+        rest.insert(min(i * batch, len(rest)), item)
+    items[:] = rest
+
+
 def shakespeare_head(n_bytes: int = CORPUS_BYTES) -> str:
     from tfllm.data.corpus import bundled_paths
 

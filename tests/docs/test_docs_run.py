@@ -8,13 +8,16 @@ adds the tiny settings of tests/docs/tiny.py and runs the real command module;
 `tensorboard` is replaced by a check that the event files it would show exist,
 and `pip install` by a no-op (the suite runs in the installed checkout).
 
-Pages run in three groups (`GROUPS`), one sandbox and one test each, so a
+Pages run in two groups (`GROUPS`), one sandbox and one test each, so a
 page reads the runs an earlier page of its group made and a command line that
-already ran in the group is not repeated. A group that reads a run another
-group makes (`runs/shakespeare`, say) gets it from a per-worker cache built by
-the documented producing command (`PROVIDERS`). Blocks that need real
-infrastructure are skipped, each with its reason (`SKIPPED`); their commands
-are still checked statically by test_docs_commands.py.
+already ran in the group is not repeated. The LM guides follow the journey
+pages, which make the runs they read (`runs/shakespeare`, `runs/tiny`,
+`runs/cnn_sst2`); a group that reads a run it does not make would get it from
+a per-worker cache built by the documented producing command (`PROVIDERS`).
+The two groups are the suite's longest tests: tests/conftest.py starts them
+first, each on its own xdist worker (the `longest` marker). Blocks that need
+real infrastructure are skipped, each with its reason (`SKIPPED`); their
+commands are still checked statically by test_docs_commands.py.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -31,6 +35,7 @@ from pathlib import Path
 import pytest
 from conftest import JOURNEY_STEPS, shakespeare_head
 from test_docs_commands import _BLOCK, COMMANDS, DOCS, ROOT
+from tiny import rewrite
 
 pytestmark = pytest.mark.slow
 
@@ -38,8 +43,11 @@ HERE = Path(__file__).resolve().parent
 # Pages run in this order, each group in one sandbox (a later page reads the
 # runs an earlier one made, and a command that already ran is not repeated).
 GROUPS = {
-    "journey": ["README.md", "docs/getting-started.md", "docs/pipeline.md", "docs/results.md"],
-    "lm-guides": [
+    "journey-and-lm-guides": [
+        "README.md",
+        "docs/getting-started.md",
+        "docs/pipeline.md",
+        "docs/results.md",
         "docs/training.md",
         "docs/configuration.md",
         "docs/data.md",
@@ -199,12 +207,33 @@ def _prepare(block: str, sandbox: Sandbox, provide) -> None:
             provide(run, sandbox)
 
 
-def _commands(block: str) -> list[str]:
-    """The block's command lines, continuations joined, comments and spacing dropped."""
+def _commands(block: str, root: Path) -> list[str]:
+    """The block's command lines, continuations joined, comments and spacing dropped,
+    each as it runs (`_as_run`)."""
     lines = re.sub(r"\\\n\s*", " ", block).splitlines()
     return [
-        " ".join(line.split("#", 1)[0].split()) for line in lines if line.split("#", 1)[0].strip()
+        _as_run(" ".join(line.split("#", 1)[0].split()), root)
+        for line in lines
+        if line.split("#", 1)[0].strip()
     ]
+
+
+def _as_run(command: str, root: Path) -> str:
+    """A `tfllm-*` line as the fork server runs it: tiny settings appended, the last
+    value of a flag winning (absl). So two lines that differ only in a value the
+    tiny settings replace (`--repeats=5` and `--repeats=7`) are one command."""
+    try:
+        name, *argv = shlex.split(command)
+    except ValueError:
+        return command
+    if name not in COMMANDS or not all(a.startswith("--") and "=" in a for a in argv):
+        return command
+    try:
+        argv = rewrite(COMMANDS[name], argv, str(root))
+    except Exception:  # noqa: BLE001 - the block reports it when it runs
+        return command
+    flags = dict(a.split("=", 1) for a in argv)
+    return " ".join([name, *(f"{k}={v}" for k, v in sorted(flags.items()))])
 
 
 def _check_journey(sandbox: Sandbox, outputs: dict[str, str]) -> None:
@@ -251,6 +280,7 @@ def _check_journey(sandbox: Sandbox, outputs: dict[str, str]) -> None:
     assert "cnn.tflite: done in" in forced and "distil: done in" in forced
 
 
+@pytest.mark.longest
 @pytest.mark.parametrize("group", list(GROUPS))
 def test_documented_shell_blocks_run(group, tmp_path, forkserver, provided):
     sandbox = Sandbox(tmp_path / "sandbox", forkserver)
@@ -259,7 +289,7 @@ def test_documented_shell_blocks_run(group, tmp_path, forkserver, provided):
         for number, block in enumerate(_BLOCK.findall((ROOT / page).read_text()), 1):
             where = f"{page} block {number}"
             reason = _skip_reason(block)
-            commands = _commands(block)
+            commands = _commands(block, sandbox.root)
             if not reason and set(commands) <= ran:
                 reason = "its commands already ran in this group"
             if reason:
@@ -276,5 +306,5 @@ def test_documented_shell_blocks_run(group, tmp_path, forkserver, provided):
     print("skipped:", *skipped, sep="\n  ")
     assert not failures, "\n\n".join(failures)
     assert ran
-    if group == "journey":
+    if "README.md" in GROUPS[group]:
         _check_journey(sandbox, outputs)

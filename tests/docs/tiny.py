@@ -36,6 +36,10 @@ TRAIN = dict(
     batch_size=8,
     sample_tokens=8,
 )
+# A classifier scores its whole dev split once training ends (SST-2's is
+# 6,735 rows): 27 batches of 256, not 842 of 8. On distributed.md's 2 x 2
+# tensor-parallel mesh that cut its training command from 114 s to 39 s.
+CLASSIFIER_BATCH_SIZE = 256
 BENCHMARK_FLAGS = [
     "--steps=2",
     "--warmup=1",
@@ -56,7 +60,7 @@ def rewrite(module: str, argv: list[str], cwd: str) -> list[str]:
     if command in ("train", "pipeline"):
         return argv + config_overrides(_load(flags["config"], cwd))
     if command == "benchmark":
-        extra = ["--repeats=1"]
+        extra = ["--repeats=1", "--warmup=1", "--decode_new_tokens=8"]  # --mode=edge
         if "config" in flags:
             config = _load(flags["config"], cwd)
             extra = config_overrides(config, train=False) + ["--config.train.batch_size=2"]
@@ -77,7 +81,10 @@ def config_overrides(config, train: bool = True) -> list[str]:
     if config.model.max_length > MAX_LENGTH:
         out.append(f"--config.model.max_length={MAX_LENGTH}")
     if train:
-        out += [f"--config.train.{key}={value}" for key, value in TRAIN.items()]
+        train_overrides = dict(TRAIN)
+        if config.model.name != "gpt":
+            train_overrides["batch_size"] = CLASSIFIER_BATCH_SIZE
+        out += [f"--config.train.{key}={value}" for key, value in train_overrides.items()]
         out.append("--config.export.max_new_tokens=8")
     return out
 
