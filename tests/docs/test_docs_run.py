@@ -18,11 +18,17 @@ The two groups are the suite's longest tests: tests/conftest.py starts them
 first, each on its own xdist worker (the `longest` marker). Blocks that need
 real infrastructure are skipped, each with its reason (`SKIPPED`); their
 commands are still checked statically by test_docs_commands.py.
+
+Besides exit statuses, the run checks what some commands made: the journey
+(`_check_journey`), the one-LM pipeline and its resume (`_check_lm_pipeline`,
+once tests/pipeline/test_lm_pipeline.py's own run) and `tfllm-benchmark`'s
+output contract (`_check_benchmark`, once tests/benchmark's smoke run).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -35,7 +41,7 @@ from pathlib import Path
 import pytest
 from conftest import JOURNEY_STEPS, shakespeare_head
 from test_docs_commands import _BLOCK, COMMANDS, DOCS, ROOT
-from tiny import rewrite
+from tiny import STEPS, rewrite
 
 pytestmark = pytest.mark.slow
 
@@ -280,6 +286,95 @@ def _check_journey(sandbox: Sandbox, outputs: dict[str, str]) -> None:
     assert "cnn.tflite: done in" in forced and "distil: done in" in forced
 
 
+def _check_lm_pipeline(sandbox: Sandbox, stdout: str) -> None:
+    """`tfllm-pipeline --config=configs/shakespeare.py`: every stage of the one-LM
+    pipeline, its report, and (this block runs it again) resume."""
+    run = sandbox.root / "runs" / "shakespeare"
+    report = (run / "report.md").read_text()
+    for section in (
+        "## Language model",
+        "## Samples",
+        "## Export",
+        "## Compression",
+        "## Reproduce",
+        "## Environment",
+        "loss_curve.png",
+    ):
+        assert section in report, section
+    assert (run / "loss_curve.png").stat().st_size > 1000
+    samples = json.loads((run / "samples.json").read_text())["samples"]
+    assert len(samples) == 6 and all(s["completion"] for s in samples)  # 3 prompts × 2 rules
+    verification = json.loads((run / "export/saved_model/verification.json").read_text())
+    assert verification["match"] is True
+    edge = json.loads((run / "export/tflite_dynamic/verification.json").read_text())
+    assert edge["quantize"] == "dynamic" and edge["perplexity_increase"] < 0.05
+    assert "export/tflite_dynamic/model.tflite" in report
+    page = (run / "report.html").read_text()  # self-contained: the plot is inlined
+    assert page.startswith("<!DOCTYPE html>") and "<table>" in page
+    assert 'src="data:image/png;base64,' in page and 'src="loss_curve.png"' not in page
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["step"] == STEPS and metrics["full_eval_perplexity"] > 1
+    pruned = json.loads((run / "compressed/prune50/compression.json").read_text())
+    assert pruned["method"] == "prune" and pruned["sparsity"] >= 0.49
+    assert (run / "compressed/prune50/export/tflite_dynamic/model.tflite").is_file()
+    for stage in ("train", "evaluate", "samples", "export", "tflite", "compress"):
+        assert f"{stage}: already done, skipping" in stdout, (stage, stdout[-3000:])
+
+
+BENCHMARK_FIELDS = [
+    "peak_gflops",
+    "peak_gflops_end",
+    "train_tokens_per_second",
+    "step_time_median_s",
+    "step_time_p10_s",
+    "step_time_p90_s",
+    "flops_per_token",
+    "mfu",
+    "keras_hub_train_tokens_per_second",
+    "keras_hub_mfu",
+    "train_speedup_vs_keras_hub",
+    "decode_tokens_per_second",
+    "decode_seconds_median",
+    "keras_hub_decode_tokens_per_second",
+    "keras_hub_xla_decode_tokens_per_second",
+    "decode_speedup_vs_keras_hub",
+    "decode_speedup_vs_keras_hub_xla",
+]
+
+
+def _check_benchmark(sandbox: Sandbox, stdout: str) -> None:
+    """`tfllm-benchmark --mode=all --peer=keras_hub`'s contract (not its speed): one JSON
+    line on stdout, the same object in --output, every headline number positive."""
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, stdout[-3000:]
+    result = json.loads(lines[0])
+    assert json.loads((sandbox.root / "benchmarks.json").read_text()) == result  # --output
+    for field in BENCHMARK_FIELDS:
+        value = result[field]
+        assert isinstance(value, int | float) and math.isfinite(value) and value > 0, field
+    assert 0 < result["mfu"] < 1
+    assert result["step_time_p10_s"] <= result["step_time_median_s"] <= result["step_time_p90_s"]
+    assert result["keras_hub_train"]["num_params"] > 0
+    assert result["keras_hub_xla_decode"]["jit_compile"] is True
+    env = result["environment"]
+    for key in ("tensorflow", "keras", "keras_hub", "cpu_model", "cpu_count"):
+        assert env[key], key
+    assert "intra_op_threads" in env and "inter_op_threads" in env
+    assert set(result["targets_met"]) == {
+        "mfu_ge_0.5",
+        "train_speedup_ge_1.3",
+        "decode_speedup_vs_keras_hub_ge_2.0",
+        "decode_speedup_vs_keras_hub_xla_ge_2.0",
+    }
+
+
+# What a block made, checked right after it (later blocks may change those runs).
+CHECKS = {
+    "docs/pipeline.md block 4": _check_lm_pipeline,
+    "docs/benchmarks.md block 1": _check_benchmark,
+}
+
+
 @pytest.mark.longest
 @pytest.mark.parametrize("group", list(GROUPS))
 def test_documented_shell_blocks_run(group, tmp_path, forkserver, provided):
@@ -302,9 +397,16 @@ def test_documented_shell_blocks_run(group, tmp_path, forkserver, provided):
             print(f"{where}: exit {proc.returncode} in {time.time() - start:.0f}s")
             if proc.returncode:
                 failures.append(_failure(where, block, proc))
+            elif where in CHECKS:
+                try:
+                    CHECKS[where](sandbox, proc.stdout)
+                except AssertionError as e:
+                    failures.append(f"{where}: what it made:\n{e}")
             ran.update(commands)
     print("skipped:", *skipped, sep="\n  ")
     assert not failures, "\n\n".join(failures)
     assert ran
+    ours = [where for where in CHECKS if where.split(" block ")[0] in GROUPS[group]]
+    assert set(ours) <= set(outputs), f"checked blocks that did not run: {set(ours) - set(outputs)}"
     if "README.md" in GROUPS[group]:
         _check_journey(sandbox, outputs)
