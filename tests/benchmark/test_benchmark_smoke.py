@@ -32,10 +32,11 @@ def test_benchmark_bad_flags_fail_in_one_line(tmp_path, args, needle):
     assert not output.exists()
 
 
-def test_measure_peak_gflops_is_positive_and_finite():
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_measure_peak_gflops_is_positive_and_finite(dtype):
     from tfllm.benchmark.peak import measure_peak_gflops
 
-    gflops = measure_peak_gflops(size=256, warmup=1, repeats=3)
+    gflops = measure_peak_gflops(size=256, warmup=1, repeats=3, dtype=dtype)
     assert math.isfinite(gflops) and gflops > 0
 
 

@@ -353,6 +353,7 @@ def _check_benchmark(sandbox: Sandbox, stdout: str) -> None:
         value = result[field]
         assert isinstance(value, int | float) and math.isfinite(value) and value > 0, field
     assert 0 < result["mfu"] < 1
+    assert result["peak_dtype"] == "float32"  # the run's compute dtype: MFU's denominator
     assert result["step_time_p10_s"] <= result["step_time_median_s"] <= result["step_time_p90_s"]
     assert result["keras_hub_train"]["num_params"] > 0
     assert result["keras_hub_xla_decode"]["jit_compile"] is True
@@ -360,6 +361,7 @@ def _check_benchmark(sandbox: Sandbox, stdout: str) -> None:
     for key in ("tensorflow", "keras", "keras_hub", "cpu_model", "cpu_count"):
         assert env[key], key
     assert "intra_op_threads" in env and "inter_op_threads" in env
+    assert isinstance(env["cpu_native_bfloat16"], bool)
     assert set(result["targets_met"]) == {
         "mfu_ge_0.5",
         "train_speedup_ge_1.3",

@@ -100,7 +100,7 @@ def main(argv) -> None:
     print(json.dumps(result, sort_keys=True, default=str), flush=True)
     rows: list[tuple[str, object]] = [
         ("output", FLAGS.output),
-        ("peak GFLOP/s", result["peak_gflops"]),
+        (f"peak GFLOP/s ({result['peak_dtype']} matmul)", result["peak_gflops"]),
     ]
     for key in (
         "train_tokens_per_second",

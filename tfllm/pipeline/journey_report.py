@@ -344,7 +344,8 @@ def _speed_section(workdir: str, variants: list[Variant], lm_edge: dict) -> list
             f"`tfllm-benchmark` at the GPT's dimensions on {env.get('cpu_model', '?')} "
             f"({env.get('cpu_count', '?')} cores), interleaved with keras-hub's `GPT2Backbone` "
             "at the same dimensions; medians. MFU counts 6N + 12·L·d·T FLOPs per token against "
-            f"the {_num(bench.get('peak_gflops'), '.1f')} GFLOP/s a large fp32 matmul reached "
+            f"the {_num(bench.get('peak_gflops'), '.1f')} GFLOP/s a large "
+            f"{bench.get('peak_dtype', 'float32')} matmul reached "
             "in the same run. A few timed steps: docs/benchmarks.md has the long runs.",
             "",
             "| what | tfllm | keras-hub | ratio |",
