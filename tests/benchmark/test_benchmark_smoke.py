@@ -8,6 +8,7 @@ headline number present and positive), not the speed.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -19,6 +20,8 @@ from conftest import last_stderr_line, run_cli
     [
         (["--steps=0"], "--steps"),
         (["--decode_prompt_len=200"], "config.model.max_length"),
+        (["--compare_precisions=float8"], "--compare_precisions"),
+        (["--mode=decode", "--compare_precisions=mixed_bfloat16"], "--compare_precisions"),
     ],
 )
 def test_benchmark_bad_flags_fail_in_one_line(tmp_path, args, needle):
@@ -65,3 +68,54 @@ def test_interleave_alternates_sides_after_warmup():
     seconds = interleave([Side("a"), Side("b")], warmup=1, repeats=2, per_repeat=2)
     assert calls == ["a", "b", "a", "a", "b", "b", "a", "a", "b", "b"]
     assert seconds == {"a": [1.0] * 4, "b": [1.0] * 4}
+
+
+TOY = [
+    "--config.tokenizer.vocab_size=300",
+    "--config.model.max_length=32",
+    "--config.model.num_layers=1",
+    "--config.model.num_heads=2",
+    "--config.model.hidden_dim=32",
+    "--config.model.intermediate_dim=64",
+    "--config.train.batch_size=2",
+    "--steps=2",
+    "--warmup=1",
+    "--repeats=1",
+]
+
+
+def test_compare_precisions_times_each_side_in_its_own_dtype(tmp_path):
+    output = tmp_path / "bench.json"
+    proc = run_cli(
+        "benchmark",
+        "--config=configs/bench_gpt_small_cpu.py",
+        "--mode=train",
+        "--peer=keras_hub",
+        "--compare_precisions=mixed_bfloat16,float32",  # the config's own is dropped
+        f"--output={output}",
+        *TOY,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(output.read_text())
+    by_precision = result["train_by_precision"]
+    assert list(by_precision) == ["float32", "mixed_bfloat16"]
+    for precision, dtype in (("float32", "float32"), ("mixed_bfloat16", "bfloat16")):
+        entry = by_precision[precision]
+        assert entry["ours"]["compute_dtype"] == entry["keras_hub"]["compute_dtype"] == dtype
+        for side in ("ours", "keras_hub"):
+            assert entry[side]["train_tokens_per_second"] > 0 and entry[side]["mfu"] > 0
+        ratio = (
+            entry["ours"]["train_tokens_per_second"] / entry["keras_hub"]["train_tokens_per_second"]
+        )
+        assert entry["train_speedup_vs_keras_hub"] == pytest.approx(ratio)
+        hub32 = by_precision["float32"]["keras_hub"]["train_tokens_per_second"]
+        assert entry["train_speedup_vs_keras_hub_float32"] == pytest.approx(
+            entry["ours"]["train_tokens_per_second"] / hub32
+        )
+    # The headline numbers are the config's precision (float32), as without the flag.
+    assert (
+        result["train_tokens_per_second"]
+        == by_precision["float32"]["ours"]["train_tokens_per_second"]
+    )
+    assert set(result["peak_gflops_by_dtype"]) == {"float32", "bfloat16"}
+    assert result["peak_dtype"] == "float32"

@@ -7,9 +7,11 @@ can read them without knowing the layout; per-side details are nested.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import keras
@@ -41,6 +43,8 @@ class BenchSettings:
     decode_batch: int
     decode_prompt_len: int
     decode_new_tokens: int
+    # Also time training under these precisions, interleaved with the config's.
+    compare_precisions: tuple[str, ...] = ()
 
 
 def cpu_model() -> str:
@@ -87,44 +91,118 @@ def environment() -> dict[str, object]:
     }
 
 
+@contextlib.contextmanager
+def dtype_policy(precision: str) -> Iterator[None]:
+    """Keras' global dtype policy set to `precision` inside the block.
+
+    A Keras layer keeps the policy it was built under, so models built (and
+    traced, by a first step) inside the block compute in `precision` even
+    after the global policy is back.
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def compute_dtype(precision: str) -> str:
+    """The dtype a Keras policy computes in ("mixed_bfloat16" -> "bfloat16")."""
+    return keras.DTypePolicy(precision).compute_dtype
+
+
+def _train_sides(
+    config: ml_collections.ConfigDict, precision: str, peer: str, suffix: str
+) -> list[TrainBench]:
+    """Ours (and the peer) built and traced under `precision`."""
+    run_config = config.copy_and_resolve_references()
+    run_config.runtime.precision = precision
+    with dtype_policy(precision):
+        sides = [TrainBench(f"ours{suffix}", build_ours(run_config), run_config)]
+        if peer == "keras_hub":
+            from tfllm.benchmark.peer import build_train_model
+
+            sides.append(
+                TrainBench(f"keras_hub{suffix}", build_train_model(run_config), run_config)
+            )
+        for side in sides:
+            side.run_once()  # trace under the policy the model was built with
+    return sides
+
+
 def _train(
-    config: ml_collections.ConfigDict, settings: BenchSettings, peak_gflops: float
+    config: ml_collections.ConfigDict, settings: BenchSettings, peaks: dict[str, float]
 ) -> dict[str, object]:
-    ours = TrainBench("ours", build_ours(config), config)
+    """Training steps of ours (and the peer) under the config's precision and
+    each of `settings.compare_precisions`, all interleaved in one set of rounds."""
+    precisions = [str(config.runtime.precision), *settings.compare_precisions]
+    sides = {
+        precision: _train_sides(config, precision, settings.peer, "" if i == 0 else f"_{precision}")
+        for i, precision in enumerate(precisions)
+    }
+    ours = sides[precisions[0]][0]
     seq_len = int(config.model.max_length)
     flops_per_token = ours.model.flops_per_token(seq_len)
-    sides: list[TrainBench] = [ours]
-    if settings.peer == "keras_hub":
-        from tfllm.benchmark.peer import build_train_model
+    seconds = interleave(
+        [side for group in sides.values() for side in group],
+        settings.warmup,
+        settings.repeats,
+        settings.steps,
+    )
 
-        sides.append(TrainBench("keras_hub", build_train_model(config), config))
-    seconds = interleave(sides, settings.warmup, settings.repeats, settings.steps)
-
-    def side_result(side: TrainBench) -> dict[str, object]:
+    def side_result(side: TrainBench, precision: str) -> dict[str, object]:
         stats = summarize_seconds(seconds[side.name], side.tokens_per_step, "train")
         tps = stats.pop("train_tokens_per_second")
         renamed = {k.replace("train_time", "step_time"): v for k, v in stats.items()}
         return {
             "train_tokens_per_second": tps,
-            "mfu": tps * flops_per_token / (peak_gflops * 1e9),
+            "mfu": tps * flops_per_token / (peaks[compute_dtype(precision)] * 1e9),
             "num_params": int(side.model.count_params()),
+            "compute_dtype": str(side.model.compute_dtype),
             **renamed,
         }
 
+    by_precision = {
+        precision: [side_result(side, precision) for side in group]
+        for precision, group in sides.items()
+    }
+    first = by_precision[precisions[0]]
     result: dict[str, object] = {
         "train_tokens_per_step": ours.tokens_per_step,
         "flops_per_token": int(flops_per_token),
-        **side_result(ours),
+        **first[0],
     }
-    if len(sides) > 1:
-        peer = side_result(sides[1])
+    if len(first) > 1:
+        peer = first[1]
         result["keras_hub_train"] = peer
         result["keras_hub_train_tokens_per_second"] = peer["train_tokens_per_second"]
         result["keras_hub_mfu"] = peer["mfu"]
         result["train_speedup_vs_keras_hub"] = (
             result["train_tokens_per_second"] / peer["train_tokens_per_second"]
         )
+    if len(precisions) > 1:
+        result["train_by_precision"] = _by_precision_summary(by_precision)
     return result
+
+
+def _by_precision_summary(by_precision: dict[str, list[dict]]) -> dict[str, dict[str, object]]:
+    """Per precision: ours, the peer, ours / peer at that precision, and ours /
+    the peer in float32 (keras-hub's default policy) when float32 was timed."""
+    hub_float32 = by_precision.get("float32", [])[1:]
+    summary: dict[str, dict[str, object]] = {}
+    for precision, (ours, *peer) in by_precision.items():
+        entry: dict[str, object] = {"ours": ours}
+        tps = float(ours["train_tokens_per_second"])
+        if peer:
+            entry["keras_hub"] = peer[0]
+            entry["train_speedup_vs_keras_hub"] = tps / float(peer[0]["train_tokens_per_second"])
+        if hub_float32:
+            entry["train_speedup_vs_keras_hub_float32"] = tps / float(
+                hub_float32[0]["train_tokens_per_second"]
+            )
+        summary[precision] = entry
+    return summary
 
 
 def _decode(config: ml_collections.ConfigDict, settings: BenchSettings) -> dict[str, object]:
@@ -213,17 +291,20 @@ def run_benchmark(config: ml_collections.ConfigDict, settings: BenchSettings) ->
     }
     # MFU's denominator is the peak of the arithmetic the model does: under a
     # mixed policy that is the compute dtype's matmul, not fp32's.
-    compute_dtype = keras.config.dtype_policy().compute_dtype
-    peak = measure_peak_gflops(dtype=compute_dtype)
-    result["peak_dtype"] = compute_dtype
-    result["peak_gflops"] = peak
-    if compute_dtype != "float32":
-        result["peak_gflops_float32"] = measure_peak_gflops()
+    dtype = compute_dtype(str(config.runtime.precision))
+    dtypes = {dtype, "float32", *(compute_dtype(p) for p in settings.compare_precisions)}
+    peaks = {d: measure_peak_gflops(dtype=d) for d in sorted(dtypes)}
+    result["peak_dtype"] = dtype
+    result["peak_gflops"] = peaks[dtype]
+    if dtype != "float32":
+        result["peak_gflops_float32"] = peaks["float32"]
+    if len(peaks) > 1:
+        result["peak_gflops_by_dtype"] = peaks
     if settings.mode in ("train", "all"):
-        result.update(_train(config, settings, peak))
+        result.update(_train(config, settings, peaks))
     if settings.mode in ("decode", "all"):
         result.update(_decode(config, settings))
     # Peak again at the end: a large drift means the machine's load changed.
-    result["peak_gflops_end"] = measure_peak_gflops(dtype=compute_dtype)
+    result["peak_gflops_end"] = measure_peak_gflops(dtype=dtype)
     result["targets_met"] = _targets(result)
     return result

@@ -18,6 +18,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from tfllm.cli import common
+from tfllm.config import PRECISIONS
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Benchmark config (model dims, batch).")
@@ -40,6 +41,12 @@ flags.DEFINE_integer("repeats", 3, "Interleaved rounds (ours, peer, ours, peer, 
 flags.DEFINE_integer("decode_batch", 8, "Prompts decoded together.")
 flags.DEFINE_integer("decode_prompt_len", 32, "Random prompt tokens per row.")
 flags.DEFINE_integer("decode_new_tokens", 96, "Greedy tokens generated per row.")
+flags.DEFINE_list(
+    "compare_precisions",
+    [],
+    "Also time training under these runtime.precision values (ours and the peer), "
+    "interleaved with the config's; e.g. mixed_bfloat16. Reported in train_by_precision.",
+)
 flags.DEFINE_string("output", "benchmarks.json", "Where the JSON result is written.")
 
 
@@ -60,6 +67,13 @@ def _validate_flags() -> None:
     ):
         if FLAGS[name].value < least:
             common.fail(f"--{name}: must be ≥ {least}, got {FLAGS[name].value}")
+    for precision in FLAGS.compare_precisions:
+        if precision not in PRECISIONS:
+            common.fail(
+                f"--compare_precisions: {precision!r} is not one of {', '.join(PRECISIONS)}"
+            )
+    if FLAGS.compare_precisions and FLAGS.mode not in ("train", "all"):
+        common.fail("--compare_precisions: times training; use it with --mode=train or all")
     if not FLAGS.output:
         common.fail("--output: must be a file path")
     if os.path.isdir(FLAGS.output):
@@ -79,6 +93,7 @@ def main(argv) -> None:
             f"--decode_prompt_len + --decode_new_tokens = {decode_len} exceeds "
             f"config.model.max_length {config.model.max_length}"
         )
+    compare = [p for p in dict.fromkeys(FLAGS.compare_precisions) if p != config.runtime.precision]
     common.setup_runtime(config)
 
     from tfllm.benchmark.runner import BenchSettings, run_benchmark
@@ -93,6 +108,7 @@ def main(argv) -> None:
         decode_batch=FLAGS.decode_batch,
         decode_prompt_len=FLAGS.decode_prompt_len,
         decode_new_tokens=FLAGS.decode_new_tokens,
+        compare_precisions=tuple(compare),
     )
     result = run_benchmark(config, settings)
     result["command"] = " ".join([common.command_name(), *sys.argv[1:]])
@@ -115,6 +131,12 @@ def main(argv) -> None:
     ):
         if key in result:
             rows.append((key, float(result[key])))
+    for precision, entry in result.get("train_by_precision", {}).items():
+        tps = entry["ours"]["train_tokens_per_second"]
+        rows.append((f"{precision}: train_tokens_per_second", float(tps)))
+        for ratio in ("train_speedup_vs_keras_hub", "train_speedup_vs_keras_hub_float32"):
+            if ratio in entry:
+                rows.append((f"{precision}: {ratio}", float(entry[ratio])))
     # The table goes to stderr: stdout is exactly one JSON line for scripts.
     stdout, sys.stdout = sys.stdout, sys.stderr
     try:
