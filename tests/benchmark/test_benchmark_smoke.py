@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 
+import keras
 import pytest
 from conftest import last_stderr_line, run_cli
 
@@ -119,3 +120,32 @@ def test_compare_precisions_times_each_side_in_its_own_dtype(tmp_path):
     )
     assert set(result["peak_gflops_by_dtype"]) == {"float32", "bfloat16"}
     assert result["peak_dtype"] == "float32"
+
+
+def test_float16_train_step_scales_the_loss_as_the_trainer_does():
+    """Under mixed_float16 the timed step pays for loss scaling (Keras'
+    LossScaleOptimizer, as tfllm.training.optim builds it) and still trains."""
+    import numpy as np
+
+    from tfllm.benchmark.runner import dtype_policy
+    from tfllm.benchmark.train_bench import TrainBench, build_ours
+    from tfllm.config import load_config_file
+
+    config = load_config_file("configs/bench_gpt_small_cpu.py")
+    config.tokenizer.vocab_size = 300
+    config.model.update(max_length=16, num_layers=1, num_heads=2, hidden_dim=32)
+    config.model.intermediate_dim = 64
+    config.train.batch_size = 2
+    config.runtime.precision = "mixed_float16"
+    with dtype_policy("mixed_float16"):
+        bench = TrainBench("ours", build_ours(config), config)
+        before = [v.numpy().copy() for v in bench.model.trainable_variables]
+        for _ in range(3):
+            bench.run_once()
+    assert isinstance(bench.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert bench.model.compute_dtype == "float16"
+    # No step overflowed (an overflow halves the scale and skips the update).
+    assert float(bench.optimizer.dynamic_scale) == bench.optimizer.initial_scale
+    after = bench.model.trainable_variables
+    assert all(np.all(np.isfinite(v.numpy())) for v in after)
+    assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, after, strict=True))

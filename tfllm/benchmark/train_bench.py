@@ -27,18 +27,26 @@ def random_tokens(batch: int, length: int, vocab_size: int, seed: int) -> tf.Ten
     )
 
 
-def make_optimizer(train: ml_collections.ConfigDict) -> keras.optimizers.Optimizer:
-    """Keras AdamW with the config's hyper-parameters and a constant learning rate.
+def make_optimizer(
+    train: ml_collections.ConfigDict, precision: str = "float32"
+) -> keras.optimizers.Optimizer:
+    """Keras AdamW with the config's hyper-parameters and a constant learning rate,
+    wrapped in Keras' `LossScaleOptimizer` under `mixed_float16` as the trainer
+    does (`tfllm.training.optim.create_optimizer`), so a float16 timing pays
+    for the loss scaling a real float16 run needs.
 
     A schedule would add a few scalar ops per step; both sides get the same
     optimizer so that it cancels out of the comparison anyway.
     """
-    return keras.optimizers.AdamW(
+    optimizer = keras.optimizers.AdamW(
         learning_rate=float(train.learning_rate),
         weight_decay=float(train.weight_decay),
         beta_1=float(train.beta_1),
         beta_2=float(train.beta_2),
     )
+    if precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 def make_train_step(
@@ -47,13 +55,16 @@ def make_train_step(
     clip_norm: float,
     jit_compile: bool,
 ) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    """One training step as a `tf.function`, built as the trainer builds it."""
+    """One training step as a `tf.function`, built as the trainer builds it
+    (loss scaling and clipping of the scaled gradients included)."""
+    loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
     def forward_backward(inputs: tf.Tensor, targets: tf.Tensor) -> tuple:
         with tf.GradientTape() as tape:
             logits = model(inputs, training=True)
             loss = tf.reduce_mean(token_cross_entropy(targets, logits))
-        return loss, tape.gradient(loss, model.trainable_variables)
+            scaled = optimizer.scale_loss(loss) if loss_scaling else loss
+        return loss, tape.gradient(scaled, model.trainable_variables)
 
     if jit_compile:
         forward_backward = tf.function(forward_backward, jit_compile=True)
@@ -62,7 +73,8 @@ def make_train_step(
     def train_step(inputs: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
         loss, grads = forward_backward(inputs, targets)
         if clip_norm > 0:
-            grads, _ = tf.clip_by_global_norm(grads, clip_norm)
+            scale = tf.cast(optimizer.dynamic_scale, tf.float32) if loss_scaling else 1.0
+            grads, _ = tf.clip_by_global_norm(grads, clip_norm * scale)
         optimizer.apply(grads, model.trainable_variables)
         return loss
 
@@ -82,7 +94,7 @@ class TrainBench:
         # One fixed batch: the input pipeline is not what is being measured.
         self.inputs = random_tokens(batch, seq_len, vocab, seed=1)
         self.targets = random_tokens(batch, seq_len, vocab, seed=2)
-        self.optimizer = make_optimizer(config.train)
+        self.optimizer = make_optimizer(config.train, str(config.runtime.precision))
         self.optimizer.build(model.trainable_variables)
         self.step = make_train_step(
             model,
