@@ -83,6 +83,7 @@ SKIPPED = {
     "python -m pytest": "the test suite itself",
     "gs://": "needs a GCS bucket and GPUs or a TPU",
     "TF_CONFIG=": "needs other hosts",
+    "gpu_train_throughput_jax.py": "needs a GPU and JAX (docs/benchmarks.md, GPT-2 on an H100)",
 }
 _RUN = re.compile(r"\bruns/[\w.-]+")
 _PRODUCES = re.compile(
