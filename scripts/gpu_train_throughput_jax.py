@@ -10,6 +10,12 @@ keras-hub `TransformerDecoder` blocks, `ReversibleEmbedding` tied head and
 keras-hub's `GPT2Backbone`) reach under bf16 + XLA on that GPU. It is not a
 timing of tfllm's TensorFlow trainer.
 
+`--attention=is_causal` (the default) runs keras-hub's block sublayers with
+`ops.dot_product_attention(is_causal=True)`; `keras_hub` calls the blocks,
+which pass an explicit causal mask. Same weights and logits (checked on CPU);
+on the H100 the causal flag let cuDNN skip half the attention tiles (1.10×,
+docs/benchmarks.md).
+
 The step is Keras' documented JAX pattern: `model.stateless_call` under
 `jax.value_and_grad`, `optimizer.stateless_apply`, the whole step in one
 `jax.jit` with its state donated. AdamW with global-norm clipping 1.0, as
@@ -65,19 +71,66 @@ def measure_peak_tflops(
     return 2 * size**3 / statistics.median(seconds) / 1e12
 
 
-class CausalLM(keras.Model):
-    """GPT2Backbone + tied head (`token_embedding(x, reverse=True)`), float32 logits."""
+def causal_block(block: keras_hub.layers.TransformerDecoder, x, training: bool):
+    """`block(x)` with attention as `ops.dot_product_attention(is_causal=True)`.
 
-    def __init__(self, backbone: keras_hub.models.GPT2Backbone, **kwargs) -> None:
+    The same sublayers and weights (as `tfllm.models.gpt.cached_block` uses
+    them), but without keras-hub's explicit [B, T, T] causal mask: given a
+    mask, cuDNN's fused attention computes every query-key block; told the
+    attention is causal, it skips the blocks above the diagonal.
+    """
+    attention = block._self_attention_layer
+    h = block._self_attention_layer_norm(x)
+    query = attention._query_dense(h)  # [B, T, H, Dh]
+    key = attention._key_dense(h)
+    value = attention._value_dense(h)
+    attended = keras.ops.dot_product_attention(
+        query, key, value, scale=attention._key_dim**-0.5, is_causal=True
+    )
+    x = x + block._self_attention_dropout(attention._output_dense(attended), training=training)
+    h = block._feedforward_layer_norm(x)
+    h = block._feedforward_output_dense(block._feedforward_intermediate_dense(h))
+    return x + block._feedforward_dropout(h, training=training)
+
+
+class CausalLM(keras.Model):
+    """GPT2Backbone + tied head (`token_embedding(x, reverse=True)`).
+
+    `attention="keras_hub"` calls the backbone as is (its blocks pass an
+    explicit causal mask); `"is_causal"` runs the same layers through
+    `causal_block`. Logits are float32 as tfllm's GPT returns them;
+    `logits_dtype="bfloat16"` leaves them in the compute dtype, only to
+    measure what the float32 logits and loss over the vocabulary cost.
+    """
+
+    def __init__(
+        self,
+        backbone: keras_hub.models.GPT2Backbone,
+        logits_dtype: str = "float32",
+        attention: str = "keras_hub",
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self.backbone = backbone
+        self.logits_dtype = logits_dtype
+        self.attention = attention
 
     def call(self, token_ids, training=False):
-        x = self.backbone(
-            {"token_ids": token_ids, "padding_mask": keras.ops.ones_like(token_ids)},
-            training=training,
-        )
-        return keras.ops.cast(self.backbone.token_embedding(x, reverse=True), "float32")
+        backbone = self.backbone
+        if self.attention == "keras_hub":
+            x = backbone(
+                {"token_ids": token_ids, "padding_mask": keras.ops.ones_like(token_ids)},
+                training=training,
+            )
+        else:
+            tokens = backbone.token_embedding(token_ids)
+            x = backbone.embeddings_add((tokens, backbone.position_embedding(tokens)))
+            x = backbone.embeddings_dropout(x, training=training)
+            for block in backbone.transformer_layers:
+                x = causal_block(block, x, training)
+            x = backbone.layer_norm(x)
+        logits = backbone.token_embedding(x, reverse=True)
+        return keras.ops.cast(logits, self.logits_dtype)
 
 
 def build(args: argparse.Namespace) -> CausalLM:
@@ -90,7 +143,7 @@ def build(args: argparse.Namespace) -> CausalLM:
         dropout=args.dropout,
         max_sequence_length=args.seq_len,
     )
-    return CausalLM(backbone)
+    return CausalLM(backbone, args.logits_dtype, args.attention)
 
 
 def flops_per_token(model: CausalLM, args: argparse.Namespace) -> float:
@@ -146,6 +199,12 @@ def time_training(args: argparse.Namespace, batch_size: int, peak_tflops: float)
         loss, state = step(state, x, y)
         loss.block_until_ready()
         seconds.append(time.perf_counter() - start)
+    if args.trace_dir:
+        # A few more steps under the profiler (XPlane, with the GPU kernels' times).
+        with jax.profiler.trace(os.path.join(args.trace_dir, f"batch{batch_size}")):
+            for _ in range(3):
+                loss, state = step(state, x, y)
+            loss.block_until_ready()
     median = statistics.median(seconds)
     tokens = batch_size * args.seq_len
     fpt = flops_per_token(model, args)
@@ -189,6 +248,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="keras.config.enable_flash_attention() (cuDNN's fused attention)",
     )
+    parser.add_argument(
+        "--logits_dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="float32 as tfllm trains; bfloat16 only to measure what that costs",
+    )
+    parser.add_argument(
+        "--attention",
+        default="is_causal",
+        choices=["keras_hub", "is_causal"],
+        help="keras-hub's blocks (explicit causal mask) or the same layers with is_causal=True",
+    )
+    parser.add_argument("--trace_dir", default="", help="also profile 3 steps there")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--output", default="gpu_train_throughput.json")
@@ -219,6 +291,8 @@ def main(argv: list[str]) -> None:
         },
         "keras_backend": keras.backend.backend(),
         "precision": args.precision,
+        "logits_dtype": args.logits_dtype,
+        "attention": args.attention,
         "flash_attention": args.flash_attention,
         "peak_bf16_matmul_tflops": peak,
         "model": {
