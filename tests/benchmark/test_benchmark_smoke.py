@@ -149,3 +149,38 @@ def test_float16_train_step_scales_the_loss_as_the_trainer_does():
     after = bench.model.trainable_variables
     assert all(np.all(np.isfinite(v.numpy())) for v in after)
     assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, after, strict=True))
+
+
+@pytest.mark.parametrize("side", ["ours", "keras_hub"])
+def test_benchmark_optimizer_decays_what_the_trainer_decays(side):
+    """Zero gradients: only AdamW's decoupled decay moves weights, and it must
+    skip LayerNorm scales/shifts, biases and position embeddings on both sides."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tfllm.benchmark.train_bench import build_ours, make_optimizer
+    from tfllm.config import load_config_file
+
+    config = load_config_file("configs/bench_gpt_small_cpu.py")
+    config.tokenizer.vocab_size = 300
+    config.model.update(max_length=16, num_layers=1, num_heads=2, hidden_dim=32)
+    config.model.intermediate_dim = 64
+    config.train.update(learning_rate=0.1, weight_decay=0.5)
+    if side == "ours":
+        model = build_ours(config)
+    else:
+        from tfllm.benchmark.peer import build_train_model
+
+        model = build_train_model(config)
+    optimizer = make_optimizer(config.train, model)
+    variables = model.trainable_variables
+    before = [v.numpy().copy() for v in variables]
+    optimizer.apply([tf.zeros(v.shape, v.dtype) for v in variables], variables)
+    decayed, kept = set(), set()
+    for v, old in zip(variables, before, strict=True):
+        if np.any(old):  # zero-initialised weights cannot show decay
+            (kept if np.allclose(v.numpy(), old) else decayed).add(v.path)
+    assert any("position_embedding" in p for p in kept), kept
+    assert any("gamma" in p for p in kept) and not any("gamma" in p for p in decayed)
+    assert all("kernel" in p or "token_embedding" in p for p in decayed), decayed
+    assert any("token_embedding" in p for p in decayed)

@@ -17,6 +17,7 @@ import ml_collections
 import tensorflow as tf
 
 from tfllm.models import build_model
+from tfllm.training.optim import no_decay_variables
 from tfllm.training.tasks import token_cross_entropy
 
 
@@ -28,12 +29,15 @@ def random_tokens(batch: int, length: int, vocab_size: int, seed: int) -> tf.Ten
 
 
 def make_optimizer(
-    train: ml_collections.ConfigDict, precision: str = "float32"
+    train: ml_collections.ConfigDict, model: keras.Model, precision: str = "float32"
 ) -> keras.optimizers.Optimizer:
-    """Keras AdamW with the config's hyper-parameters and a constant learning rate,
-    wrapped in Keras' `LossScaleOptimizer` under `mixed_float16` as the trainer
-    does (`tfllm.training.optim.create_optimizer`), so a float16 timing pays
-    for the loss scaling a real float16 run needs.
+    """Keras AdamW with the config's hyper-parameters and a constant learning rate.
+
+    As the trainer builds it (`tfllm.training.optim.create_optimizer`): the
+    same weight-decay exclusions (LayerNorm scales/shifts, biases, position
+    embeddings; chosen by variable path, so they apply to the keras-hub peer
+    too), and under `mixed_float16` Keras' `LossScaleOptimizer`, so a float16
+    timing pays for the loss scaling a real float16 run needs.
 
     A schedule would add a few scalar ops per step; both sides get the same
     optimizer so that it cancels out of the comparison anyway.
@@ -44,6 +48,7 @@ def make_optimizer(
         beta_1=float(train.beta_1),
         beta_2=float(train.beta_2),
     )
+    optimizer.exclude_from_weight_decay(var_list=no_decay_variables(model))
     if precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -94,7 +99,7 @@ class TrainBench:
         # One fixed batch: the input pipeline is not what is being measured.
         self.inputs = random_tokens(batch, seq_len, vocab, seed=1)
         self.targets = random_tokens(batch, seq_len, vocab, seed=2)
-        self.optimizer = make_optimizer(config.train, str(config.runtime.precision))
+        self.optimizer = make_optimizer(config.train, model, str(config.runtime.precision))
         self.optimizer.build(model.trainable_variables)
         self.step = make_train_step(
             model,
