@@ -22,10 +22,10 @@ The step is Keras' documented JAX pattern: `model.stateless_call` under
 `configs/gpt_small.py` trains. MFU counts 6N + 12·L·d·T FLOPs per token (N:
 parameters without the learned position embedding), the formula
 `tfllm.models.gpt.GPT.flops_per_token` and `tfllm-benchmark` use, against a
-bf16 matmul peak measured in the same run (and the H100 SXM datasheet's
-989 TFLOP/s dense bf16, for reference).
+matmul peak measured in the same run in the compute dtype (and, for bf16,
+the H100 SXM datasheet's 989 TFLOP/s dense bf16, for reference).
 
-    python scripts/gpu_train_throughput_jax.py --batch_sizes=8,16 --output=gpt2.json
+    python scripts/gpu_train_throughput_jax.py --batch_sizes=16,24 --output=gpt2.json
 """
 
 from __future__ import annotations
@@ -48,16 +48,20 @@ H100_SXM_DENSE_BF16_TFLOPS = 989.0
 
 
 def measure_peak_tflops(
-    size: int = 8192, warmup: int = 10, rounds: int = 7, per_round: int = 20
+    dtype: str = "bfloat16",
+    size: int = 8192,
+    warmup: int = 10,
+    rounds: int = 7,
+    per_round: int = 20,
 ) -> float:
-    """TFLOP/s of a size³ bf16 matmul: the same-run ceiling MFU is taken against.
+    """TFLOP/s of a size³ matmul in `dtype`: the same-run ceiling MFU is taken against.
 
     Each round queues `per_round` products and waits once, so the host's
     per-call dispatch is hidden as it is in a training loop; median of rounds.
     """
     key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
-    a = jax.random.normal(key_a, (size, size), dtype=jnp.bfloat16)
-    b = jax.random.normal(key_b, (size, size), dtype=jnp.bfloat16)
+    a = jax.random.normal(key_a, (size, size), dtype=dtype)
+    b = jax.random.normal(key_b, (size, size), dtype=dtype)
     matmul = jax.jit(jnp.matmul)
     for _ in range(warmup):
         matmul(a, b).block_until_ready()
@@ -234,7 +238,7 @@ def time_training(args: argparse.Namespace, batch_size: int, peak_tflops: float)
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch_sizes", default="8,16", help="comma-separated")
+    parser.add_argument("--batch_sizes", default="24", help="comma-separated")
     parser.add_argument("--seq_len", type=int, default=1024)
     parser.add_argument("--vocab_size", type=int, default=50257)
     parser.add_argument("--num_layers", type=int, default=12)
@@ -242,7 +246,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--hidden_dim", type=int, default=768)
     parser.add_argument("--intermediate_dim", type=int, default=3072)
     parser.add_argument("--dropout", type=float, default=0.0)
-    parser.add_argument("--precision", default="mixed_bfloat16")
+    parser.add_argument(
+        "--precision",
+        default="mixed_bfloat16",
+        choices=["mixed_bfloat16", "float32"],
+        help="Keras dtype policy; the peak is measured in its compute dtype",
+    )
     parser.add_argument(
         "--flash_attention",
         action="store_true",
@@ -279,7 +288,8 @@ def main(argv: list[str]) -> None:
     if args.flash_attention:
         keras.config.enable_flash_attention()
     device = jax.devices()[0]
-    peak = measure_peak_tflops()
+    peak_dtype = keras.DTypePolicy(args.precision).compute_dtype
+    peak = measure_peak_tflops(peak_dtype)
     result = {
         "command": " ".join(["python", *sys.argv]),
         "device": getattr(device, "device_kind", str(device)),
@@ -294,7 +304,8 @@ def main(argv: list[str]) -> None:
         "logits_dtype": args.logits_dtype,
         "attention": args.attention,
         "flash_attention": args.flash_attention,
-        "peak_bf16_matmul_tflops": peak,
+        "peak_matmul_dtype": peak_dtype,
+        "peak_matmul_tflops": peak,
         "model": {
             k: getattr(args, k)
             for k in (
@@ -321,6 +332,11 @@ def main(argv: list[str]) -> None:
         json.dump(result, f, indent=1)
     os.replace(tmp, args.output)
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}), flush=True)
+    failed = [run["batch_size"] for run in result["runs"] if "error" in run]
+    if failed:
+        sys.exit(
+            f"gpu_train_throughput_jax: batch sizes {failed} failed (see 'error' in {args.output})"
+        )
 
 
 if __name__ == "__main__":
