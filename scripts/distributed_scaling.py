@@ -77,7 +77,7 @@ def allreduce_probe(num_floats: int, repeats: int = 20) -> None:
     import statistics
     import time
 
-    from tfllm.training.strategy import configure_threads
+    from tfllm.distribute.strategy import configure_threads
 
     configure_threads(1, 1)
     strategy = tf.distribute.MultiWorkerMirroredStrategy()

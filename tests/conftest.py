@@ -201,7 +201,7 @@ def build_trainer(config, workdir):
     """An LMTrainer on the tiny corpus, built the way `train_lm` builds it."""
     from tfllm.data.sources import ensure_tokenizer, lm_token_streams, load_text_splits
     from tfllm.models import build_model
-    from tfllm.training.strategy import create_strategy
+    from tfllm.distribute.strategy import create_strategy
     from tfllm.training.trainer import LMTrainer
 
     strategy = create_strategy(config.runtime)

@@ -14,7 +14,7 @@ import sys
 
 
 def main(workdir: str, prompts_file: str, max_new_tokens: int) -> None:
-    from tfllm.training.strategy import configure_logical_cpus
+    from tfllm.distribute.strategy import configure_logical_cpus
 
     configure_logical_cpus(2)  # before TensorFlow picks its devices
 
@@ -26,7 +26,7 @@ def main(workdir: str, prompts_file: str, max_new_tokens: int) -> None:
     from tfllm.inference.generate import Generator
     from tfllm.inference.loading import load_trained
     from tfllm.inference.prompts import read_prompts
-    from tfllm.parallel.tensor_parallel import MeshStrategy
+    from tfllm.distribute.tensor_parallel import MeshStrategy
 
     one = load_trained(workdir)
     tokenizer, eos = one.tokenizer, one.tokenizer.eos_id

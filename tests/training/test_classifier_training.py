@@ -39,7 +39,7 @@ def test_init_from_lm_copies_the_backbone_and_reuses_its_tokenizer(
     from tfllm.data.tokenizer import Tokenizer
     from tfllm.inference.loading import load_trained
     from tfllm.training.run import adopt_backbone_architecture
-    from tfllm.training.strategy import create_strategy
+    from tfllm.distribute.strategy import create_strategy
     from tfllm.training.tasks import ClassificationTask
     from tfllm.training.trainer import Trainer
 

@@ -61,7 +61,7 @@ def inference_strategy(config: ml_collections.ConfigDict):
 
     Must run before TensorFlow initialises devices (logical CPUs are set here).
     """
-    from tfllm.inference.distributed import create_inference_strategy, inference_runtime
+    from tfllm.distribute.strategy import create_inference_strategy, inference_runtime
 
     runtime = inference_runtime(
         config.runtime, FLAGS.strategy, FLAGS.logical_cpus, FLAGS.tensor_parallel
@@ -229,7 +229,7 @@ def setup_runtime(config: ml_collections.ConfigDict) -> None:
     """
     import keras
 
-    from tfllm.training.strategy import configure_logical_cpus, configure_threads
+    from tfllm.distribute.strategy import configure_logical_cpus, configure_threads
 
     configure_logical_cpus(int(config.runtime.logical_cpus))
     configure_threads(int(config.runtime.intra_op_threads), int(config.runtime.inter_op_threads))

@@ -209,7 +209,7 @@ def _lm_loss_sharded(trained, strategy, ids) -> dict[str, float]:
 
 
 def _is_chief(strategy) -> bool:
-    from tfllm.training.strategy import is_chief
+    from tfllm.distribute.strategy import is_chief
 
     return strategy is None or is_chief(strategy)
 
@@ -217,9 +217,9 @@ def _is_chief(strategy) -> bool:
 def _strategy_row(strategy) -> list[tuple[str, object]]:
     if strategy is None:
         return []
-    from tfllm.inference.distributed import strategy_label
+    from tfllm.distribute.strategy import describe
 
-    return [("strategy", strategy_label(strategy))]
+    return [("strategy", describe(strategy))]
 
 
 def _evaluate_classifier(trained, strategy=None) -> None:

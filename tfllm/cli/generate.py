@@ -138,9 +138,9 @@ def _generate_file() -> None:
 
     import keras
 
-    from tfllm.inference.distributed import BatchGenerator, Progress, strategy_label
+    from tfllm.distribute.strategy import describe, is_chief
+    from tfllm.inference.distributed import BatchGenerator, Progress
     from tfllm.inference.loading import load_trained
-    from tfllm.training.strategy import is_chief
 
     keras.utils.set_random_seed(FLAGS.seed)  # before the tokenizer exists (DESIGN §2)
     trained = load_trained(FLAGS.workdir, strategy)
@@ -182,7 +182,7 @@ def _generate_file() -> None:
         "tfllm-generate",
         [
             ("checkpoint", trained.checkpoint),
-            ("strategy", strategy_label(strategy)),
+            ("strategy", describe(strategy)),
             ("prompts", len(rows)),
             ("new tokens", tokens),
             ("seconds", seconds),

@@ -29,8 +29,8 @@ def main(argv) -> None:
     del argv
     config = common.resolve_config(FLAGS.config, FLAGS.workdir)
     common.setup_runtime(config)
+    from tfllm.distribute.strategy import serve_cluster_task
     from tfllm.training.run import train
-    from tfllm.training.strategy import serve_cluster_task
 
     if serve_cluster_task(config.runtime):  # a parameter-server cluster's worker or ps
         return

@@ -1,28 +1,8 @@
-"""Inference under any strategy: rows sharded over replicas, results back in row order.
+"""Inference under any strategy: batched generation, LM loss and classifier
+probabilities, each row sharded over replicas with `tfllm.distribute.rows.RowSharder`
+(row i in, row i out, on every worker; see that module for how and why).
 
-`tfllm-generate --input_file` and `tfllm-evaluate` share one mechanism,
-`RowSharder`: a host batch of rows (prompts, eval windows, classifier inputs)
-is padded to a multiple of the replica count by repeating its last row, each
-replica takes a contiguous slice (replica r gets rows `r*k .. r*k+k-1`), runs
-a per-row function, and the per-replica results are all-gathered in replica
-order (`strategy.gather`), so row i of the result is row i of the input on
-every worker. Padding rows are dropped after the gather.
-
-- default / one_device: one replica, the function runs as is;
-- mirrored: the per-replica batch is a slice of the global batch, one replica
-  per GPU (or logical CPU);
-- multi_worker: every worker reads the same rows (each process reads the
-  input itself, as every worker of a training job reads its data) and
-  computes only its replicas' slices; the all-gather is a collective, so every
-  worker ends with all results and the chief writes them;
-- tensor parallel (`MeshStrategy`): the rows are split along the mesh's
-  `batch` axis, every matmul is split along its `model` axis (DTensor).
-
-Why this and not `distribute_datasets_from_function`: that API hands whole
-per-replica batches to replicas in turn and leaves a ragged last step, so
-which rows a replica sees depends on the replica count; slicing each global
-batch keeps "row i in, row i out" trivially true, which is what an output
-file in input order and metrics equal to one device's need.
+`tfllm-generate --input_file` and `tfllm-evaluate` both run through here.
 
 Exactness: a row's result does not depend on the other rows of its batch as
 long as the per-row computation is the same; on this host's CPU kernels the
@@ -42,83 +22,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import keras
-import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from tfllm.errors import ConfigError
+from tfllm.distribute.rows import RowSharder
+from tfllm.distribute.strategy import placement, replicas
 from tfllm.inference.generate import cache_length, decode_loop, fit_prompt, prefill
 from tfllm.inference.sampling import check_sampler_args
-
-Nest = object  # a numpy array or a tuple/dict of them, all with the same leading dim
-
-
-def replicas(strategy) -> int:
-    """How many slices a global batch is cut into: replicas, or the mesh's batch axis."""
-    from tfllm.parallel.tensor_parallel import MeshStrategy
-
-    if isinstance(strategy, MeshStrategy):
-        return strategy.data_parallel
-    return int(strategy.num_replicas_in_sync)
+from tfllm.models.gpt import write_cache
 
 
-def _pad_rows(rows: Nest, multiple: int) -> tuple[Nest, int]:
-    """Repeat the last row until the row count divides by `multiple`; (padded, n)."""
-    n = len(tf.nest.flatten(rows)[0])
-    extra = -n % multiple
-    if not extra:
-        return rows, n
-    return tf.nest.map_structure(
-        lambda a: np.concatenate([a, np.repeat(a[-1:], extra, axis=0)]), rows
-    ), n
+def _blend_write(cache: tf.Tensor, update: tf.Tensor, index) -> tf.Tensor:
+    """The GPT's cache write whose every op has a DTensor layout rule (for a mesh)."""
+    return write_cache(cache, update, index, "blend")
 
 
-class RowSharder:
-    """Runs `fn(rows) -> per-row results` over a host batch on every replica (module doc).
-
-    `fn` is traced inside a `tf.function` (once per distinct input shape; pass
-    batches of a fixed row count to avoid retracing) and must be per-row:
-    row i of its output may depend only on row i of its input.
-    """
-
-    def __init__(self, strategy, fn: Callable[[Nest], Nest]) -> None:
-        from tfllm.parallel.tensor_parallel import MeshStrategy
-
-        self.strategy = strategy
-        self.fn = fn
-        self.slices = replicas(strategy)
-        self.mesh = strategy if isinstance(strategy, MeshStrategy) else None
-        if self.mesh is not None:
-            self._step = tf.function(fn, reduce_retracing=True)
-        else:
-
-            @tf.function(reduce_retracing=True)
-            def step(values):
-                out = strategy.run(fn, args=(values,))
-                return tf.nest.map_structure(lambda v: strategy.gather(v, axis=0), out)
-
-            self._step = step
-
-    def __call__(self, rows: Nest) -> Nest:
-        padded, n = _pad_rows(rows, self.slices)
-        if self.mesh is not None:
-            from tfllm.parallel.mesh import to_host
-
-            with self.mesh.scope():
-                out = self._step(tf.nest.map_structure(self.mesh.to_mesh, padded))
-            return tf.nest.map_structure(lambda v: to_host(v)[:n], out)
-        per = len(tf.nest.flatten(padded)[0]) // self.slices
-
-        def value_fn(ctx: tf.distribute.experimental.ValueContext) -> Nest:
-            r = ctx.replica_id_in_sync_group
-            return tf.nest.map_structure(lambda a: tf.constant(a[r * per : (r + 1) * per]), padded)
-
-        values = self.strategy.experimental_distribute_values_from_function(value_fn)
-        out = self._step(values)
-        return tf.nest.map_structure(lambda v: v.numpy()[:n], out)
-
-
-# ------------------------------------------------------------------ generation
 @dataclass
 class Completion:
     """One prompt's result: new token ids (eos and after removed) and why it stopped."""
@@ -162,21 +80,20 @@ class BatchGenerator:
     """
 
     def __init__(self, model: keras.Model, strategy, batch_size: int, use_xla: bool = True):
-        from tfllm.parallel.tensor_parallel import MeshStrategy
-
         self.model = model
         self.strategy = strategy
         self.rows = -(-batch_size // replicas(strategy)) * replicas(strategy)
         self.batch_size = batch_size
-        on_mesh = isinstance(strategy, MeshStrategy)
+        placed = placement(strategy)
+        on_mesh = placed is not None and placed.sharded_inputs
         self.use_xla = use_xla and not on_mesh
         # On a mesh: the cache write DTensor can lay out, and sampling on values
         # whole on every device (logits gathered from the batch shards, seeds
         # replicated): sampling takes seeds row by row, which DTensor cannot do on a
         # batch-sharded tensor ("SPMD expansion resulted in op output inconsistent
         # with the provided layout", measured). No XLA: DTensor runs the loop.
-        self.cache_update = strategy.cache_update if on_mesh else "slice"
-        self._whole = strategy.replicate if on_mesh else tf.identity
+        self.cache_update = placed.cache_writer(_blend_write) if on_mesh else "slice"
+        self._whole = placed.replicate if on_mesh else tf.identity
         self._sharders: dict[tuple, RowSharder] = {}
 
     def _sharder(self, length: int, n: int, sampling: tuple, eos_id: int | None) -> RowSharder:
@@ -367,76 +284,3 @@ def predict_probabilities_sharded(
     return np.concatenate([sharder(ids.numpy()) for ids, _ in dataset], axis=0)
 
 
-# -------------------------------------------------------------------- runtime
-INFERENCE_STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
-
-
-def inference_runtime(
-    saved: ml_collections.ConfigDict,
-    strategy: str,
-    logical_cpus: int | None,
-    tensor_parallel: int | None,
-) -> ml_collections.ConfigDict:
-    """The runtime section inference runs under.
-
-    `strategy="checkpoint"` takes the workdir's own `config.runtime` (how it
-    was trained); any other value starts from one device. `logical_cpus` /
-    `tensor_parallel`, when given, override either.
-    """
-    from tfllm.config import base_config
-
-    if strategy == "checkpoint":
-        runtime = ml_collections.ConfigDict(saved.to_dict())
-        if runtime.strategy not in INFERENCE_STRATEGIES:
-            raise ConfigError(
-                f"--strategy=checkpoint: the run was trained with {runtime.strategy!r}, which "
-                f"inference does not run under; pick one of {', '.join(INFERENCE_STRATEGIES)}"
-            )
-    else:
-        runtime = base_config().runtime
-        runtime.strategy = strategy
-    if logical_cpus is not None:
-        runtime.logical_cpus = logical_cpus
-    if tensor_parallel is not None:
-        runtime.tensor_parallel = tensor_parallel
-    if int(runtime.tensor_parallel) > 1 and runtime.strategy != "default":
-        raise ConfigError(
-            "--tensor_parallel: runs on its own DTensor mesh (its batch axis is the data "
-            f"parallelism); use it with --strategy=default, not {runtime.strategy!r}"
-        )
-    if int(runtime.get("pipeline_stages", 1)) > 1:
-        runtime.pipeline_stages = 1  # inference runs the whole model on every replica
-        runtime.num_microbatches = 1
-    return runtime
-
-
-def create_inference_strategy(runtime: ml_collections.ConfigDict):
-    """Logical CPUs and threads first (before TensorFlow picks devices), then the strategy."""
-    from tfllm.training.strategy import (
-        configure_logical_cpus,
-        configure_threads,
-        create_strategy,
-    )
-
-    configure_logical_cpus(int(runtime.logical_cpus))
-    configure_threads(int(runtime.intra_op_threads), int(runtime.inter_op_threads))
-    return create_strategy(runtime)
-
-
-def strategy_label(strategy) -> str:
-    """`mirrored × 2 replicas`, `tensor parallel 2 (mesh 1 × 2)`, ... for summaries."""
-    from tfllm.parallel.tensor_parallel import MeshStrategy
-
-    if isinstance(strategy, MeshStrategy):
-        return (
-            f"tensor parallel {strategy.tensor_parallel} "
-            f"(mesh {strategy.data_parallel} × {strategy.tensor_parallel})"
-        )
-    name = {
-        "_DefaultDistributionStrategy": "default",
-        "OneDeviceStrategy": "one_device",
-        "MirroredStrategy": "mirrored",
-        "MultiWorkerMirroredStrategy": "multi_worker",
-        "CollectiveAllReduceStrategy": "multi_worker",  # what MultiWorkerMirrored builds
-    }.get(type(strategy).__name__, type(strategy).__name__)
-    return f"{name} × {strategy.num_replicas_in_sync} replica(s)"

@@ -9,6 +9,7 @@ import keras
 import ml_collections
 import tensorflow as tf
 
+from tfllm import distribute
 from tfllm.config import CLASSIFIER_NAMES, load_workdir_config
 from tfllm.data.labels import LabelVocab
 from tfllm.data.tokenizer import Tokenizer
@@ -45,7 +46,6 @@ def load_trained(workdir: str, strategy: tf.distribute.Strategy | None = None) -
     through the mesh's variable creator, which fails.
     """
     from tfllm.models import build_model
-    from tfllm.parallel.tensor_parallel import build_on
 
     if not os.path.isdir(workdir):
         raise WorkdirError(f"--workdir: no such directory: {workdir}")
@@ -66,7 +66,7 @@ def load_trained(workdir: str, strategy: tf.distribute.Strategy | None = None) -
         model = build()
     else:
         with strategy.scope():
-            model = build_on(strategy, build)
+            model = distribute.build_model(strategy, build)
     if config.get("compress") and config.compress.method == "quantize":
         from tfllm.compress import keras_quantize
 

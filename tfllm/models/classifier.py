@@ -33,8 +33,8 @@ import keras
 import keras_hub
 import tensorflow as tf
 
+from tfllm.distribute.mesh import assign
 from tfllm.models.gpt import add_backbone_layers
-from tfllm.parallel.mesh import assign
 
 POOLINGS = ("mean", "cls", "last")
 
@@ -206,7 +206,7 @@ class TransformerClassifier(keras.Model):
 
         The LM may live on the host while this classifier is split on a
         tensor-parallel mesh: each value is then laid out as the classifier's
-        variable is (`tfllm.parallel.mesh.assign`).
+        variable is (`tfllm.distribute.mesh.assign`).
 
         The position embedding takes the LM's first `max_length` rows; the head
         keeps its own initialisation. Raises ValueError when the two

@@ -11,9 +11,9 @@ from __future__ import annotations
 import keras
 import ml_collections
 
+from tfllm.distribute.mesh import on_mesh
+from tfllm.distribute.mesh_optim import MeshAdamW
 from tfllm.errors import ConfigError
-from tfllm.parallel.mesh import on_mesh
-from tfllm.parallel.optim import MeshAdamW
 
 _NO_DECAY_NAMES = ("bias", "gamma", "beta")  # biases and LayerNorm scale/shift
 _NO_DECAY_LAYERS = ("position_embedding",)

@@ -57,7 +57,7 @@ def shared_tokenizer(config: ml_collections.ConfigDict, workdir: str, texts, str
     """`ensure_tokenizer`, learned once per cluster: the chief writes W/tokenizer,
     the other workers wait for it and load it (all workers share the workdir)."""
     from tfllm.data.sources import ensure_tokenizer
-    from tfllm.training.strategy import barrier, is_chief
+    from tfllm.distribute.strategy import barrier, is_chief
 
     tokenizer = ensure_tokenizer(config, workdir, texts) if is_chief(strategy) else None
     barrier(strategy)
@@ -71,11 +71,15 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from tfllm.compress.run import training_plugins
     from tfllm.data.sources import lm_token_streams, load_text_splits
     from tfllm.data.tokenizer import Tokenizer
+    from tfllm.distribute.strategy import (
+        create_strategy,
+        host_copy,
+        is_chief,
+        is_parameter_server,
+        placement,
+    )
     from tfllm.inference.generate import Generator, generate_text
     from tfllm.models import build_model
-    from tfllm.parallel.pipeline import PipelineStrategy
-    from tfllm.parallel.tensor_parallel import HostCopy, MeshStrategy
-    from tfllm.training.strategy import create_strategy, is_chief, is_parameter_server
     from tfllm.training.trainer import LMTrainer, check_batch_divisible
 
     _check_resume_compatible(config, workdir)
@@ -102,7 +106,7 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return build_model(config.model, tokenizer.vocab_size)
 
     # Samples come from the eager generation loop, which needs host weights.
-    host = HostCopy(build) if isinstance(strategy, MeshStrategy) else None
+    host = host_copy(strategy, build)
 
     def sample_fn(model, step: int) -> list[str]:
         if not prompts or sample_tokens == 0:
@@ -140,13 +144,14 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str) -> dict:
         sample_fn=sample_fn,
         plugins=training_plugins(config),
     )
-    if isinstance(strategy, PipelineStrategy):
-        per_device = strategy.parameters_per_device(trainer.model)
-        print(f"{strategy.describe()}; parameters per device {per_device}", flush=True)
+    placed = placement(strategy)
+    per_device = placed.parameters_per_device(trainer.model) if placed is not None else None
+    if per_device is not None:
+        print(f"{placed.describe()}; parameters per device {per_device}", flush=True)
     metrics = trainer.train()
     metrics["train_tokens"] = int(len(train_ids))
-    if isinstance(strategy, PipelineStrategy):
-        metrics["parameters_per_device"] = strategy.parameters_per_device(trainer.model)
+    if per_device is not None:
+        metrics["parameters_per_device"] = placed.parameters_per_device(trainer.model)
     if is_chief(strategy):
         atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     return metrics
@@ -211,10 +216,9 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
         load_labelled_splits,
     )
     from tfllm.data.labels import LABELS_FILE, LabelVocab
+    from tfllm.distribute.strategy import create_strategy, is_chief, takes_sharded_inputs
     from tfllm.evaluation.classifier_eval import evaluate_encoded
     from tfllm.models import build_model
-    from tfllm.parallel.tensor_parallel import MeshStrategy
-    from tfllm.training.strategy import create_strategy, is_chief
     from tfllm.training.tasks import ClassificationTask
     from tfllm.training.trainer import Trainer, check_batch_divisible
 
@@ -294,7 +298,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
             batch_size=int(config.train.batch_size),
             max_length=max_length,
             png_path=os.path.join(workdir, "confusion_matrix.png") if is_chief(strategy) else None,
-            strategy=strategy if isinstance(strategy, MeshStrategy) else None,  # DTensor inputs
+            strategy=strategy if takes_sharded_inputs(strategy) else None,  # DTensor inputs
         )
         metrics.update({("eval_loss" if k == "log_loss" else k): v for k, v in full.items()})
     if is_chief(strategy):

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from tfllm.data.classification_data import EncodedSplit, make_classification_dataset
 from tfllm.data.lm_data import make_lm_dataset
+from tfllm.distribute.strategy import takes_sharded_inputs
 from tfllm.errors import ConfigError
 
 
@@ -213,11 +214,9 @@ class ClassificationTask(Task):
         rows go through `predict_probabilities_sharded` (split along the
         mesh's `batch` axis, probabilities back on the host in row order).
         """
-        from tfllm.parallel.tensor_parallel import MeshStrategy
-
         if self.eval is None:
             return {}
-        if isinstance(strategy, MeshStrategy):
+        if takes_sharded_inputs(strategy):
             from tfllm.inference.distributed import predict_probabilities_sharded
 
             probabilities = predict_probabilities_sharded(

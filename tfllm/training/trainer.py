@@ -30,14 +30,18 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tfllm import distribute
+from tfllm.distribute.ps_sharding import (
+    expand_sharded,
+    make_checkpointable,
+    sharded_summary,
+    shards_of,
+)
+from tfllm.distribute.strategy import is_chief, is_multi_worker, is_parameter_server
 from tfllm.errors import ConfigError, TfllmError
-from tfllm.parallel.pipeline import PipelineStrategy
-from tfllm.parallel.tensor_parallel import build_on
 from tfllm.training.hparams import write_hparams
 from tfllm.training.optim import create_optimizer
 from tfllm.training.plugins import TrainingPlugin
-from tfllm.training.sharded import expand_sharded, make_checkpointable, sharded_summary, shards_of
-from tfllm.training.strategy import is_chief, is_multi_worker, is_parameter_server
 from tfllm.training.tasks import LMTask, Task
 from tfllm.utils.io import atomic_write_json, read_json
 
@@ -130,7 +134,7 @@ class Trainer:
     Args:
       config: the validated run config.
       workdir: where checkpoints/, tensorboard/, metrics.json go.
-      strategy: from `tfllm.training.strategy.create_strategy`.
+      strategy: from `tfllm.distribute.strategy.create_strategy`.
       build_model: builds the Keras model (called under the strategy scope).
       task: data, loss and eval metrics of the task (`tfllm.training.tasks`).
       sample_fn: optional `(model, step) -> list[str]` for text samples at eval.
@@ -164,8 +168,9 @@ class Trainer:
             else None
         )
         with strategy.scope():
-            self.model = build_on(strategy, build_model)  # sharded on a tensor-parallel mesh
-            # Sharded (ps) variables are trained shard by shard (tfllm.training.sharded).
+            # Sharded on a tensor-parallel mesh, placed per pipeline stage, or plain.
+            self.model = distribute.build_model(strategy, build_model)
+            # Sharded (ps) variables are trained shard by shard (tfllm.distribute.ps_sharding).
             self.train_variables = expand_sharded(self.model.trainable_variables)
             self.param_groups = self._create_optimizers()
             for optimizer, variables in self.param_groups:
@@ -325,12 +330,14 @@ class Trainer:
         loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         plugins = self.plugins
         # GPipe: the loss runs stage by stage over micro-batches, the gradients
-        # on each stage's device (tfllm.parallel.pipeline).
-        pipeline = strategy if isinstance(strategy, PipelineStrategy) else None
+        # on each stage's device (tfllm.distribute.pipeline_parallel).
+        placed = distribute.placement(strategy)
 
         def per_example_loss(inputs, targets):
-            if pipeline is not None:
-                return pipeline.per_example_loss(task, model, inputs, targets, training=True)
+            if placed is not None:
+                loss = placed.per_example_loss(task, model, inputs, targets, training=True)
+                if loss is not None:
+                    return loss
             for plugin in plugins:
                 loss = plugin.per_example_loss(task, model, inputs, targets, training=True)
                 if loss is not None:
@@ -346,9 +353,8 @@ class Trainer:
                 if model.losses:
                     loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
                 scaled = optimizer.scale_loss(loss) if loss_scaling else loss
-            if pipeline is not None:
-                grads = pipeline.gradients(scaled, train_variables)
-            else:
+            grads = placed.gradients(scaled, train_variables) if placed is not None else None
+            if grads is None:
                 grads = tape.gradient(scaled, train_variables)
             # Embedding lookups give sparse IndexedSlices gradients; densify them so
             # accumulation, all-reduce, clipping and scaling treat every variable alike
@@ -638,7 +644,7 @@ class Trainer:
         host (an all-gather under tensor parallelism), which costs a full copy
         of the model.
         """
-        from tfllm.parallel.mesh import to_host
+        from tfllm.distribute.mesh import to_host
 
         with writer.as_default(step=self.step):
             for variable in self.model.trainable_variables:

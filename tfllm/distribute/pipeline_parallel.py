@@ -40,24 +40,23 @@ checkpoint restores on one device and the reverse.
 `PipelineStrategy` has the part of the `tf.distribute.Strategy` interface the
 training loop and the tasks use (scope, run, reduce,
 distribute_datasets_from_function, num_replicas_in_sync), like
-`tfllm.parallel.tensor_parallel.MeshStrategy`; the trainer asks it for the
+`tfllm.distribute.tensor_parallel.MeshStrategy`; the trainer asks it for the
 staged per-example loss and the placed gradients.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from tfllm.distribute.mesh import accelerator_devices
+from tfllm.distribute.placement import PlacementStrategy, PlacingCreator, initial_shape
 from tfllm.errors import ConfigError
-from tfllm.parallel.mesh import accelerator_devices
 
 _BLOCK = re.compile(r"(?:^|/)block_(\d+)(?:/|$)")
 _FIRST_STAGE = ("token_embedding", "position_embedding")
@@ -96,33 +95,25 @@ def variable_stage(path: str, owners: Sequence[int]) -> int | None:
     return None
 
 
-class _PlacingCreator:
-    """A `tf.variable_creator_scope` creator that puts each variable on its stage.
-
-    Model variables take the next planned (path, value) in creation order, so
-    the pipelined model starts from exactly the weights a one-device build
-    with the same seed has; optimizer slots (Keras names them
-    `{variable path with / as _}_{slot}`) go to their variable's device;
-    anything else (step counter, learning rate) where TensorFlow puts it.
-    """
+class _StageCreator(PlacingCreator):
+    """Puts each variable on its stage: model variables take the next planned
+    (path, value, device) in creation order; optimizer slots go to their
+    variable's device; anything else (step counter, learning rate) where
+    TensorFlow puts it."""
 
     def __init__(self) -> None:
-        self.plan: deque[tuple[str, np.ndarray, str | None]] = deque()
+        super().__init__()
         self.slot_devices: dict[str, str] = {}
-        self.paused = False
 
-    def __call__(self, next_creator: Callable, **kwargs) -> tf.Variable:
-        if self.paused:
+    def create_planned(self, entry, next_creator: Callable, kwargs: dict) -> tf.Variable:
+        path, value, device = entry
+        if initial_shape(kwargs) != value.shape:
+            raise RuntimeError(f"pipeline parallel build: {path} changed shape between builds")
+        kwargs["initial_value"] = value
+        with tf.device(device):  # tf.device(None) keeps the surrounding placement
             return next_creator(**kwargs)
-        if self.plan:
-            path, value, device = self.plan.popleft()
-            initial = kwargs["initial_value"]
-            shape = tuple((initial() if callable(initial) else initial).shape)
-            if shape != value.shape:
-                raise RuntimeError(f"pipeline parallel build: {path} changed shape between builds")
-            kwargs["initial_value"] = value
-            with tf.device(device):  # tf.device(None) keeps the surrounding placement
-                return next_creator(**kwargs)
+
+    def create_other(self, next_creator: Callable, kwargs: dict) -> tf.Variable:
         name = kwargs.get("name") or ""
         owners = [prefix for prefix in self.slot_devices if name.startswith(prefix + "_")]
         if owners:
@@ -162,11 +153,10 @@ class _TiedHead:
         return tf.cast(logits, tf.float32)
 
 
-class PipelineStrategy:
+class PipelineStrategy(PlacementStrategy):
     """Runs the training loop with the GPT split into stages (see module doc)."""
 
-    num_replicas_in_sync = 1
-    cluster_resolver = None
+    kind = "pipeline parallel"
 
     def __init__(
         self, stages: int, num_microbatches: int, devices: Sequence[str] | None = None
@@ -183,59 +173,25 @@ class PipelineStrategy:
         self.num_microbatches = num_microbatches
         self.devices = available[:stages]
         self.block_stage: list[int] = []
-        self._creator = _PlacingCreator()
-        self._depth = 0
+        super().__init__(_StageCreator())
 
-    @contextlib.contextmanager
-    def scope(self) -> Iterator[None]:
-        """Every variable created inside lands on its stage's device (re-entrant)."""
-        if self._depth:
-            yield
-            return
-        self._depth += 1
-        try:
-            with tf.variable_creator_scope(self._creator):
-                yield
-        finally:
-            self._depth -= 1
-
-    def build_model(self, build: Callable[[], keras.Model]) -> keras.Model:
-        """`build()` twice: on the host (paths, initial values), then placed per stage."""
-        order: list[tf.Variable] = []
-
-        def record(next_creator: Callable, **kwargs) -> tf.Variable:
-            variable = next_creator(**kwargs)
-            order.append(variable)
-            return variable
-
-        self._creator.paused = True
-        try:
-            with tf.variable_creator_scope(record):
-                host_model = build()
-        finally:
-            self._creator.paused = False
+    def _plan(self, host_model, recorded):
         self.block_stage = block_stages(int(host_model.num_layers), self.stages)
-        paths = {id(v.value): v.path for v in host_model.variables}
-        for variable in order:
-            if id(variable) in paths:
-                path = paths[id(variable)]
-                stage = variable_stage(path, self.block_stage)
-                if stage is None and variable.trainable:
-                    raise RuntimeError(f"pipeline parallel: no stage for weight {path!r}")
-                # Dropout's RNG states (2 integers each, no layer in their path)
-                # stay where TensorFlow puts them.
-                device = None if stage is None else self.devices[stage]
-                self._creator.plan.append((path, variable.numpy(), device))
-        del host_model
-        order.clear()
-        with self.scope():
-            model = build()
-        if self._creator.plan:
-            raise RuntimeError("pipeline parallel build: the second build created fewer variables")
+        plan = []
+        for path, variable in recorded:
+            stage = variable_stage(path, self.block_stage)
+            if stage is None and variable.trainable:
+                raise RuntimeError(f"pipeline parallel: no stage for weight {path!r}")
+            # Dropout's RNG states (2 integers each, no layer in their path)
+            # stay where TensorFlow puts them.
+            device = None if stage is None else self.devices[stage]
+            plan.append((path, variable.numpy(), device))
+        return plan
+
+    def _after_build(self, model: keras.Model) -> None:
         self._creator.slot_devices.update(
             {v.path.replace("/", "_"): v.value.device for v in model.variables}
         )
-        return model
 
     def stage_device(self, path: str) -> str | None:
         """The device a model variable at `path` belongs on (None: no stage)."""
@@ -298,25 +254,6 @@ class PipelineStrategy:
         tf.function).
         """
         return tf.gradients(loss, [getattr(v, "value", v) for v in variables])
-
-    # ----------------------------------------- the tf.distribute surface
-    def run(self, fn: Callable, args: tuple = (), kwargs: dict | None = None):
-        return fn(*args, **(kwargs or {}))
-
-    def reduce(self, op: tf.distribute.ReduceOp, value, axis: int | None):
-        """One replica: values are already global; only an `axis` needs reducing."""
-        if axis is None:
-            return value
-        if op == tf.distribute.ReduceOp.SUM:
-            return tf.reduce_sum(value, axis=axis)
-        return tf.reduce_mean(value, axis=axis)
-
-    def distribute_datasets_from_function(
-        self, dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset], options=None
-    ) -> tf.data.Dataset:
-        """The task's global batches, as one device would read them."""
-        del options
-        return dataset_fn(tf.distribute.InputContext(1, 0, 1))
 
     def describe(self) -> str:
         """One line: stages, their blocks and devices, micro-batches, bubble."""

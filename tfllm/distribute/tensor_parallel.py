@@ -33,15 +33,14 @@ mesh's `batch` axis happens inside DTensor's SPMD program.
 from __future__ import annotations
 
 import contextlib
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow.experimental import dtensor
 
-from tfllm.parallel.mesh import (
+from tfllm.distribute.mesh import (
     BATCH,
     MODEL,
     UNSHARDED,
@@ -51,6 +50,7 @@ from tfllm.parallel.mesh import (
     to_host,
     to_layout,
 )
+from tfllm.distribute.placement import PlacementStrategy, PlacingCreator, initial_shape
 
 # (path suffix, sharding spec) of every split variable; the rest are replicated.
 # EinsumDense kernels: query/key/value [d, heads, head_dim], output [heads, head_dim, d].
@@ -76,33 +76,29 @@ def sharding_spec(path: str, rank: int) -> tuple[str, ...]:
     return (UNSHARDED,) * rank
 
 
-class _LayoutCreator:
-    """A `tf.variable_creator_scope` creator that makes every variable a DTensor.
-
-    Model variables take the next planned (path, value) in creation order;
-    optimizer slots the layout of the model variable they belong to; anything
-    else (step counters, scalars) is replicated.
-    """
+class _LayoutCreator(PlacingCreator):
+    """Makes every variable a DTensor: model variables take the next planned
+    (path, value) in creation order and their Megatron layout; optimizer slots
+    the layout of the model variable they belong to; anything else (step
+    counters, scalars) is replicated."""
 
     def __init__(self, mesh: dtensor.Mesh) -> None:
+        super().__init__()
         self.mesh = mesh
-        self.plan: deque[tuple[str, np.ndarray]] = deque()
         self.slot_layouts: dict[str, dtensor.Layout] = {}
-        self.paused = False
 
-    def __call__(self, next_creator: Callable, **kwargs) -> tf.Variable:
-        if self.paused:
-            return next_creator(**kwargs)
+    def create_planned(self, entry, next_creator: Callable, kwargs: dict) -> tf.Variable:
+        path, planned = entry
+        if tuple(planned.shape) != initial_shape(kwargs):
+            raise RuntimeError(f"tensor parallel build: {path} changed shape between builds")
+        layout = dtensor.Layout(list(sharding_spec(path, planned.ndim)), self.mesh)
+        kwargs["initial_value"] = to_layout(tf.constant(planned), layout)
+        return next_creator(**kwargs)
+
+    def create_other(self, next_creator: Callable, kwargs: dict) -> tf.Variable:
         value = kwargs["initial_value"]
         value = value() if callable(value) else value
-        if self.plan:
-            path, planned = self.plan.popleft()
-            if tuple(planned.shape) != tuple(value.shape):
-                raise RuntimeError(f"tensor parallel build: {path} changed shape between builds")
-            layout = dtensor.Layout(list(sharding_spec(path, planned.ndim)), self.mesh)
-            value = tf.constant(planned)
-        else:
-            layout = self._slot_layout(kwargs.get("name") or "", tf.TensorShape(value.shape))
+        layout = self._slot_layout(kwargs.get("name") or "", tf.TensorShape(value.shape))
         kwargs["initial_value"] = to_layout(value, layout)
         return next_creator(**kwargs)
 
@@ -115,74 +111,40 @@ class _LayoutCreator:
         return replicated(self.mesh, shape.rank)
 
 
-class MeshStrategy:
+class MeshStrategy(PlacementStrategy):
     """Runs the training loop on a `batch × model` DTensor mesh (see module doc)."""
 
-    num_replicas_in_sync = 1
-    cluster_resolver = None
+    sharded_inputs = True
+    kind = "tensor parallel"
 
     def __init__(self, tensor_parallel: int, devices: list[str] | None = None) -> None:
         self.tensor_parallel = tensor_parallel
         self.mesh = create_mesh(tensor_parallel, devices)
         self.data_parallel = self.mesh.dim_size("batch")
-        self._creator = _LayoutCreator(self.mesh)
-        self._depth = 0
+        super().__init__(_LayoutCreator(self.mesh))
 
-    @contextlib.contextmanager
-    def scope(self) -> Iterator[None]:
-        """Ops run on the mesh; every variable created is a DTensor with its layout.
+    def _placement_context(self) -> contextlib.AbstractContextManager:
+        """Ops run on the mesh."""
+        return dtensor.default_mesh(self.mesh)
 
-        Re-entrant: nested scopes add nothing (one creator must see each variable once).
-        """
-        if self._depth:
-            yield
-            return
-        self._depth += 1
-        try:
-            with dtensor.default_mesh(self.mesh), tf.variable_creator_scope(self._creator):
-                yield
-        finally:
-            self._depth -= 1
+    def _plan(self, host_model, recorded):
+        return [(path, to_host(variable)) for path, variable in recorded]
 
-    def build_model(self, build: Callable[[], keras.Model]) -> keras.Model:
-        """`build()` twice: on the host (paths, values), then sharded on the mesh."""
-        order: list[tf.Variable] = []
-
-        def record(next_creator: Callable, **kwargs) -> tf.Variable:
-            variable = next_creator(**kwargs)
-            order.append(variable)
-            return variable
-
-        self._creator.paused = True
-        try:
-            with tf.variable_creator_scope(record):
-                host_model = build()
-        finally:
-            self._creator.paused = False
-        paths = {id(v.value): v.path for v in host_model.variables}
-        self._creator.plan.extend((paths[id(v)], to_host(v)) for v in order if id(v) in paths)
-        del host_model
-        order.clear()
-        with self.scope():
-            model = build()
-        if self._creator.plan:
-            raise RuntimeError("tensor parallel build: the second build created fewer variables")
+    def _after_build(self, model: keras.Model) -> None:
         # Keras names a slot `{variable path with / as _}_{slot}`; key by the built paths.
         self._creator.slot_layouts.update(
             {v.path.replace("/", "_"): dtensor.fetch_layout(v.value) for v in model.variables}
         )
-        return model
 
-    def run(self, fn: Callable, args: tuple = (), kwargs: dict | None = None):
-        return fn(*args, **(kwargs or {}))
+    def replicas(self) -> int:
+        """The mesh's `batch` axis: rows are split along it."""
+        return self.data_parallel
 
-    def reduce(self, op: tf.distribute.ReduceOp, value, axis: int | None):
-        """Values are already global under DTensor; only an `axis` needs reducing."""
-        if axis is None:
-            return value
-        if op == tf.distribute.ReduceOp.SUM:
-            return tf.reduce_sum(value, axis=axis)
-        return tf.reduce_mean(value, axis=axis)
+    def describe(self) -> str:
+        return (
+            f"tensor parallel {self.tensor_parallel} "
+            f"(mesh {self.data_parallel} × {self.tensor_parallel})"
+        )
 
     def distribute_datasets_from_function(
         self, dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset], options=None
@@ -222,14 +184,21 @@ class MeshStrategy:
         """`value` whole on every device of the mesh (inside a traced function)."""
         return dtensor.relayout(value, replicated(self.mesh, value.shape.rank))
 
-    def cache_update(self, cache: tf.Tensor, update: tf.Tensor, index) -> tf.Tensor:
-        """`GPT.call_with_cache`'s cache write on the mesh: the one-hot blend, whose ops
-        all have DTensor layout rules, relaid out to `[batch, model, ·, ·]` so the
-        cache a decode loop carries keeps one layout from step to step."""
-        from tfllm.models.gpt import write_cache
+    def cache_writer(self, blend_write: Callable) -> Callable:
+        """The decode loop's cache write on the mesh.
 
+        `blend_write(cache, update, index)` is the model's one-hot-blend write,
+        whose ops all have DTensor layout rules; its result is relaid out to
+        `[batch, model, ·, ·]` so the cache a decode loop carries keeps one
+        layout from step to step. The model passes its own write in: this
+        module knows layouts, not the model's cache format.
+        """
         layout = dtensor.Layout([BATCH, MODEL, UNSHARDED, UNSHARDED], self.mesh)
-        return dtensor.relayout(write_cache(cache, update, index, "blend"), layout)
+
+        def write(cache: tf.Tensor, update: tf.Tensor, index) -> tf.Tensor:
+            return dtensor.relayout(blend_write(cache, update, index), layout)
+
+        return write
 
     def to_mesh(self, value: tf.Tensor | np.ndarray) -> tf.Tensor:
         """A host batch as a DTensor split along the `batch` axis (or replicated if it
@@ -239,16 +208,6 @@ class MeshStrategy:
         if rows and rows % self.data_parallel == 0:
             return to_layout(value, batch_sharded(self.mesh, value.shape.rank))
         return to_layout(value, replicated(self.mesh, value.shape.rank))
-
-
-def build_on(strategy, build: Callable[[], keras.Model]) -> keras.Model:
-    """Builds the model for `strategy`: sharded on a mesh, placed per pipeline stage,
-    else as `build()` does."""
-    from tfllm.parallel.pipeline import PipelineStrategy
-
-    if isinstance(strategy, (MeshStrategy, PipelineStrategy)):
-        return strategy.build_model(build)
-    return build()
 
 
 def copy_to_host_model(source: keras.Model, target: keras.Model) -> keras.Model:

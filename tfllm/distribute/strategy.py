@@ -9,6 +9,11 @@ servers run `serve_cluster_task`, a plain TensorFlow server.
 
 Multi-process jobs read the cluster from `TF_CONFIG`, as every cluster
 launcher sets it (`tfllm-launch` does the same on localhost).
+
+`tensor_parallel` and `pipeline_stages` give a `PlacementStrategy` (a DTensor
+mesh, GPipe stages) that places the model's variables itself. Callers never
+ask which kind they hold: `build_model`, `replicas`, `describe`,
+`host_copy` and `placement` below answer for any strategy.
 """
 
 from __future__ import annotations
@@ -16,10 +21,16 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Callable
 
+import keras
 import ml_collections
 import tensorflow as tf
 
+from tfllm.config import base_config
+from tfllm.distribute.pipeline_parallel import PipelineStrategy
+from tfllm.distribute.placement import PlacementStrategy
+from tfllm.distribute.tensor_parallel import HostCopy, MeshStrategy
 from tfllm.errors import ConfigError
 
 
@@ -131,12 +142,8 @@ def create_strategy(runtime: ml_collections.ConfigDict) -> tf.distribute.Strateg
     GPipe stages under pipeline_stages)."""
     name = runtime.strategy
     if int(runtime.get("tensor_parallel", 1)) > 1:
-        from tfllm.parallel.tensor_parallel import MeshStrategy
-
         return MeshStrategy(int(runtime.tensor_parallel))
     if int(runtime.get("pipeline_stages", 1)) > 1:
-        from tfllm.parallel.pipeline import PipelineStrategy
-
         return PipelineStrategy(int(runtime.pipeline_stages), int(runtime.num_microbatches))
     if name == "default":
         return tf.distribute.get_strategy()
@@ -252,3 +259,100 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
     return task_type == "worker" and task_id == 0 and "chief" not in cluster
+
+
+# --------------------------------------------------- questions any strategy answers
+def placement(strategy) -> PlacementStrategy | None:
+    """The strategy as a `PlacementStrategy` (mesh, pipeline stages), else None."""
+    return strategy if isinstance(strategy, PlacementStrategy) else None
+
+
+def build_model(strategy, build: Callable[[], keras.Model]) -> keras.Model:
+    """Builds the model for `strategy`: sharded on a mesh, placed per pipeline stage,
+    else as `build()` does (a tf.distribute strategy's scope places it)."""
+    placed = placement(strategy)
+    return placed.build_model(build) if placed is not None else build()
+
+
+def replicas(strategy) -> int:
+    """How many slices a global batch of rows is cut into: the replicas, or a
+    mesh's batch axis."""
+    placed = placement(strategy)
+    return placed.replicas() if placed is not None else int(strategy.num_replicas_in_sync)
+
+
+def describe(strategy) -> str:
+    """`mirrored × 2 replica(s)`, `tensor parallel 2 (mesh 1 × 2)`, ... for summaries."""
+    placed = placement(strategy)
+    if placed is not None:
+        return placed.describe()
+    name = {
+        "_DefaultDistributionStrategy": "default",
+        "OneDeviceStrategy": "one_device",
+        "MirroredStrategy": "mirrored",
+        "MultiWorkerMirroredStrategy": "multi_worker",
+        "CollectiveAllReduceStrategy": "multi_worker",  # what MultiWorkerMirrored builds
+    }.get(type(strategy).__name__, type(strategy).__name__)
+    return f"{name} × {strategy.num_replicas_in_sync} replica(s)"
+
+
+def takes_sharded_inputs(strategy) -> bool:
+    """True when the model takes its inputs as DTensors on a mesh, so per-row
+    inference must go through `tfllm.distribute.rows.RowSharder`."""
+    placed = placement(strategy)
+    return placed is not None and placed.sharded_inputs
+
+
+def host_copy(strategy, build: Callable[[], keras.Model]) -> HostCopy | None:
+    """A one-device twin for eager code (text samples) when the model's weights live
+    sharded on a mesh; None when the model itself takes host tensors."""
+    placed = placement(strategy)
+    return HostCopy(build) if placed is not None and placed.sharded_inputs else None
+
+
+# ------------------------------------------------------------------ inference
+INFERENCE_STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
+
+
+def inference_runtime(
+    saved: ml_collections.ConfigDict,
+    strategy: str,
+    logical_cpus: int | None,
+    tensor_parallel: int | None,
+) -> ml_collections.ConfigDict:
+    """The runtime section inference runs under.
+
+    `strategy="checkpoint"` takes the workdir's own `config.runtime` (how it
+    was trained); any other value starts from one device. `logical_cpus` /
+    `tensor_parallel`, when given, override either.
+    """
+    if strategy == "checkpoint":
+        runtime = ml_collections.ConfigDict(saved.to_dict())
+        if runtime.strategy not in INFERENCE_STRATEGIES:
+            raise ConfigError(
+                f"--strategy=checkpoint: the run was trained with {runtime.strategy!r}, which "
+                f"inference does not run under; pick one of {', '.join(INFERENCE_STRATEGIES)}"
+            )
+    else:
+        runtime = base_config().runtime
+        runtime.strategy = strategy
+    if logical_cpus is not None:
+        runtime.logical_cpus = logical_cpus
+    if tensor_parallel is not None:
+        runtime.tensor_parallel = tensor_parallel
+    if int(runtime.tensor_parallel) > 1 and runtime.strategy != "default":
+        raise ConfigError(
+            "--tensor_parallel: runs on its own DTensor mesh (its batch axis is the data "
+            f"parallelism); use it with --strategy=default, not {runtime.strategy!r}"
+        )
+    if int(runtime.get("pipeline_stages", 1)) > 1:
+        runtime.pipeline_stages = 1  # inference runs the whole model on every replica
+        runtime.num_microbatches = 1
+    return runtime
+
+
+def create_inference_strategy(runtime: ml_collections.ConfigDict):
+    """Logical CPUs and threads first (before TensorFlow picks devices), then the strategy."""
+    configure_logical_cpus(int(runtime.logical_cpus))
+    configure_threads(int(runtime.intra_op_threads), int(runtime.inter_op_threads))
+    return create_strategy(runtime)

@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 
 from tfllm.models.classifier import TransformerClassifier  # noqa: E402
 from tfllm.models.gpt import GPT  # noqa: E402
-from tfllm.parallel.mesh import local_shapes, to_host  # noqa: E402
-from tfllm.parallel.tensor_parallel import MeshStrategy, sharding_spec  # noqa: E402
+from tfllm.distribute.mesh import local_shapes, to_host  # noqa: E402
+from tfllm.distribute.tensor_parallel import MeshStrategy, sharding_spec  # noqa: E402
 
 VOCAB, LENGTH, BATCH, CLASSES = 100, 16, 4, 3
 

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.distribute.sharded_variable import ShardedVariable
 
-from tfllm.training.sharded import (
+from tfllm.distribute.ps_sharding import (
     expand_sharded,
     make_checkpointable,
     sharded_summary,

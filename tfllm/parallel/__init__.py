@@ -1,1 +1,0 @@
-"""Model parallelism: tensor parallel (DTensor) and pipeline parallel (GPipe)."""
