@@ -200,8 +200,8 @@ def trained_workdir(tmp_path_factory, corpus_file) -> str:
 def build_trainer(config, workdir):
     """An LMTrainer on the tiny corpus, built the way `train_lm` builds it."""
     from tfllm.data.sources import ensure_tokenizer, lm_token_streams, load_text_splits
-    from tfllm.models import build_model
     from tfllm.distribute.strategy import create_strategy
+    from tfllm.models import build_model
     from tfllm.training.trainer import LMTrainer
 
     strategy = create_strategy(config.runtime)

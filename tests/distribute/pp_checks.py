@@ -32,9 +32,9 @@ sys.path.insert(0, sys.argv[3])  # tests/ (for conftest helpers)
 from conftest import tiny_config  # noqa: E402
 
 from tfllm.cli.common import setup_runtime  # noqa: E402
+from tfllm.distribute.pipeline_parallel import PipelineStrategy  # noqa: E402
 from tfllm.errors import ConfigError  # noqa: E402
 from tfllm.models.gpt import GPT  # noqa: E402
-from tfllm.distribute.pipeline_parallel import PipelineStrategy  # noqa: E402
 from tfllm.training.run import train_lm  # noqa: E402
 from tfllm.training.tasks import LMTask  # noqa: E402
 

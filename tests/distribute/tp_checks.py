@@ -26,10 +26,10 @@ tf.config.set_logical_device_configuration(
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tfllm.models.classifier import TransformerClassifier  # noqa: E402
-from tfllm.models.gpt import GPT  # noqa: E402
 from tfllm.distribute.mesh import local_shapes, to_host  # noqa: E402
 from tfllm.distribute.tensor_parallel import MeshStrategy, sharding_spec  # noqa: E402
+from tfllm.models.classifier import TransformerClassifier  # noqa: E402
+from tfllm.models.gpt import GPT  # noqa: E402
 
 VOCAB, LENGTH, BATCH, CLASSES = 100, 16, 4, 3
 

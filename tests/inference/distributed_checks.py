@@ -21,12 +21,12 @@ def main(workdir: str, prompts_file: str, max_new_tokens: int) -> None:
     import tensorflow as tf
 
     from tfllm.data.sources import lm_token_streams, load_text_splits
-    from tfllm.evaluation.metrics import lm_loss_and_perplexity
-    from tfllm.inference.distributed import BatchGenerator, lm_loss_sharded
+    from tfllm.distribute.tensor_parallel import MeshStrategy
+    from tfllm.evaluation.metrics import lm_loss_and_perplexity, lm_loss_sharded
+    from tfllm.inference.distributed import BatchGenerator
     from tfllm.inference.generate import Generator
     from tfllm.inference.loading import load_trained
     from tfllm.inference.prompts import read_prompts
-    from tfllm.distribute.tensor_parallel import MeshStrategy
 
     one = load_trained(workdir)
     tokenizer, eos = one.tokenizer, one.tokenizer.eos_id

@@ -1,4 +1,4 @@
-"""Tests for the GPT model: config round trip, causality, KV-cache decoding."""
+"""Tests for the GPT model: the shared harness (tests/harness.py), causality, KV-cache decoding."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
+from harness import ModelTests, run_cache_test, run_precision_test
 
 from tfllm.errors import ConfigError
 from tfllm.models import build_model
@@ -34,38 +35,27 @@ def random_ids(batch: int, length: int, seed: int = 0) -> tf.Tensor:
     return tf.constant(rng.integers(0, TINY["vocab_size"], (batch, length)), tf.int32)
 
 
-def test_forward_shape_dtype_and_all_weights_built() -> None:
-    model = tiny_gpt()
-    logits = model(random_ids(2, 7))
-    assert logits.shape == (2, 7, 50)
-    assert logits.dtype == tf.float32
+class TestGPTHarness(ModelTests):
+    """The shared harness: forward, config/keras serialization, mixed precision,
+    checkpoint and `.keras` round trips (tests/harness.py)."""
+
+    model_class = GPT
+    # Non-default dropout and epsilon, so the config round trip shows they are kept.
+    init_kwargs = {**TINY, "dropout": 0.1, "layer_norm_epsilon": 1e-6}
+    input_data = random_ids(2, 16).numpy()
+    expected_output_shape = (2, 16, 50)
     # 2 embeddings + 2 blocks x 16 tensors + final norm (2).
-    assert len(model.weights) == 2 + 2 * 16 + 2
-    assert model.count_params() > 0
+    expected_num_weights = 2 + 2 * 16 + 2
 
-
-def test_config_round_trip_gives_identical_logits() -> None:
-    model = tiny_gpt(dropout=0.1, layer_norm_epsilon=1e-6)
-    config = model.get_config()
-    for key, value in {**TINY, "dropout": 0.1, "layer_norm_epsilon": 1e-6}.items():
-        assert config[key] == value
-    clone = GPT.from_config(config)
-    clone(tf.zeros([1, 16], tf.int32))
-    clone.set_weights(model.get_weights())
-    ids = random_ids(2, 16)
-    np.testing.assert_array_equal(model(ids).numpy(), clone(ids).numpy())
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
-    assert isinstance(restored, GPT)
-    assert restored.get_config() == config
-
-
-def test_keras_file_round_trip(tmp_path: object) -> None:
-    model = tiny_gpt()
-    path = f"{tmp_path}/gpt.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    ids = random_ids(1, 9)
-    np.testing.assert_allclose(model(ids).numpy(), loaded(ids).numpy(), atol=1e-6)
+    def test_precision(self) -> None:
+        """Float32 logits under each policy; the KV cache in the compute dtype and the
+        cached step's logits float32 too."""
+        models = run_precision_test(self.model_class, self.init_kwargs, self.input_data)
+        for name, model in models.items():
+            cache = model.init_cache(1)
+            assert {c.dtype for c in tf.nest.flatten(cache)} == {tf.as_dtype(model.compute_dtype)}, name
+            step_logits, _ = model.call_with_cache(random_ids(1, 3), cache, 0)
+            assert step_logits.dtype == tf.float32, name
 
 
 def test_changing_a_future_token_never_changes_earlier_logits() -> None:
@@ -90,21 +80,17 @@ def test_dropout_only_in_training() -> None:
 @pytest.mark.parametrize("cache_update", ["slice", "blend"])
 @pytest.mark.parametrize("prefill", [1, 5])
 def test_kv_cache_decoding_matches_full_forward(prefill: int, cache_update: str) -> None:
-    """Our cached path (fused Q/K/V, heads-major cache) against keras-hub's full forward."""
-    model = tiny_gpt()
-    ids = random_ids(2, 16, seed=prefill)
-    full = model(ids).numpy()
-    cache = model.init_cache(2)
-    # per layer (keys, values), each [B, H, T, Dh]
-    assert [(k.shape, v.shape) for k, v in cache] == [((2, 2, 16, 8), (2, 2, 16, 8))] * 2
-    logits, cache = model.call_with_cache(ids[:, :prefill], cache, 0, cache_update)
-    np.testing.assert_allclose(logits.numpy(), full[:, :prefill], atol=1e-4)
-    for i in range(prefill, 16):
-        logits, cache = model.call_with_cache(
-            ids[:, i : i + 1], cache, tf.constant(i), cache_update
-        )
-        assert logits.shape == (2, 1, 50) and logits.dtype == tf.float32
-        np.testing.assert_allclose(logits.numpy()[:, 0], full[:, i], atol=1e-4)
+    """Our cached path (heads-major cache) against keras-hub's full forward (harness)."""
+    run_cache_test(
+        GPT,
+        TINY,
+        random_ids(2, 16, seed=prefill).numpy(),
+        prefill=prefill,
+        call_kwargs={"cache_update": cache_update},
+        # per layer (keys, values), each [B, H, T, Dh]
+        expected_cache_shapes=[(2, 2, 16, 8)] * 4,
+        atol=1e-4,
+    )
 
 
 def test_unknown_cache_update_is_refused() -> None:
@@ -127,20 +113,6 @@ def test_cached_step_in_tf_function_and_xla() -> None:
         logits, cache = step(ids[:, i : i + 1], cache, tf.constant(i, tf.int32))
         np.testing.assert_allclose(logits.numpy()[:, 0], full[:, i], atol=1e-4)
     assert step.experimental_get_tracing_count() == 1
-
-
-def test_mixed_precision_logits_are_float32() -> None:
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        model = tiny_gpt()
-        logits = model(random_ids(1, 4))
-        cache = model.init_cache(1)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    assert logits.dtype == tf.float32
-    assert {c.dtype for c in tf.nest.flatten(cache)} == {tf.bfloat16}
-    step_logits, _ = model.call_with_cache(random_ids(1, 3), cache, 0)
-    assert step_logits.dtype == tf.float32
 
 
 def test_param_and_flop_accounting() -> None:

@@ -37,9 +37,9 @@ def test_init_from_lm_copies_the_backbone_and_reuses_its_tokenizer(
     trained_workdir, labelled_files, tmp_path
 ):
     from tfllm.data.tokenizer import Tokenizer
+    from tfllm.distribute.strategy import create_strategy
     from tfllm.inference.loading import load_trained
     from tfllm.training.run import adopt_backbone_architecture
-    from tfllm.distribute.strategy import create_strategy
     from tfllm.training.tasks import ClassificationTask
     from tfllm.training.trainer import Trainer
 

@@ -16,9 +16,9 @@ import keras
 import ml_collections
 import tensorflow as tf
 
+from tfllm.evaluation.predict import token_cross_entropy
 from tfllm.models import build_model
 from tfllm.training.optim import no_decay_variables
-from tfllm.training.tasks import token_cross_entropy
 
 
 def random_tokens(batch: int, length: int, vocab_size: int, seed: int) -> tf.Tensor:

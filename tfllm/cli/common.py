@@ -15,6 +15,7 @@ from absl import logging as absl_logging
 
 from tfllm.config import load_workdir_config, validate
 from tfllm.errors import ConfigError, TfllmError
+from tfllm.utils.argv import command_name  # re-exported: cli.common.command_name
 
 FLAGS = flags.FLAGS
 
@@ -67,14 +68,6 @@ def inference_strategy(config: ml_collections.ConfigDict):
         config.runtime, FLAGS.strategy, FLAGS.logical_cpus, FLAGS.tensor_parallel
     )
     return runtime, create_inference_strategy(runtime)
-
-
-def command_name() -> str:
-    """`tfllm-train` whether run as the console script or `python -m tfllm.cli.train`."""
-    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "tfllm"
-    if name.endswith(".py"):
-        name = "tfllm-" + name.removesuffix(".py")
-    return name
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -191,7 +191,8 @@ def _strategy():
 
 def _lm_loss_sharded(trained, strategy, ids) -> dict[str, float]:
     """The one-device windows and batches, each batch sharded over the replicas."""
-    from tfllm.inference.distributed import Progress, lm_loss_sharded
+    from tfllm.evaluation.metrics import lm_loss_sharded
+    from tfllm.inference.distributed import Progress
 
     seq_len = int(trained.config.model.max_length)
     windows = (len(ids) - 1) // seq_len // FLAGS.batch_size * FLAGS.batch_size

@@ -29,6 +29,7 @@ def main(argv) -> None:
     del argv
     config = common.resolve_config(FLAGS.config, FLAGS.workdir)
     common.setup_runtime(config)
+    from tfllm.compress.run import training_plugins
     from tfllm.distribute.strategy import serve_cluster_task
     from tfllm.training.run import train
 
@@ -36,7 +37,7 @@ def main(argv) -> None:
         return
 
     with common.workdir_lock(FLAGS.workdir, config):
-        metrics = train(config, FLAGS.workdir)
+        metrics = train(config, FLAGS.workdir, plugins=training_plugins(config))
     rows = [("workdir", FLAGS.workdir), ("step", metrics.get("step"))]
     keys = ("loss", "eval_loss", "perplexity", "accuracy", "macro_f1", "roc_auc")
     for key in (*keys, "tokens_per_second", "examples_per_second"):

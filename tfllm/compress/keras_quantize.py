@@ -6,7 +6,8 @@ channel; int4: packed, with a scale per channel), dequantizing on the fly in
 it as usual. It needs no data and no training — the in-Keras counterpart of
 the TFLite converter's dynamic-range mode. A quantized model's checkpoint
 holds int8 kernels plus scales, so `tfllm.inference.loading.load_trained`
-calls `quantize(mode)` on the freshly built model *before* restoring
+calls `tfllm.models.quantized.quantize_in_place` on the freshly built model
+*before* restoring
 (`config.compress.method == "quantize"`).
 """
 
@@ -14,29 +15,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import warnings
 
-import keras
 import ml_collections
-import numpy as np
 import tensorflow as tf
 
 from tfllm.config import CLASSIFIER_NAMES, config_to_json
+from tfllm.models.quantized import quantize_in_place, weight_bytes
 from tfllm.utils.io import atomic_write_json, atomic_write_text
-
-KERAS_QUANTIZE_MODES = ("int8", "int4")
-
-
-def apply(model: keras.Model, mode: str) -> None:
-    """`model.quantize(mode)`, without Keras' warning for every LayerNorm/Softmax it skips."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have a `quantize` method.*")
-        model.quantize(mode)
-
-
-def weight_bytes(model: keras.Model) -> int:
-    """Bytes of the model's weights as stored (int8 kernels count 1 byte per value)."""
-    return int(sum(np.prod(w.shape) * np.dtype(w.dtype).itemsize for w in model.weights))
 
 
 def quantize_workdir(source: str, output: str, config: ml_collections.ConfigDict) -> dict:
@@ -46,7 +31,7 @@ def quantize_workdir(source: str, output: str, config: ml_collections.ConfigDict
 
     trained = load_trained(source)
     before = weight_bytes(trained.model)
-    apply(trained.model, config.compress.quantize_mode)
+    quantize_in_place(trained.model, config.compress.quantize_mode)
     os.makedirs(output, exist_ok=True)
     for name in ("tokenizer",):
         target = os.path.join(output, name)

@@ -259,7 +259,7 @@ def compress(source: str, output: str, options: CompressOptions) -> dict:
 
         metrics = quantize_workdir(source, output, config)
     else:
-        metrics = train(config, output)
+        metrics = train(config, output, training_plugins(config))
     record = compression_record(source, output, config, metrics)
     atomic_write_json(os.path.join(output, COMPRESSION_FILE), record)
     return record

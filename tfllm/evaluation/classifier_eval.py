@@ -18,7 +18,7 @@ from tfllm.data.classification_data import EncodedSplit, encode_split
 from tfllm.data.corpus import Corpus
 from tfllm.data.labels import LabelVocab
 from tfllm.evaluation.classification import classification_metrics, save_confusion_matrix_png
-from tfllm.training.tasks import predict_probabilities
+from tfllm.evaluation.predict import predict_probabilities, predict_probabilities_sharded
 from tfllm.utils.io import atomic_write_json, read_json
 
 if TYPE_CHECKING:
@@ -45,8 +45,6 @@ def evaluate_encoded(
     if strategy is None:
         probabilities = predict_probabilities(model, split, batch_size, max_length=max_length)
     else:
-        from tfllm.inference.distributed import predict_probabilities_sharded
-
         probabilities = predict_probabilities_sharded(
             strategy, model, split, batch_size, max_length=max_length
         )

@@ -14,7 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm.data.lm_data import eval_dataset
-from tfllm.training.tasks import token_cross_entropy
+from tfllm.distribute.rows import RowSharder
+from tfllm.evaluation.predict import token_cross_entropy
 
 
 def lm_loss_and_perplexity(
@@ -34,5 +35,41 @@ def lm_loss_and_perplexity(
         s, n = batch_sums(inputs, targets)
         total += float(s)
         count += int(n)
+    loss = total / count
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
+
+
+def lm_loss_sharded(
+    model: keras.Model,
+    strategy,
+    ids: np.ndarray,
+    seq_len: int,
+    batch_size: int,
+    max_batches: int = 0,
+    progress=None,
+) -> dict[str, float]:
+    """Mean token loss and perplexity over the windows one device evaluates.
+
+    The same windows as `tfllm.evaluation.metrics.lm_loss_and_perplexity`
+    (`eval_dataset`: in order, whole batches of `batch_size`); every global
+    batch is sharded over replicas and each window's summed cross-entropy comes
+    back in order, then is added up in float64 in window order, so the total
+    does not depend on how many replicas computed it.
+    """
+    def per_window(values):
+        inputs, targets = values
+        ce = token_cross_entropy(targets, model(inputs, training=False))
+        return tf.reduce_sum(tf.cast(ce, tf.float32), axis=-1)
+
+    sharder = RowSharder(strategy, per_window)
+    total, count = 0.0, 0
+    for i, (inputs, targets) in enumerate(eval_dataset(ids, seq_len, batch_size)):
+        if max_batches and i >= max_batches:
+            break
+        sums = sharder((inputs.numpy(), targets.numpy()))
+        total += float(np.sum(sums.astype(np.float64)))
+        count += int(np.prod(inputs.shape))
+        if progress is not None:
+            progress.update(int(inputs.shape[0]))
     loss = total / count
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}

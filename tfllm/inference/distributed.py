@@ -14,10 +14,8 @@ its logits agree only to ~1e-6 (DESIGN: "logits agree to < 1e-5").
 
 from __future__ import annotations
 
-import math
 import sys
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -203,84 +201,3 @@ class Progress:
         else:
             line = f"{self.done}/{self.total} {self.unit}  {self.rate:.2f} {self.unit}/s"
             print(line, flush=True)
-
-
-# ------------------------------------------------------------------ evaluation
-def lm_loss_sharded(
-    model: keras.Model,
-    strategy,
-    ids: np.ndarray,
-    seq_len: int,
-    batch_size: int,
-    max_batches: int = 0,
-    progress: Progress | None = None,
-) -> dict[str, float]:
-    """Mean token loss and perplexity over the windows one device evaluates.
-
-    The same windows as `tfllm.evaluation.metrics.lm_loss_and_perplexity`
-    (`eval_dataset`: in order, whole batches of `batch_size`); every global
-    batch is sharded over replicas and each window's summed cross-entropy comes
-    back in order, then is added up in float64 in window order, so the total
-    does not depend on how many replicas computed it.
-    """
-    from tfllm.data.lm_data import eval_dataset
-    from tfllm.training.tasks import token_cross_entropy
-
-    def per_window(values):
-        inputs, targets = values
-        ce = token_cross_entropy(targets, model(inputs, training=False))
-        return tf.reduce_sum(tf.cast(ce, tf.float32), axis=-1)
-
-    sharder = RowSharder(strategy, per_window)
-    total, count = 0.0, 0
-    for i, (inputs, targets) in enumerate(eval_dataset(ids, seq_len, batch_size)):
-        if max_batches and i >= max_batches:
-            break
-        sums = sharder((inputs.numpy(), targets.numpy()))
-        total += float(np.sum(sums.astype(np.float64)))
-        count += int(np.prod(inputs.shape))
-        if progress is not None:
-            progress.update(int(inputs.shape[0]))
-    loss = total / count
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
-
-
-_PROBABILITY_SHARDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _probability_sharder(strategy, model: keras.Model) -> RowSharder:
-    """One `RowSharder` of softmax(model(ids)) per (model, strategy), so the periodic
-    evals of a training run and its final report reuse one traced function."""
-    cached = _PROBABILITY_SHARDERS.get(model)
-    if cached is None or cached.strategy is not strategy:
-
-        def per_row(ids):
-            return tf.nn.softmax(tf.cast(model(ids, training=False), tf.float32), axis=-1)
-
-        cached = _PROBABILITY_SHARDERS[model] = RowSharder(strategy, per_row)
-    return cached
-
-
-def predict_probabilities_sharded(
-    strategy,
-    model: keras.Model,
-    split,
-    batch_size: int,
-    *,
-    max_length: int,
-    max_batches: int = 0,
-) -> np.ndarray:
-    """`tfllm.training.tasks.predict_probabilities` with each batch sharded over replicas:
-    the same batches (in order, none dropped), softmax(model(ids)) per row, [N, C];
-    only the first `max_batches` batches when > 0 (periodic evals during training)."""
-    from tfllm.data.classification_data import make_classification_dataset
-
-    sharder = _probability_sharder(strategy, model)
-    dataset = make_classification_dataset(
-        split, batch_size, shuffle=False, repeat=False, max_length=max_length, drop_remainder=False
-    )
-    if max_batches:
-        dataset = dataset.take(max_batches)
-    return np.concatenate([sharder(ids.numpy()) for ids, _ in dataset], axis=0)
-
-

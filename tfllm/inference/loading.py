@@ -14,6 +14,7 @@ from tfllm.config import CLASSIFIER_NAMES, load_workdir_config
 from tfllm.data.labels import LabelVocab
 from tfllm.data.tokenizer import Tokenizer
 from tfllm.errors import WorkdirError
+from tfllm.models.quantized import quantize_in_place
 
 
 @dataclass
@@ -68,10 +69,8 @@ def load_trained(workdir: str, strategy: tf.distribute.Strategy | None = None) -
         with strategy.scope():
             model = distribute.build_model(strategy, build)
     if config.get("compress") and config.compress.method == "quantize":
-        from tfllm.compress import keras_quantize
-
         # The checkpoint holds int8 kernels + scales: give the model those variables first.
-        keras_quantize.apply(model, config.compress.quantize_mode)
+        quantize_in_place(model, config.compress.quantize_mode)
     status = tf.train.Checkpoint(model=model).restore(latest).expect_partial()
     try:
         status.assert_existing_objects_matched()

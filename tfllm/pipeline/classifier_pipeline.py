@@ -70,6 +70,7 @@ def run_classifier_stages(
     pruned model on the test split too (`test_pruned`), so its compression
     table compares dense and pruned on the same sentences.
     """
+    from tfllm.compress.run import training_plugins
     from tfllm.training.run import train
 
     os.makedirs(workdir, exist_ok=True)
@@ -78,7 +79,7 @@ def run_classifier_stages(
     stage = run.part(prefix, stages)
 
     def train_stage() -> str:
-        metrics = train(config, workdir)
+        metrics = train(config, workdir, training_plugins(config))
         accuracy = metrics.get("accuracy", float("nan"))
         return f"(step {metrics['step']}, eval accuracy {accuracy:.4f})"
 
@@ -238,7 +239,7 @@ def _reproduce_commands(workdir: str, split: str) -> list[str]:
 
 
 def _report(run: PipelineRun, path: str) -> str:
-    from tfllm.cli.common import command_name
+    from tfllm.utils.argv import command_name
 
     workdir, config = run.workdir, run.config
     metrics = read_json(os.path.join(workdir, "metrics.json"))

@@ -61,6 +61,7 @@ def run_lm_stages(
     `tfllm-pipeline` with an LM config runs them all under its own progress;
     the journey runs them as its `lm.*` stages.
     """
+    from tfllm.compress.run import training_plugins
     from tfllm.training.run import train_lm
 
     os.makedirs(workdir, exist_ok=True)
@@ -69,7 +70,7 @@ def run_lm_stages(
     stage = run.part(prefix, stages)
 
     def train() -> str:
-        metrics = train_lm(config, workdir)
+        metrics = train_lm(config, workdir, training_plugins(config))
         perplexity = metrics.get("perplexity", float("nan"))
         return f"(step {metrics['step']}, eval perplexity {perplexity:.2f})"
 

@@ -7,12 +7,14 @@ The CLI and the pipeline both call `train` (which picks `train_lm` or
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
 
 from tfllm.config import CLASSIFIER_NAMES, config_to_json, load_workdir_config
 from tfllm.errors import ConfigError
+from tfllm.training.plugins import TrainingPlugin
 from tfllm.utils.io import atomic_write_json, atomic_write_text
 
 
@@ -66,9 +68,14 @@ def shared_tokenizer(config: ml_collections.ConfigDict, workdir: str, texts, str
     return tokenizer
 
 
-def train_lm(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (or resumes) the language model described by `config` in `workdir`."""
-    from tfllm.compress.run import training_plugins
+def train_lm(
+    config: ml_collections.ConfigDict, workdir: str, plugins: Sequence[TrainingPlugin] = ()
+) -> dict:
+    """Trains (or resumes) the language model described by `config` in `workdir`.
+
+    `plugins` change the step (compression: `tfllm.compress.run.training_plugins`);
+    they are passed in from above so training never imports the compressors.
+    """
     from tfllm.data.sources import lm_token_streams, load_text_splits
     from tfllm.data.tokenizer import Tokenizer
     from tfllm.distribute.strategy import (
@@ -142,7 +149,7 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train_ids=train_ids,
         eval_ids=eval_ids,
         sample_fn=sample_fn,
-        plugins=training_plugins(config),
+        plugins=tuple(plugins),
     )
     placed = placement(strategy)
     per_device = placed.parameters_per_device(trainer.model) if placed is not None else None
@@ -157,11 +164,13 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return metrics
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains whatever `config.model.name` names."""
+def train(
+    config: ml_collections.ConfigDict, workdir: str, plugins: Sequence[TrainingPlugin] = ()
+) -> dict:
+    """Trains whatever `config.model.name` names (the library call behind tfllm-train)."""
     if config.model.name in CLASSIFIER_NAMES:
-        return train_classifier(config, workdir)
-    return train_lm(config, workdir)
+        return train_classifier(config, workdir, plugins)
+    return train_lm(config, workdir, plugins)
 
 
 # Architecture keys a fine-tuned transformer_classifier takes from its LM.
@@ -207,9 +216,10 @@ def adopt_backbone_architecture(config: ml_collections.ConfigDict) -> None:
         print(f"Backbone architecture from {init_from}: {', '.join(changed)}", flush=True)
 
 
-def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (or resumes) a text classifier on labelled rows."""
-    from tfllm.compress.run import training_plugins
+def train_classifier(
+    config: ml_collections.ConfigDict, workdir: str, plugins: Sequence[TrainingPlugin] = ()
+) -> dict:
+    """Trains (or resumes) a text classifier on labelled rows (`plugins` as `train_lm`)."""
     from tfllm.data.classification_data import (
         class_weights,
         encode_split,
@@ -285,7 +295,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return model
 
     trainer = Trainer(
-        config, workdir, strategy, build_model=build, task=task, plugins=training_plugins(config)
+        config, workdir, strategy, build_model=build, task=task, plugins=tuple(plugins)
     )
     metrics = trainer.train()
     metrics["train_examples"] = len(train_split)

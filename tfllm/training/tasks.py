@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import abc
 import math
-import weakref
 
 import keras
 import numpy as np
@@ -21,13 +20,12 @@ from tfllm.data.classification_data import EncodedSplit, make_classification_dat
 from tfllm.data.lm_data import make_lm_dataset
 from tfllm.distribute.strategy import takes_sharded_inputs
 from tfllm.errors import ConfigError
-
-
-def token_cross_entropy(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-    """Per-position cross entropy in float32 (Keras' loss, logits input)."""
-    return keras.losses.sparse_categorical_crossentropy(
-        targets, tf.cast(logits, tf.float32), from_logits=True
-    )
+from tfllm.evaluation.predict import (
+    predict_probabilities,
+    predict_probabilities_sharded,
+    quick_classification_metrics,
+    token_cross_entropy,
+)
 
 
 class Task(abc.ABC):
@@ -217,8 +215,6 @@ class ClassificationTask(Task):
         if self.eval is None:
             return {}
         if takes_sharded_inputs(strategy):
-            from tfllm.inference.distributed import predict_probabilities_sharded
-
             probabilities = predict_probabilities_sharded(
                 strategy,
                 model,
@@ -266,67 +262,3 @@ class ClassificationTask(Task):
         except ValueError as e:
             raise ConfigError(f"config.train.init_from: {e}") from None
         return f"Initialised the backbone from the LM in {workdir} ({lm.checkpoint})"
-
-
-def predict_probabilities(
-    model: keras.Model,
-    split: EncodedSplit,
-    batch_size: int,
-    *,
-    max_length: int,
-    static_shapes: bool = False,
-    max_batches: int = 0,
-) -> np.ndarray:
-    """Softmax probabilities [N, C] for a split, in order (no example dropped)."""
-    dataset = make_classification_dataset(
-        split,
-        batch_size,
-        shuffle=False,
-        repeat=False,
-        max_length=max_length,
-        static_shapes=static_shapes,
-        drop_remainder=False,
-    )
-
-    probabilities = _probability_fn(model)
-    parts = []
-    for i, (ids, _) in enumerate(dataset):
-        if max_batches and i >= max_batches:
-            break
-        parts.append(probabilities(ids).numpy())
-    return np.concatenate(parts, axis=0)
-
-
-_PROBABILITY_FNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _probability_fn(model: keras.Model):
-    """One traced softmax(model(ids)) per model, reused by every periodic eval."""
-    if model not in _PROBABILITY_FNS:
-
-        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)])
-        def probabilities(ids):
-            return tf.nn.softmax(tf.cast(model(ids, training=False), tf.float32), axis=-1)
-
-        _PROBABILITY_FNS[model] = probabilities
-    return _PROBABILITY_FNS[model]
-
-
-def quick_classification_metrics(
-    labels: np.ndarray, probabilities: np.ndarray, num_classes: int
-) -> dict[str, float]:
-    """Loss, accuracy and macro F1, cheap enough for every periodic eval."""
-    eps = 1e-12
-    picked = probabilities[np.arange(len(labels)), labels]
-    predictions = probabilities.argmax(axis=-1)
-    f1s = []
-    for c in range(num_classes):
-        tp = float(np.sum((predictions == c) & (labels == c)))
-        fp = float(np.sum((predictions == c) & (labels != c)))
-        fn = float(np.sum((predictions != c) & (labels == c)))
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return {
-        "eval_loss": float(-np.mean(np.log(np.maximum(picked, eps)))),
-        "accuracy": float(np.mean(predictions == labels)),
-        "macro_f1": float(np.mean(f1s)),
-    }

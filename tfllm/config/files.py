@@ -1,0 +1,54 @@
+"""Reading configs: Python config files, and the config.json a run leaves in its workdir."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import ml_collections
+
+from tfllm.config.schema import base_config
+from tfllm.errors import ConfigError
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """Loads a config file outside absl flags (the pipeline uses this)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config: no such file: {path}")
+    spec = importlib.util.spec_from_file_location("tfllm_user_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"--config: {path} defines no get_config()")
+    return module.get_config()
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+    """Rebuilds a ConfigDict saved by `config_to_json` (lists stay lists)."""
+    return ml_collections.ConfigDict(json.loads(text))
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with (`W/config.json`).
+
+    Merged onto `base_config()` so that a run saved before a key existed loads
+    with that key's default, and every later check finds every key.
+    """
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise ConfigError(
+            f"--workdir: {workdir} has no config.json (train there first, or pass --config)"
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = config_from_json(f.read())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable config ({e})") from None
+    merged = base_config()
+    merged.update(config)  # keys added to the schema since the run get their defaults
+    return merged

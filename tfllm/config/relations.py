@@ -1,0 +1,179 @@
+"""Cross-field rules: what no single key's type can say.
+
+Per-key rules come from the schemas (`tfllm.config.fields`); these compare
+keys with each other (heads divide the width, warmup fits in training) or
+depend on the model family and the runtime together (tensor and pipeline
+parallelism exist for some families and strategies only). `validate` runs
+them after every key has passed its own rule, so each value here already has
+the right type and range.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from tfllm.config.names import CLASSIFIER_NAMES
+from tfllm.errors import ConfigError
+
+
+def check_relations(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError on the first relation between keys that does not hold."""
+    model, train, runtime, data = config.model, config.train, config.runtime, config.data
+    if model.hidden_dim % model.num_heads:
+        raise ConfigError(
+            f"config.model.hidden_dim: {model.hidden_dim} is not divisible by "
+            f"config.model.num_heads={model.num_heads}"
+        )
+    if not data.train_path and not data.dataset:
+        raise ConfigError("config.data.train_path: empty, and no bundled config.data.dataset set")
+    if train.warmup_steps > train.num_steps:
+        raise ConfigError(
+            f"config.train.warmup_steps: {train.warmup_steps} exceeds "
+            f"config.train.num_steps={train.num_steps}"
+        )
+    if runtime.profile_steps and runtime.profile_steps[1] > train.num_steps:
+        raise ConfigError(
+            f"config.runtime.profile_steps: stop {runtime.profile_steps[1]} is past "
+            f"config.train.num_steps={train.num_steps}"
+        )
+    if runtime.logical_cpus > 1 and runtime.strategy not in ("mirrored", "default"):
+        raise ConfigError(
+            "config.runtime.logical_cpus: only meaningful with strategy 'mirrored', "
+            f"got strategy {runtime.strategy!r}"
+        )
+    if train.batch_size % train.grad_accum_steps:
+        raise ConfigError(
+            f"config.train.grad_accum_steps: {train.grad_accum_steps} does not divide "
+            f"config.train.batch_size={train.batch_size}"
+        )
+    if model.name in CLASSIFIER_NAMES:
+        if not data.label_field:
+            raise ConfigError(f"config.data.label_field: empty, but {model.name} needs labels")
+        if not data.train_path and data.dataset == "shakespeare":
+            raise ConfigError(
+                f"config.data.dataset: 'shakespeare' has no labels for {model.name} "
+                "(use 'sst2' or set config.data.train_path to a labelled tsv/csv/jsonl file)"
+            )
+        if data.train_path and data.format == "text":
+            raise ConfigError(
+                f"config.data.format: 'text' files have no labels for {model.name} "
+                "(use tsv, csv or jsonl)"
+            )
+        if model.name == "cnn_classifier" and model.cnn_pooling == "max_pool_flatten":
+            if len(model.conv_widths) != 1:
+                raise ConfigError(
+                    "config.model.conv_widths: cnn_pooling 'max_pool_flatten' uses one Conv1D, "
+                    f"give exactly one width, got {list(model.conv_widths)}"
+                )
+        if model.name == "transformer_classifier" and train.freeze_blocks > model.num_layers:
+            raise ConfigError(
+                f"config.train.freeze_blocks: {train.freeze_blocks} exceeds "
+                f"config.model.num_layers={model.num_layers}"
+            )
+    check_tensor_parallel(config)
+    check_pipeline(config)
+
+
+def check_tensor_parallel(config: ml_collections.ConfigDict) -> None:
+    """Tensor parallelism splits heads and FFN units evenly, on a DTensor mesh.
+
+    Only the transformer models have the Megatron blocks it splits (the GPT
+    and the transformer classifier, which shares the GPT's block layers).
+    """
+    model, runtime = config.model, config.runtime
+    n = runtime.tensor_parallel
+    if n == 1:
+        return
+    if model.name not in ("gpt", "transformer_classifier"):
+        raise ConfigError(
+            f"config.runtime.tensor_parallel: {n} is implemented for models 'gpt' and "
+            f"'transformer_classifier' only, got config.model.name={model.name!r}"
+        )
+    for key in ("num_heads", "intermediate_dim"):
+        if model[key] % n:
+            raise ConfigError(
+                f"config.runtime.tensor_parallel: {n} does not divide "
+                f"config.model.{key}={model[key]}"
+            )
+    if runtime.strategy != "default":
+        raise ConfigError(
+            f"config.runtime.tensor_parallel: {n} runs on its own DTensor mesh (data parallel "
+            f"on its batch axis); set strategy 'default', got {runtime.strategy!r}"
+        )
+    if runtime.jit_compile:
+        raise ConfigError(
+            f"config.runtime.jit_compile: not supported with tensor_parallel={n} "
+            "(DTensor programs are not XLA-compiled here)"
+        )
+    if runtime.pipeline_stages > 1:
+        raise ConfigError(
+            f"config.runtime.pipeline_stages: {runtime.pipeline_stages} cannot be combined "
+            f"with tensor_parallel={n}"
+        )
+    if config.train.optimizer not in ("adam", "adamw"):
+        raise ConfigError(
+            f"config.train.optimizer: {config.train.optimizer!r} is not supported with "
+            f"tensor_parallel={n} (use adamw or adam; see docs/distributed.md)"
+        )
+    method = config.get("compress", {}).get("method", "")
+    if method:
+        raise ConfigError(
+            f"config.compress.method: {method!r} does not run under tensor_parallel={n}"
+        )
+
+
+def check_pipeline(config: ml_collections.ConfigDict) -> None:
+    """GPipe splits the GPT's blocks over K devices and each batch into M micro-batches.
+
+    Micro-batches compose with `train.grad_accum_steps` (each accumulation step
+    is one pipelined batch of M micro-batches), so the batch must split into
+    both. Tensor parallelism is refused in `check_tensor_parallel`.
+    """
+    model, runtime, train = config.model, config.runtime, config.train
+    k, m = runtime.pipeline_stages, runtime.num_microbatches
+    if k == 1:
+        if m != 1:
+            raise ConfigError(
+                f"config.runtime.num_microbatches: {m} needs config.runtime.pipeline_stages > 1 "
+                "(to split a batch on one device use config.train.grad_accum_steps)"
+            )
+        return
+    if model.name != "gpt":
+        raise ConfigError(
+            f"config.runtime.pipeline_stages: {k} is implemented for model 'gpt' only, "
+            f"got config.model.name={model.name!r}"
+        )
+    if k > model.num_layers:
+        raise ConfigError(
+            f"config.runtime.pipeline_stages: {k} stages exceed "
+            f"config.model.num_layers={model.num_layers} (each stage needs a block)"
+        )
+    if runtime.strategy != "default":
+        raise ConfigError(
+            f"config.runtime.pipeline_stages: {k} places its stages on devices itself; set "
+            f"strategy 'default', got {runtime.strategy!r}"
+        )
+    if runtime.jit_compile:
+        # Measured (TF 2.21): "Trying to access resource ... located in device
+        # CPU:1 from device CPU:0" — an XLA cluster runs on one device.
+        raise ConfigError(
+            f"config.runtime.jit_compile: not supported with pipeline_stages={k} (XLA compiles "
+            "the step for one device; the stages' variables live on several)"
+        )
+    per_step = train.batch_size // train.grad_accum_steps
+    if per_step % m:
+        accum = (
+            f" (config.train.batch_size={train.batch_size} / "
+            f"grad_accum_steps={train.grad_accum_steps})"
+            if train.grad_accum_steps > 1
+            else ""
+        )
+        raise ConfigError(
+            f"config.runtime.num_microbatches: {m} does not divide the per-replica batch "
+            f"{per_step}{accum}"
+        )
+    method = config.get("compress", {}).get("method", "")
+    if method:
+        raise ConfigError(
+            f"config.compress.method: {method!r} does not run under pipeline_stages={k}"
+        )
