@@ -312,4 +312,3 @@ class ModelTests:
 
     def test_model_saving(self, tmp_path: Any) -> None:
         run_model_saving_test(self.model_class, self.init_kwargs, self.input_data, tmp_path)
-

@@ -1,21 +1,24 @@
-"""Tests for the text classifiers: one harness run over every family, then per-family checks.
+"""Tests for the text classifiers: the classifier contract over every family, then
+per-family sections, each running the shared model harness (tests/harness.py).
 
 The shared contract: int `[B, T]` ids with 0 as right padding and bos (2) at
 position 0 -> float32 `[B, num_classes]` logits, independent of how much
-padding follows a row, finite even for an all-padding row, config and
-checkpoint round trips, and enough capacity to learn a trivially separable
-task with plain `compile` + `fit`.
+padding follows a row, finite even for an all-padding row, and enough capacity
+to learn a trivially separable task with plain `compile` + `fit`. Config,
+keras-serialization, mixed-precision, checkpoint and `.keras` round trips are
+the harness's (`ModelTests`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from typing import Any
 
 import keras
 import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
+from harness import ModelTests
 
 from tfllm.errors import ConfigError
 from tfllm.models import (
@@ -33,35 +36,30 @@ MAX_LENGTH = 40
 BOS = 2
 
 TINY_TRANSFORMER = dict(num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32)
+SHAPE = dict(vocab_size=VOCAB, num_classes=CLASSES, max_length=MAX_LENGTH)
 
-FAMILIES: dict[str, Callable[..., keras.Model]] = {
-    "transformer": lambda **kw: TransformerClassifier(
-        VOCAB, CLASSES, MAX_LENGTH, **{**TINY_TRANSFORMER, "dropout": 0.0, **kw}
-    ),
-    "cnn": lambda **kw: CNNClassifier(
-        VOCAB, CLASSES, MAX_LENGTH, **{"embedding_dim": 16, "conv_filters": 8, **kw}
-    ),
-    "cnn_flatten": lambda **kw: CNNClassifier(
-        VOCAB,
-        CLASSES,
-        MAX_LENGTH,
-        **{
+# family -> (class, tiny init kwargs)
+FAMILIES: dict[str, tuple[type[keras.Model], dict[str, Any]]] = {
+    "transformer": (TransformerClassifier, {**SHAPE, **TINY_TRANSFORMER, "dropout": 0.0}),
+    "cnn": (CNNClassifier, {**SHAPE, "embedding_dim": 16, "conv_filters": 8}),
+    "cnn_flatten": (
+        CNNClassifier,
+        {
+            **SHAPE,
             "embedding_dim": 16,
             "conv_widths": [3],
             "conv_filters": 8,
             "pooling": "max_pool_flatten",
-            **kw,
         },
     ),
-    "mlp": lambda **kw: MLPClassifier(
-        VOCAB, CLASSES, MAX_LENGTH, **{"embedding_dim": 16, "hidden_dims": [32, 32], **kw}
-    ),
+    "mlp": (MLPClassifier, {**SHAPE, "embedding_dim": 16, "hidden_dims": [32, 32]}),
 }
 
 
 def make(family: str, seed: int = 1, **overrides: object) -> keras.Model:
+    cls, kwargs = FAMILIES[family]
     keras.utils.set_random_seed(seed)
-    model = FAMILIES[family](**overrides)
+    model = cls(**{**kwargs, **overrides})
     model(tf.zeros([1, MAX_LENGTH], tf.int32))
     return model
 
@@ -76,51 +74,26 @@ def rows(lengths: list[int], length: int, seed: int = 0) -> np.ndarray:
     return ids
 
 
-@pytest.fixture
-def mixed_bfloat16() -> Iterator[None]:
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy("float32")
+class ClassifierTests(ModelTests):
+    """The harness for one classifier family: `family` names its FAMILIES entry."""
+
+    family: str
+    # Rows of 2, 5 and 12 real tokens, padded to 12 (< MAX_LENGTH).
+    input_data = rows([2, 5, 12], 12)
+    expected_output_shape = (3, CLASSES)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.model_class, cls.init_kwargs = FAMILIES[cls.family]
 
 
 families = pytest.mark.parametrize("family", list(FAMILIES))
 
 
 @families
-def test_output_shape_and_dtype(family: str) -> None:
+def test_common_classifier_attributes(family: str) -> None:
     model = make(family)
-    logits = model(tf.constant(rows([3, 9], 9)))
-    assert logits.shape == (2, CLASSES) and logits.dtype == tf.float32
     assert (model.num_classes, model.max_length, model.vocab_size) == (CLASSES, MAX_LENGTH, VOCAB)
-
-
-@families
-def test_mixed_precision_logits_are_float32(family: str, mixed_bfloat16: None) -> None:
-    model = make(family)
-    assert model.compute_dtype == "bfloat16"
-    logits = model(tf.constant(rows([3, 9], 9)), training=True)
-    assert logits.dtype == tf.float32
-    assert np.isfinite(logits.numpy()).all()
-
-
-@families
-def test_config_round_trip_gives_identical_logits(family: str, tmp_path: object) -> None:
-    model = make(family)
-    config = model.get_config()
-    clone = type(model).from_config(config)
-    assert clone.get_config() == config
-    clone(tf.zeros([1, MAX_LENGTH], tf.int32))
-    clone.set_weights(model.get_weights())
-    ids = tf.constant(rows([2, 5, 12], 12))
-    np.testing.assert_array_equal(model(ids).numpy(), clone(ids).numpy())
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
-    assert isinstance(restored, type(model)) and restored.get_config() == config
-    path = f"{tmp_path}/model.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(model(ids).numpy(), loaded(ids).numpy(), atol=1e-6)
 
 
 @families
@@ -179,23 +152,11 @@ def test_learns_a_separable_task(family: str) -> None:
     assert accuracy > 0.95, accuracy
 
 
-@families
-def test_checkpoint_restores_every_variable(family: str, tmp_path: object) -> None:
-    model = make(family, seed=1)
-    path = tf.train.Checkpoint(model=model).write(f"{tmp_path}/ckpt")
-    other = make(family, seed=2)
-    assert any(
-        not np.array_equal(a, b)
-        for a, b in zip(model.get_weights(), other.get_weights(), strict=True)
-    )
-    tf.train.Checkpoint(model=other).read(path).assert_existing_objects_matched()
-    for a, b in zip(model.weights, other.weights, strict=True):
-        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
-    saved = {name for name, _ in tf.train.list_variables(path) if name.startswith("model/")}
-    assert len(saved) == len(model.weights)
-
-
 # ---- TransformerClassifier ---------------------------------------------------------------
+
+
+class TestTransformerClassifierHarness(ClassifierTests):
+    family = "transformer"
 
 
 def tiny_lm(max_length: int = 64, **overrides: object) -> GPT:
@@ -290,6 +251,14 @@ def test_transformer_rejects_bad_arguments() -> None:
 # ---- CNNClassifier ------------------------------------------------------------------------
 
 
+class TestCNNClassifierHarness(ClassifierTests):
+    family = "cnn"
+
+
+class TestCNNFlattenClassifierHarness(ClassifierTests):
+    family = "cnn_flatten"
+
+
 def test_cnn_validates_its_arguments() -> None:
     with pytest.raises(ValueError, match="exactly one width"):
         make("cnn_flatten", conv_widths=[3, 4])
@@ -307,6 +276,13 @@ def test_cnn_flatten_head_sees_max_length_positions() -> None:
     model = make("cnn_flatten", pool_size=4)
     assert model.head.kernel.shape == (MAX_LENGTH // 4 * 8, CLASSES)
     assert model(tf.constant(rows([3], 3))).shape == (1, CLASSES)
+
+
+# ---- MLPClassifier ------------------------------------------------------------------------
+
+
+class TestMLPClassifierHarness(ClassifierTests):
+    family = "mlp"
 
 
 # ---- build_model --------------------------------------------------------------------------

@@ -53,7 +53,8 @@ class TestGPTHarness(ModelTests):
         models = run_precision_test(self.model_class, self.init_kwargs, self.input_data)
         for name, model in models.items():
             cache = model.init_cache(1)
-            assert {c.dtype for c in tf.nest.flatten(cache)} == {tf.as_dtype(model.compute_dtype)}, name
+            compute_dtype = tf.as_dtype(model.compute_dtype)
+            assert {c.dtype for c in tf.nest.flatten(cache)} == {compute_dtype}, name
             step_logits, _ = model.call_with_cache(random_ids(1, 3), cache, 0)
             assert step_logits.dtype == tf.float32, name
 

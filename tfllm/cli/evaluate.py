@@ -71,12 +71,10 @@ def main(argv) -> None:
         common.fail(f"--max_batches: must be ≥ 0, got {FLAGS.max_batches}")
     if FLAGS.quantize is not None and FLAGS.backend != "litert":
         common.fail("--quantize: only with --backend=litert (it picks which TFLite export to run)")
-    from tfllm.data.corpus import read_documents
-    from tfllm.data.lm_data import tokenize_documents
-    from tfllm.data.sources import bad_row_policy, data_fields, lm_token_streams, load_text_splits
-    from tfllm.evaluation.metrics import lm_loss_and_perplexity
+    from tfllm.evaluation.classification import format_metrics_table
+    from tfllm.evaluation.workdir import evaluate_workdir, record_evaluation
+    from tfllm.inference.distributed import Progress
     from tfllm.inference.loading import load_trained
-    from tfllm.utils.io import atomic_write_json, read_json
 
     strategy = _strategy()
     trained = load_trained(FLAGS.workdir, strategy)
@@ -84,78 +82,48 @@ def main(argv) -> None:
         trained.config.runtime = _RUNTIME[0]  # multi_worker: per-task lock names
     if FLAGS.backend == "litert":
         _check_tflite_export(trained)
-    if trained.is_classifier:
-        _evaluate_classifier(trained, strategy)
-        return
-    config, tokenizer = trained.config, trained.tokenizer
-    if FLAGS.split == "test":
-        common.fail("--split=test: language models have train and eval splits (or use --data)")
-    if FLAGS.data:
-        policy = bad_row_policy(config.data)  # the run's on_bad_row / max_row_chars
-        fmt, text_field, _ = data_fields(config.data)
-        docs = read_documents(
-            FLAGS.data,
-            FLAGS.format or fmt,
-            FLAGS.text_field or text_field,
-            what="--data",
-            **policy,
-        ).texts
-        ids, prefix = tokenize_documents(tokenizer, docs), "data_"
-    else:
-        train_ids, eval_ids = lm_token_streams(config, tokenizer, load_text_splits(config.data))
-        if FLAGS.split == "eval":
-            if eval_ids is None:
-                common.fail(
-                    "--split=eval: this run has no eval split (config.data.eval_fraction=0)"
-                )
-            ids, prefix = eval_ids, "eval_"
-        else:
-            ids, prefix = train_ids, "train_split_"
-    if FLAGS.backend == "litert":
-        from tfllm.export.lm_tflite import litert_perplexity  # only when asked for
-
-        result = litert_perplexity(trained, ids, _quantize(), FLAGS.max_batches * FLAGS.batch_size)
-        keys = {
-            name: f"litert_{_quantize()}_{prefix}{name}"
-            for name in ("loss", "perplexity", "tokens")
-        }
-    else:
-        if strategy is None:
-            result = lm_loss_and_perplexity(
-                trained.model,
-                ids,
-                int(config.model.max_length),
-                FLAGS.batch_size,
-                FLAGS.max_batches,
-            )
-        else:
-            result = _lm_loss_sharded(trained, strategy, ids)
-        keys = {
-            "loss": f"{prefix}loss",
-            "perplexity": "perplexity" if prefix == "eval_" else f"{prefix}perplexity",
-            "tokens": f"{prefix}tokens",
-        }
-    if not _is_chief(strategy):
-        return  # every worker computed the same totals; the chief records them
-    path = os.path.join(FLAGS.workdir, "metrics.json")
-    with common.workdir_lock(FLAGS.workdir, config):  # a training run may be updating it
-        metrics = read_json(path)
-        for name, key in keys.items():
-            metrics[key] = result[name]
-        atomic_write_json(path, metrics)
-    common.print_summary(
-        "tfllm-evaluate",
-        [
-            ("checkpoint", trained.checkpoint),
-            ("backend", _backend_label()),
-            *_strategy_row(strategy),
-            ("split", FLAGS.data or FLAGS.split),
-            ("tokens", result["tokens"]),
-            ("loss", result["loss"]),
-            ("perplexity", result["perplexity"]),
-            ("metrics", path),
-        ],
+    chief = _is_chief(strategy)
+    evaluation = evaluate_workdir(
+        trained,
+        split=FLAGS.split,
+        data=FLAGS.data,
+        data_format=FLAGS.format,
+        text_field=FLAGS.text_field,
+        label_field=FLAGS.label_field,
+        batch_size=FLAGS.batch_size,
+        max_batches=FLAGS.max_batches,
+        backend=FLAGS.backend,
+        quantize=_quantize(),
+        strategy=strategy,
+        progress=lambda total: Progress(total, enabled=chief, unit="windows"),
+        write_png=chief,
     )
+    if not chief:
+        return  # every worker computed the same numbers; the chief records them
+    with common.workdir_lock(FLAGS.workdir, trained.config):  # training may be updating it
+        path = record_evaluation(evaluation)
+    metrics = evaluation.metrics
+    rows = [
+        ("checkpoint", trained.checkpoint),
+        ("backend", _backend_label()),
+        *_strategy_row(strategy),
+        ("split", evaluation.split),
+    ]
+    if evaluation.is_classifier:
+        print(format_metrics_table(metrics), flush=True)
+        rows += [
+            ("examples", evaluation.count),
+            ("accuracy", metrics["accuracy"]),
+            ("macro_f1", metrics["macro_f1"]),
+            ("confusion_matrix", evaluation.png_path),
+        ]
+    else:
+        rows += [
+            ("tokens", metrics["tokens"]),
+            ("loss", metrics["loss"]),
+            ("perplexity", metrics["perplexity"]),
+        ]
+    common.print_summary("tfllm-evaluate", [*rows, ("metrics", path)])
 
 
 _RUNTIME: list = []  # the runtime section _strategy() chose
@@ -189,26 +157,6 @@ def _strategy():
     return strategy
 
 
-def _lm_loss_sharded(trained, strategy, ids) -> dict[str, float]:
-    """The one-device windows and batches, each batch sharded over the replicas."""
-    from tfllm.evaluation.metrics import lm_loss_sharded
-    from tfllm.inference.distributed import Progress
-
-    seq_len = int(trained.config.model.max_length)
-    windows = (len(ids) - 1) // seq_len // FLAGS.batch_size * FLAGS.batch_size
-    if FLAGS.max_batches:
-        windows = min(windows, FLAGS.max_batches * FLAGS.batch_size)
-    return lm_loss_sharded(
-        trained.model,
-        strategy,
-        ids,
-        seq_len,
-        FLAGS.batch_size,
-        FLAGS.max_batches,
-        progress=Progress(windows, enabled=_is_chief(strategy), unit="windows"),
-    )
-
-
 def _is_chief(strategy) -> bool:
     from tfllm.distribute.strategy import is_chief
 
@@ -221,93 +169,6 @@ def _strategy_row(strategy) -> list[tuple[str, object]]:
     from tfllm.distribute.strategy import describe
 
     return [("strategy", describe(strategy))]
-
-
-def _evaluate_classifier(trained, strategy=None) -> None:
-    """The full classification report on a split or --data; updates metrics.json."""
-    from tfllm.data.classification_data import load_labelled_splits
-    from tfllm.data.corpus import read_documents
-    from tfllm.data.sources import bad_row_policy, data_fields
-    from tfllm.evaluation.classification import format_metrics_table
-    from tfllm.evaluation.classifier_eval import (
-        evaluate_corpus,
-        evaluate_corpus_litert,
-        record_metrics,
-    )
-
-    config = trained.config
-    if FLAGS.data:
-        fmt, text_field, label_field = data_fields(config.data)
-        fmt = FLAGS.format or fmt
-        if fmt == "text":
-            common.fail("--format: 'text' files have no labels; use tsv, csv or jsonl")
-        corpus = read_documents(
-            FLAGS.data,
-            fmt,
-            FLAGS.text_field or text_field,
-            FLAGS.label_field or label_field,
-            what="--data",
-            **bad_row_policy(config.data),
-        )
-        name, key = FLAGS.data, "data"
-    else:
-        splits = load_labelled_splits(config.data)
-        corpus = {"eval": splits.eval, "train": splits.train, "test": splits.test}[FLAGS.split]
-        if corpus is None:
-            common.fail(
-                f"--split={FLAGS.split}: this run has no {FLAGS.split} split "
-                + (
-                    "(set config.data.test_path)"
-                    if FLAGS.split == "test"
-                    else "(config.data.eval_fraction=0 and no eval_path)"
-                )
-            )
-        name, key = FLAGS.split, FLAGS.split
-    what = "--data" if FLAGS.data else key
-    extra: dict[str, str] = {}
-    if FLAGS.backend == "litert":
-        from tfllm.export.litert import tflite_dir
-
-        slot = f"litert_{_quantize()}_{key}"
-        png = os.path.join(FLAGS.workdir, f"confusion_matrix_{slot}.png")
-        export_dir = tflite_dir(FLAGS.workdir, _quantize())
-        metrics, examples = evaluate_corpus_litert(
-            trained, corpus, what, export_dir, batch_size=FLAGS.batch_size, png_path=png
-        )
-        extra = {"backend": "litert", "quantize": _quantize(), "export": export_dir}
-    else:
-        slot = {"eval": "eval", "data": "data"}.get(key, f"{key}_split")
-        png = os.path.join(
-            FLAGS.workdir,
-            "confusion_matrix.png" if key == "eval" else f"confusion_matrix_{key}.png",
-        )
-        metrics, examples = evaluate_corpus(
-            trained,
-            corpus,
-            what,
-            batch_size=FLAGS.batch_size,
-            png_path=png if _is_chief(strategy) else None,
-            strategy=strategy,
-        )
-    if not _is_chief(strategy):
-        return  # every worker holds the same metrics; the chief records them
-    with common.workdir_lock(FLAGS.workdir, config):  # a training run may be updating it
-        path = record_metrics(FLAGS.workdir, slot, metrics, source=name, **extra)
-    print(format_metrics_table(metrics), flush=True)
-    common.print_summary(
-        "tfllm-evaluate",
-        [
-            ("checkpoint", trained.checkpoint),
-            ("backend", _backend_label()),
-            *_strategy_row(strategy),
-            ("split", name),
-            ("examples", examples),
-            ("accuracy", metrics["accuracy"]),
-            ("macro_f1", metrics["macro_f1"]),
-            ("confusion_matrix", png),
-            ("metrics", path),
-        ],
-    )
 
 
 def _quantize() -> str:

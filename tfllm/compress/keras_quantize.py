@@ -20,6 +20,8 @@ import ml_collections
 import tensorflow as tf
 
 from tfllm.config import CLASSIFIER_NAMES, config_to_json
+from tfllm.errors import ConfigError
+from tfllm.evaluation.workdir import evaluate_workdir
 from tfllm.models.quantized import quantize_in_place, weight_bytes
 from tfllm.utils.io import atomic_write_json, atomic_write_text
 
@@ -46,33 +48,20 @@ def quantize_workdir(source: str, output: str, config: ml_collections.ConfigDict
     )
     manager.save(checkpoint_number=max(trained.step, 0))
     metrics = {"step": trained.step, "num_params": int(trained.model.count_params())}
-    metrics.update(_evaluate(trained, config))
+    metrics.update(_evaluate(trained))
     metrics["weight_bytes"] = weight_bytes(trained.model)
     metrics["source_weight_bytes"] = before
     atomic_write_json(os.path.join(output, "metrics.json"), metrics)
     return metrics
 
 
-def _evaluate(trained, config: ml_collections.ConfigDict) -> dict:
-    """The eval split's headline metrics of the quantized Keras model."""
-    if config.model.name in CLASSIFIER_NAMES:
-        from tfllm.data.classification_data import load_labelled_splits
-        from tfllm.evaluation.classifier_eval import evaluate_corpus
-
-        splits = load_labelled_splits(config.data)
-        if splits.eval is None:
-            return {}
-        metrics, _ = evaluate_corpus(
-            trained, splits.eval, "eval", batch_size=int(config.train.batch_size)
-        )
-        return {("eval_loss" if k == "log_loss" else k): v for k, v in metrics.items()}
-    from tfllm.data.sources import lm_token_streams, load_text_splits
-    from tfllm.evaluation.metrics import lm_loss_and_perplexity
-
-    _, eval_ids = lm_token_streams(config, trained.tokenizer, load_text_splits(config.data))
-    if eval_ids is None:
+def _evaluate(trained) -> dict:
+    """The eval split's headline metrics of the quantized Keras model ({} without one)."""
+    try:
+        evaluation = evaluate_workdir(trained, split="eval", write_png=False)
+    except ConfigError:  # the run has no eval split: nothing to report
         return {}
-    result = lm_loss_and_perplexity(
-        trained.model, eval_ids, int(config.model.max_length), int(config.train.batch_size)
-    )
-    return {"eval_loss": result["loss"], "perplexity": result["perplexity"]}
+    metrics = evaluation.metrics
+    if evaluation.is_classifier:
+        return {("eval_loss" if k == "log_loss" else k): v for k, v in metrics.items()}
+    return {"eval_loss": metrics["loss"], "perplexity": metrics["perplexity"]}

@@ -27,9 +27,8 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from tfllm.config import SAMPLERS
 from tfllm.errors import ConfigError
-
-SAMPLERS = ("greedy", "temperature", "top_k", "top_p")
 
 # Float32 slack when comparing cumulative probability mass with top_p, so that
 # p=0.8 over probabilities 0.5 + 0.3 counts as reached despite rounding.

@@ -6,13 +6,14 @@ import keras
 import ml_collections
 import tensorflow as tf
 
+from tfllm.config import MODEL_NAMES
 from tfllm.errors import ConfigError
 from tfllm.models.classifier import TransformerClassifier
 from tfllm.models.cnn import CNNClassifier
 from tfllm.models.gpt import GPT
 from tfllm.models.mlp import MLPClassifier
 
-AVAILABLE = ("gpt", "transformer_classifier", "cnn_classifier", "mlp_classifier")
+AVAILABLE = MODEL_NAMES  # defined once, in tfllm.config
 
 __all__ = [
     "AVAILABLE",

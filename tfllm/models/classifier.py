@@ -33,10 +33,9 @@ import keras
 import keras_hub
 import tensorflow as tf
 
+from tfllm.config import POOLINGS
 from tfllm.distribute.mesh import assign
 from tfllm.models.gpt import add_backbone_layers
-
-POOLINGS = ("mean", "cls", "last")
 
 
 def check_positive_int(name: str, value: Any) -> None:

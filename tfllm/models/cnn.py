@@ -33,14 +33,13 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tfllm.config import CNN_POOLINGS
 from tfllm.models.classifier import (
     check_dropout,
     check_num_classes,
     check_positive_int,
     padding_mask,
 )
-
-CNN_POOLINGS = ("global_max", "max_pool_flatten")
 
 
 @keras.saving.register_keras_serializable(package="tfllm")

@@ -115,28 +115,23 @@ def evaluate_test_split(workdir: str) -> str:
     """`tfllm-evaluate --split=test` (or the eval split when the data has no test split)."""
     from tfllm.data.classification_data import load_labelled_splits
     from tfllm.evaluation.classification import format_metrics_table
-    from tfllm.evaluation.classifier_eval import evaluate_corpus, record_metrics
+    from tfllm.evaluation.workdir import evaluate_workdir, record_evaluation
     from tfllm.inference.loading import load_trained
 
     trained = load_trained(workdir)
-    config = trained.config
-    splits = load_labelled_splits(config.data)
+    splits = load_labelled_splits(trained.config.data)
     if splits.test is not None:
-        name, corpus, png_name = "test", splits.test, "confusion_matrix_test.png"
+        name = "test"
     elif splits.eval is not None:
-        name, corpus, png_name = "eval", splits.eval, "confusion_matrix.png"
+        name = "eval"
     else:
         return "(no test or eval split: nothing to evaluate)"
-    result, _ = evaluate_corpus(
-        trained,
-        corpus,
-        name,
-        batch_size=int(config.train.batch_size),
-        png_path=os.path.join(workdir, png_name),
-    )
+    evaluation = evaluate_workdir(trained, split=name)
+    result = evaluation.metrics
     print(format_metrics_table(result), flush=True)
     # The layout `tfllm-evaluate --split=test` writes, plus the step it describes.
-    record_metrics(workdir, "test_split", result, source=name, step=trained.step)
+    evaluation.slot = "test_split"
+    record_evaluation(evaluation, step=trained.step)
     return (
         f"({name} accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f} "
         f"on {result['num_examples']:,} examples)"

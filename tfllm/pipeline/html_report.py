@@ -1,8 +1,12 @@
 """report.md → a self-contained report.html (images inlined), to mail or attach as one file.
 
 Python-Markdown (already a TensorBoard dependency) renders the tables and
-code blocks; every `<img src="x.png">` that points at a file beside the
-report becomes a base64 `data:` URI, so the HTML needs nothing next to it.
+code blocks. Reports quote text read from a workdir (sample completions,
+class names, paths), so the page treats all of it as text: raw HTML in the
+markdown is escaped, links keep only http(s)/mailto/relative targets, and an
+image is inlined as a base64 `data:` URI only when it is a PNG file inside the
+report's own directory, named by a relative path without `..`. Any other image
+becomes its alt text, so the HTML neither needs nor reaches anything beside it.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ import base64
 import html
 import os
 import re
+import xml.etree.ElementTree as etree
 
 import markdown
+from markdown.treeprocessors import Treeprocessor
 
 from tfllm.utils.io import atomic_write_text
 
@@ -27,21 +33,77 @@ pre { padding: 0.8rem; overflow-x: auto; }
 img { max-width: 100%; }
 """
 
-_IMG_SRC = re.compile(r'(<img\b[^>]*\bsrc=")([^"]+)(")')
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_SAFE_SCHEMES = frozenset({"http", "https", "mailto"})
+# Browsers ignore ASCII whitespace and control characters inside a URL scheme.
+_SCHEME = re.compile(r"^([a-z][a-z0-9+.\-]*):")
+_IGNORED_IN_URL = re.compile(r"[\x00-\x20\x7f]+")
 
 
-def _inline_images(body: str, directory: str) -> str:
-    def replace(match: re.Match[str]) -> str:
-        src = html.unescape(match.group(2))
-        path = os.path.join(directory, src)
-        if "://" in src or src.startswith("data:") or not os.path.isfile(path):
-            return match.group(0)
-        with open(path, "rb") as f:
-            data = base64.b64encode(f.read()).decode("ascii")
-        mime = "image/png" if src.lower().endswith(".png") else "application/octet-stream"
-        return f"{match.group(1)}data:{mime};base64,{data}{match.group(3)}"
+def code_block(text: str) -> list[str]:
+    """Markdown lines quoting `text` verbatim: the fence is longer than any run of
+    backticks inside it, so quoted text cannot close the block and become markup."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence, text, fence]
 
-    return _IMG_SRC.sub(replace, body)
+
+def _own_png(src: str, directory: str) -> bytes | None:
+    """The bytes of `src` if it names a PNG inside `directory` (relative, no `..`,
+    no link out of it); None for anything else."""
+    parts = re.split(r"[/\\]", src)
+    if (
+        not src
+        or os.path.isabs(src)
+        or src.startswith(("/", "\\"))
+        or ":" in src
+        or ".." in parts
+        or not src.lower().endswith(".png")
+    ):
+        return None
+    root = os.path.realpath(directory)
+    path = os.path.realpath(os.path.join(root, *parts))
+    if os.path.commonpath([root, path]) != root or path == root or not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        data = f.read()
+    return data if data.startswith(_PNG_SIGNATURE) else None
+
+
+def _safe_href(href: str) -> bool:
+    match = _SCHEME.match(_IGNORED_IN_URL.sub("", href).lower())
+    return match is None or match.group(1) in _SAFE_SCHEMES
+
+
+class _SafeImagesAndLinks(Treeprocessor):
+    """Inlines the report's own PNGs; other images become text, unsafe links plain text."""
+
+    def __init__(self, md: markdown.Markdown, directory: str):
+        super().__init__(md)
+        self.directory = directory
+
+    def run(self, root: etree.Element) -> None:
+        for element in root.iter():
+            if element.tag == "a" and not _safe_href(element.get("href", "")):
+                element.attrib.pop("href", None)
+            elif element.tag == "img":
+                data = _own_png(element.get("src", ""), self.directory)
+                if data is not None:
+                    element.set("src", "data:image/png;base64," + base64.b64encode(data).decode())
+                else:  # not ours to embed, nothing to fetch: keep what it says
+                    alt = element.get("alt", "")
+                    element.tag, element.text = "span", f"[image not embedded: {alt}]"
+                    element.attrib.clear()
+
+
+def render_markdown(text: str, directory: str) -> str:
+    """The HTML body of `text`, with images resolved against `directory`."""
+    md = markdown.Markdown(extensions=["tables", "fenced_code"], output_format="html")
+    md.preprocessors.deregister("html_block")  # raw HTML is text, not markup
+    md.inlinePatterns.deregister("html")
+    # After "unescape" (priority 0): src and href hold their final characters.
+    md.treeprocessors.register(_SafeImagesAndLinks(md, directory), "tfllm_safe", -10)
+    return md.convert(text)
 
 
 def write_html_report(markdown_path: str, html_path: str | None = None) -> str:
@@ -49,8 +111,7 @@ def write_html_report(markdown_path: str, html_path: str | None = None) -> str:
     html_path = html_path or os.path.splitext(markdown_path)[0] + ".html"
     with open(markdown_path, encoding="utf-8") as f:
         text = f.read()
-    body = markdown.markdown(text, extensions=["tables", "fenced_code"], output_format="html")
-    body = _inline_images(body, os.path.dirname(os.path.abspath(markdown_path)))
+    body = render_markdown(text, os.path.dirname(os.path.abspath(markdown_path)))
     title_match = re.search(r"^# (.+)$", text, re.M)
     title = html.escape(title_match.group(1) if title_match else "tfllm report")
     page = (

@@ -25,11 +25,15 @@ import ml_collections
 
 from tfllm.pipeline import classifier_pipeline, lm_pipeline
 from tfllm.pipeline.common import PipelineRun, edge_dir, export_edge
+from tfllm.pipeline.journey_layout import (  # re-exported: the journey's public names
+    CLASSIFIER_PARTS,
+    FINETUNED,
+    benchmark_command,
+    part_dir,
+)
+from tfllm.pipeline.journey_report import write_journey_report
 from tfllm.utils.io import atomic_write_json
 
-CLASSIFIER_PARTS = ("transformer", "cnn", "mlp")
-# The family that is fine-tuned from the LM, pruned and distilled.
-FINETUNED = "transformer"
 # Baselines skip pruning: it would double their cost and the transformer's row
 # already shows what pruning does to a classifier.
 _CLASSIFIER_STAGES = {
@@ -79,14 +83,6 @@ def is_journey_config(config: ml_collections.ConfigDict) -> bool:
     return "lm" in config and "model" not in config
 
 
-def part_dir(workdir: str, part: str) -> str:
-    if part == "lm":
-        return os.path.join(workdir, "lm")
-    if part == "distil":
-        return os.path.join(workdir, "distil")
-    return os.path.join(workdir, "classifiers", part)
-
-
 def part_configs(
     journey: ml_collections.ConfigDict, workdir: str
 ) -> dict[str, ml_collections.ConfigDict]:
@@ -127,8 +123,6 @@ def stage_estimates(journey: ml_collections.ConfigDict) -> dict[str, float]:
 
 def run_journey(journey: ml_collections.ConfigDict, workdir: str, force: set[str]) -> str:
     """Runs every stage; returns the path of report.md."""
-    from tfllm.pipeline.journey_report import write_journey_report
-
     os.makedirs(workdir, exist_ok=True)
     configs = part_configs(journey, workdir)
     atomic_write_json(os.path.join(workdir, "pipeline_config.json"), journey.to_dict())
@@ -215,22 +209,3 @@ def _benchmark(
         )
     return line + ")"
 
-
-def benchmark_command(
-    journey: ml_collections.ConfigDict, lm_config: ml_collections.ConfigDict, output: str
-) -> str:
-    """The standalone `tfllm-benchmark` command that measures the same thing."""
-    m, b = lm_config.model, journey.benchmark
-    dims = (
-        f"--config.tokenizer.vocab_size={lm_config.tokenizer.vocab_size} "
-        f"--config.model.max_length={m.max_length} --config.model.num_layers={m.num_layers} "
-        f"--config.model.num_heads={m.num_heads} --config.model.hidden_dim={m.hidden_dim} "
-        f"--config.model.intermediate_dim={m.intermediate_dim} "
-        f"--config.train.batch_size={lm_config.train.batch_size}"
-    )
-    return (
-        f"tfllm-benchmark --config=configs/gpt_tiny.py {dims} --mode=all --peer={b.peer} "
-        f"--steps={b.steps} --warmup={b.warmup} --repeats={b.repeats} "
-        f"--decode_batch={b.decode_batch} --decode_prompt_len={b.decode_prompt_len} "
-        f"--decode_new_tokens={b.decode_new_tokens} --output={output}"
-    )

@@ -95,31 +95,17 @@ def run_lm_stages(
 
 
 def _evaluate(workdir: str) -> str:
-    from tfllm.data.sources import lm_token_streams, load_text_splits
-    from tfllm.evaluation.metrics import lm_loss_and_perplexity
-    from tfllm.inference.loading import load_trained
+    """The whole eval split (not the trainer's sampled batches), filed as `full_eval_*`."""
+    from tfllm.evaluation.workdir import evaluate_workdir, record_evaluation
 
-    trained = load_trained(workdir)
-    _, eval_ids = lm_token_streams(
-        trained.config, trained.tokenizer, load_text_splits(trained.config.data)
-    )
-    result = lm_loss_and_perplexity(
-        trained.model,
-        eval_ids,
-        int(trained.config.model.max_length),
-        int(trained.config.train.batch_size),
-    )
-    metrics_path = os.path.join(workdir, "metrics.json")
-    metrics = read_json(metrics_path)
-    metrics.update(
-        {
-            "full_eval_loss": result["loss"],
-            "full_eval_perplexity": result["perplexity"],
-            "full_eval_tokens": result["tokens"],
-            "full_eval_step": trained.step,
-        }
-    )
-    atomic_write_json(metrics_path, metrics)
+    evaluation = evaluate_workdir(workdir, split="eval")
+    evaluation.keys = {
+        "loss": "full_eval_loss",
+        "perplexity": "full_eval_perplexity",
+        "tokens": "full_eval_tokens",
+    }
+    record_evaluation(evaluation, full_eval_step=evaluation.trained.step)
+    result = evaluation.metrics
     return f"(perplexity {result['perplexity']:.2f} on {result['tokens']:,} held-out tokens)"
 
 
