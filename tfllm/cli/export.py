@@ -67,6 +67,7 @@ flags.DEFINE_float(
 
 def main(argv) -> None:
     del argv
+    from tfllm.export.workdir import export_workdir
     from tfllm.inference.loading import load_trained
 
     if FLAGS.max_new_tokens is not None and not 1 <= FLAGS.max_new_tokens <= 100_000:
@@ -80,128 +81,44 @@ def main(argv) -> None:
         if value is not None and not value >= 0:
             common.fail(f"--{name}: must be ≥ 0, got {value}")
     trained = load_trained(FLAGS.workdir)
-    if FLAGS.format == "tflite" and trained.config.compress.method == "quantize":
-        common.fail(
-            f"--format=tflite: {FLAGS.workdir} holds Keras-quantized "
-            f"({trained.config.compress.quantize_mode}) kernels, which the TFLite converter "
-            "rejects ('tfl.fully_connected' op operand #0 must be … but got i8); export the "
-            "float source workdir with --quantize=dynamic|int8 instead (docs/compression.md)"
-        )
-    if FLAGS.format == "tflite":
-        if trained.is_classifier:
-            _export_classifier_tflite(trained)
-        else:
-            _export_lm_tflite(trained)
-    elif trained.is_classifier:
-        _export_classifier(trained)
-    else:
-        _export_lm_saved_model(trained)
-
-
-def _export_lm_saved_model(trained) -> None:
-    from tfllm.export.saved_model import export_saved_model
-    from tfllm.inference.generate import Generator, generate_text
-
-    max_new = FLAGS.max_new_tokens or int(trained.config.export.max_new_tokens)
-    prompts = list(trained.config.export.verify_prompts)
-    target = os.path.join(FLAGS.workdir, "export", "saved_model")
     with common.workdir_lock(FLAGS.workdir, trained.config):
-        reference = generate_text(Generator(trained.model), trained.tokenizer, prompts, max_new)
-        record = export_saved_model(
-            trained.model,
-            trained.tokenizer,
-            target,
-            max_new_tokens=max_new,
-            verify_prompts=prompts,
-            reference=reference,
-        )
-    common.print_summary(
-        "tfllm-export",
-        [
-            ("saved_model", target),
-            ("checkpoint", trained.checkpoint),
-            ("verified", f"{len(prompts)} prompts, greedy output identical to Keras"),
-            ("size_bytes", record["size_bytes"]),
-            ("signatures", ", ".join(record["signatures"])),
-            ("verification", os.path.join(target, "verification.json")),
-        ],
-    )
-
-
-def _export_lm_tflite(trained) -> None:
-    from tfllm.data.sources import lm_token_streams, load_text_splits
-    from tfllm.export.litert import tflite_dir
-    from tfllm.export.lm_tflite import DEFAULT_VERIFY_WINDOWS, export_lm_tflite
-
-    target = tflite_dir(FLAGS.workdir, FLAGS.quantize)
-    train_ids, eval_ids = lm_token_streams(
-        trained.config, trained.tokenizer, load_text_splits(trained.config.data)
-    )
-    with common.workdir_lock(FLAGS.workdir, trained.config):
-        record = export_lm_tflite(
+        export = export_workdir(
             trained,
-            target,
+            FLAGS.format,
             FLAGS.quantize,
-            eval_ids=train_ids if eval_ids is None else eval_ids,
-            train_ids=train_ids,
-            verify_windows=FLAGS.verify_examples or DEFAULT_VERIFY_WINDOWS,
+            max_new_tokens=FLAGS.max_new_tokens,
+            verify_examples=FLAGS.verify_examples,
             max_abs_diff=FLAGS.max_abs_diff,
             max_perplexity_increase=FLAGS.max_perplexity_increase,
-        )
-    common.print_summary(
-        "tfllm-export",
-        [
-            ("tflite", os.path.join(target, record["file"])),
-            ("checkpoint", trained.checkpoint),
-            ("signatures", ", ".join(sorted(record["signatures"]))),
-            ("verified", f"{record['windows']} eval windows ({record['tokens']} tokens)"),
-            ("max_abs_diff", record["max_abs_diff"]),
-            ("perplexity", f"{record['perplexity']:.4g} (Keras {record['keras_perplexity']:.4g})"),
-            ("greedy_identical", record["greedy"]["identical"]),
-            ("decode_ms", record["latency"]["decode"]["median_ms"]),
-            ("size_bytes", record["size_bytes"]),
-            ("verification", os.path.join(target, "verification.json")),
-        ],
-    )
-
-
-def _export_classifier_tflite(trained) -> None:
-    from tfllm.export.classifier_tflite import export_classifier_tflite
-    from tfllm.export.litert import tflite_dir
-
-    target = tflite_dir(FLAGS.workdir, FLAGS.quantize)
-    with common.workdir_lock(FLAGS.workdir, trained.config):
-        record = export_classifier_tflite(
-            trained,
-            target,
-            FLAGS.quantize,
-            FLAGS.verify_examples or 256,
-            max_abs_diff=FLAGS.max_abs_diff,
             max_accuracy_drop=FLAGS.max_accuracy_drop,
         )
-    common.print_summary(
-        "tfllm-export",
-        [
-            ("tflite", os.path.join(target, record["file"])),
-            ("checkpoint", trained.checkpoint),
-            ("verified", f"{record['examples']} eval rows"),
-            ("max_abs_diff", record["max_abs_diff"]),
-            ("accuracy", record.get("accuracy")),
-            ("size_bytes", record["size_bytes"]),
-            ("verification", os.path.join(target, "verification.json")),
-        ],
-    )
+    common.print_summary("tfllm-export", _summary(export))
 
 
-def _export_classifier(trained) -> None:
-    from tfllm.export.classifier_saved_model import export_trained_classifier
-
-    target = os.path.join(FLAGS.workdir, "export", "saved_model")
-    with common.workdir_lock(FLAGS.workdir, trained.config):
-        record = export_trained_classifier(trained, target, FLAGS.verify_examples or 256)
-    common.print_summary(
-        "tfllm-export",
-        [
+def _summary(export) -> list[tuple[str, object]]:
+    """The summary rows of each kind of export."""
+    trained, record, target = export.trained, export.record, export.directory
+    if export.format == "tflite":
+        tflite = os.path.join(target, record["file"])
+        rows = [("tflite", tflite), ("checkpoint", trained.checkpoint)]
+        if trained.is_classifier:
+            rows += [
+                ("verified", f"{record['examples']} eval rows"),
+                ("max_abs_diff", record["max_abs_diff"]),
+                ("accuracy", record.get("accuracy")),
+            ]
+        else:
+            keras_ppl = record["keras_perplexity"]
+            rows += [
+                ("signatures", ", ".join(sorted(record["signatures"]))),
+                ("verified", f"{record['windows']} eval windows ({record['tokens']} tokens)"),
+                ("max_abs_diff", record["max_abs_diff"]),
+                ("perplexity", f"{record['perplexity']:.4g} (Keras {keras_ppl:.4g})"),
+                ("greedy_identical", record["greedy"]["identical"]),
+                ("decode_ms", record["latency"]["decode"]["median_ms"]),
+            ]
+    elif trained.is_classifier:
+        rows = [
             ("saved_model", target),
             ("checkpoint", trained.checkpoint),
             (
@@ -211,10 +128,18 @@ def _export_classifier(trained) -> None:
             ),
             ("accuracy", record.get("accuracy")),
             ("classes", ", ".join(trained.labels.names)),
+        ]
+    else:
+        prompts = len(trained.config.export.verify_prompts)
+        rows = [
+            ("saved_model", target),
+            ("checkpoint", trained.checkpoint),
+            ("verified", f"{prompts} prompts, greedy output identical to Keras"),
             ("size_bytes", record["size_bytes"]),
-            ("verification", os.path.join(target, "verification.json")),
-        ],
-    )
+            ("signatures", ", ".join(record["signatures"])),
+        ]
+        return [*rows, ("verification", export.verification)]
+    return [*rows, ("size_bytes", record["size_bytes"]), ("verification", export.verification)]
 
 
 def run() -> None:

@@ -140,12 +140,9 @@ def evaluate_test_split(workdir: str) -> str:
 
 def _export(workdir: str) -> str:
     """`tfllm-export`: the SavedModel, verified on up to VERIFY_EXAMPLES eval rows."""
-    from tfllm.export.classifier_saved_model import export_trained_classifier
-    from tfllm.inference.loading import load_trained
+    from tfllm.export.workdir import export_workdir
 
-    record = export_trained_classifier(
-        load_trained(workdir), os.path.join(workdir, "export", "saved_model"), VERIFY_EXAMPLES
-    )
+    record = export_workdir(workdir, "saved_model", verify_examples=VERIFY_EXAMPLES).record
     return (
         f"(verified on {record['examples']} rows, max |Δp| {record['max_abs_diff']:.2g}, "
         f"{record['size_bytes'] / 1e6:.1f} MB)"

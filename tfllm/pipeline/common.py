@@ -40,26 +40,10 @@ def export_edge(workdir: str) -> dict:
     model kind: the dense model's tflite stage and the compress stage's pruned
     model go through this one call, so their files are comparable.
     """
-    from tfllm.inference.loading import load_trained
+    from tfllm.export.workdir import export_workdir  # TensorFlow loads only when needed
 
-    trained = load_trained(workdir)
-    if trained.is_classifier:
-        from tfllm.export.classifier_tflite import export_classifier_tflite
-
-        return export_classifier_tflite(trained, edge_dir(workdir), EDGE_QUANTIZE, VERIFY_EXAMPLES)
-    from tfllm.data.sources import lm_token_streams, load_text_splits
-    from tfllm.export.lm_tflite import export_lm_tflite
-
-    train_ids, eval_ids = lm_token_streams(
-        trained.config, trained.tokenizer, load_text_splits(trained.config.data)
-    )
-    return export_lm_tflite(
-        trained,
-        edge_dir(workdir),
-        EDGE_QUANTIZE,
-        eval_ids=train_ids if eval_ids is None else eval_ids,
-        train_ids=train_ids,
-    )
+    # Verified on tfllm-export's defaults: VERIFY_EXAMPLES eval rows, or the LM's windows.
+    return export_workdir(workdir, "tflite", EDGE_QUANTIZE).record
 
 
 @dataclass

@@ -208,4 +208,3 @@ def _benchmark(
             f"{result['decode_speedup_vs_keras_hub']:.2f}× keras-hub decode"
         )
     return line + ")"
-

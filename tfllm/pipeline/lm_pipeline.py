@@ -150,23 +150,12 @@ def _samples(workdir: str, path: str) -> str:
 
 
 def _export(workdir: str) -> str:
-    from tfllm.export.saved_model import export_saved_model
-    from tfllm.inference.generate import Generator, generate_text
-    from tfllm.inference.loading import load_trained
+    """`tfllm-export`: the SavedModel, its greedy text checked against Keras's."""
+    from tfllm.export.workdir import export_workdir
 
-    trained = load_trained(workdir)
-    prompts = list(trained.config.export.verify_prompts)
-    max_new = int(trained.config.export.max_new_tokens)
-    reference = generate_text(Generator(trained.model), trained.tokenizer, prompts, max_new)
-    record = export_saved_model(
-        trained.model,
-        trained.tokenizer,
-        os.path.join(workdir, "export", "saved_model"),
-        max_new_tokens=max_new,
-        verify_prompts=prompts,
-        reference=reference,
-    )
-    return f"(verified on {len(prompts)} prompts, {record['size_bytes'] / 1e6:.1f} MB)"
+    export = export_workdir(workdir, "saved_model")
+    prompts = len(export.trained.config.export.verify_prompts)
+    return f"(verified on {prompts} prompts, {export.record['size_bytes'] / 1e6:.1f} MB)"
 
 
 def _tflite(workdir: str) -> str:

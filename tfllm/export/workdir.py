@@ -1,0 +1,142 @@
+"""Exporting a workdir: the one library call behind `tfllm-export` and the
+pipelines' export stages.
+
+It picks the exporter for the model kind and format (LM or classifier;
+SavedModel or TFLite), gives it the run's own verification data (prompts,
+eval windows, eval rows), and returns the exporter's verification record.
+Every exporter checks its artifact against the Keras model before the
+artifact is put in place, so a returned record means a verified file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from tfllm.data.sources import lm_token_streams, load_text_splits
+from tfllm.errors import ConfigError
+from tfllm.export.classifier_saved_model import export_trained_classifier
+from tfllm.export.litert import tflite_dir
+from tfllm.export.saved_model import export_saved_model
+from tfllm.inference.generate import Generator, generate_text
+from tfllm.inference.loading import TrainedModel, load_trained
+
+FORMATS = ("saved_model", "tflite")
+# Eval rows a classifier's exports are checked on by default.
+DEFAULT_VERIFY_EXAMPLES = 256
+
+
+@dataclass
+class Export:
+    """Where the verified artifact went, and its verification record."""
+
+    trained: TrainedModel
+    format: str
+    directory: str
+    record: dict
+
+    @property
+    def verification(self) -> str:
+        return os.path.join(self.directory, "verification.json")
+
+
+def export_dir(workdir: str, fmt: str, quantize: str = "none") -> str:
+    """`W/export/saved_model` or `W/export/tflite_<quantize>`."""
+    if fmt == "saved_model":
+        return os.path.join(workdir, "export", "saved_model")
+    return tflite_dir(workdir, quantize)
+
+
+def export_workdir(
+    workdir: str | TrainedModel,
+    fmt: str = "saved_model",
+    quantize: str = "none",
+    *,
+    max_new_tokens: int | None = None,
+    verify_examples: int | None = None,
+    max_abs_diff: float | None = None,
+    max_perplexity_increase: float | None = None,
+    max_accuracy_drop: float | None = None,
+) -> Export:
+    """Exports the workdir's latest checkpoint (or an already loaded model), verified.
+
+    `verify_examples` is eval rows for a classifier, eval windows for an LM's
+    TFLite (each exporter's default when None); `max_new_tokens` is the LM
+    SavedModel's generation length (the run's `config.export` when None).
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "saved_model" and quantize != "none":
+        raise ConfigError(
+            "--quantize: SavedModel export is float only; use --format=tflite to quantize"
+        )
+    trained = workdir if isinstance(workdir, TrainedModel) else load_trained(workdir)
+    if fmt == "tflite" and trained.config.compress.method == "quantize":
+        raise ConfigError(
+            f"--format=tflite: {trained.workdir} holds Keras-quantized "
+            f"({trained.config.compress.quantize_mode}) kernels, which the TFLite converter "
+            "rejects ('tfl.fully_connected' op operand #0 must be … but got i8); export the "
+            "float source workdir with --quantize=dynamic|int8 instead (docs/compression.md)"
+        )
+    target = export_dir(trained.workdir, fmt, quantize)
+    examples = verify_examples or DEFAULT_VERIFY_EXAMPLES
+    if fmt == "saved_model" and trained.is_classifier:
+        record = export_trained_classifier(trained, target, examples)
+    elif fmt == "saved_model":
+        record = _lm_saved_model(trained, target, max_new_tokens)
+    elif trained.is_classifier:
+        from tfllm.export.classifier_tflite import export_classifier_tflite  # the converter
+
+        record = export_classifier_tflite(
+            trained,
+            target,
+            quantize,
+            examples,
+            max_abs_diff=max_abs_diff,
+            max_accuracy_drop=max_accuracy_drop,
+        )
+    else:
+        record = _lm_tflite(trained, target, quantize, verify_examples, max_abs_diff,
+                            max_perplexity_increase)  # fmt: skip
+    return Export(trained, fmt, target, record)
+
+
+def _lm_saved_model(trained: TrainedModel, target: str, max_new_tokens: int | None) -> dict:
+    """Strings in, strings out; its greedy text must equal the Keras model's."""
+    max_new = max_new_tokens or int(trained.config.export.max_new_tokens)
+    prompts = list(trained.config.export.verify_prompts)
+    reference = generate_text(Generator(trained.model), trained.tokenizer, prompts, max_new)
+    return export_saved_model(
+        trained.model,
+        trained.tokenizer,
+        target,
+        max_new_tokens=max_new,
+        verify_prompts=prompts,
+        reference=reference,
+    )
+
+
+def _lm_tflite(
+    trained: TrainedModel,
+    target: str,
+    quantize: str,
+    verify_windows: int | None,
+    max_abs_diff: float | None,
+    max_perplexity_increase: float | None,
+) -> dict:
+    """KV-cache prefill/decode signatures, verified on the run's eval windows."""
+    from tfllm.export.lm_tflite import DEFAULT_VERIFY_WINDOWS, export_lm_tflite  # the converter
+
+    train_ids, eval_ids = lm_token_streams(
+        trained.config, trained.tokenizer, load_text_splits(trained.config.data)
+    )
+    return export_lm_tflite(
+        trained,
+        target,
+        quantize,
+        eval_ids=train_ids if eval_ids is None else eval_ids,
+        train_ids=train_ids,
+        verify_windows=verify_windows or DEFAULT_VERIFY_WINDOWS,
+        max_abs_diff=max_abs_diff,
+        max_perplexity_increase=max_perplexity_increase,
+    )
