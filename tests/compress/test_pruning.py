@@ -354,11 +354,11 @@ def _listing(root: str) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def pruned(trained_classifier, tmp_path_factory) -> str:
     """The session's CNN classifier pruned to 80% in 20 steps, in-process."""
-    from tfllm.compress.run import CompressOptions, compress
+    from tfllm.compress.run import CompressOptions, compress_workdir
 
     output = str(tmp_path_factory.mktemp("pruned") / "out")
     before = _listing(trained_classifier)
-    record = compress(
+    record = compress_workdir(
         trained_classifier, output, CompressOptions(method="prune", sparsity=0.8, steps=20)
     )
     assert _listing(trained_classifier) == before  # the source is only read

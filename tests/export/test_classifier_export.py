@@ -21,7 +21,7 @@ def exported(trained_classifier) -> str:
 
 def test_string_round_trip_matches_keras(exported, trained_classifier):
     from tfllm.export.classifier_saved_model import keras_probabilities
-    from tfllm.export.saved_model import load_serving
+    from tfllm.export.verified import load_serving
     from tfllm.inference.loading import load_trained
 
     trained = load_trained(trained_classifier)
@@ -61,7 +61,7 @@ def test_verification_record(exported):
 
 def test_a_forced_parity_break_writes_nothing(trained_classifier, tmp_path, monkeypatch):
     import tfllm.export.classifier_saved_model as module
-    from tfllm.export.saved_model import VerificationError
+    from tfllm.export.verified import VerificationError
     from tfllm.inference.loading import load_trained
 
     trained = load_trained(trained_classifier)

@@ -112,7 +112,7 @@ def families(trained_classifier, labelled_files) -> dict:
 )
 def test_float_export_matches_keras(families, family, tmp_path):
     from tfllm.export.classifier_saved_model import keras_probabilities
-    from tfllm.inference.litert_classifier import LiteRTClassifier
+    from tfllm.inference.classifier_tflite_runner import LiteRTClassifier
 
     trained = families[family]
     target = str(tmp_path / "tflite_none")
@@ -145,7 +145,7 @@ def test_float_export_matches_keras(families, family, tmp_path):
 
 
 def test_signature_contract(families, tmp_path):
-    from tfllm.inference.litert_classifier import LiteRTClassifier
+    from tfllm.inference.classifier_tflite_runner import LiteRTClassifier
 
     target = str(tmp_path / "tflite_none")
     record = export_classifier_tflite(families["cnn_classifier"], target, "none", 20)
@@ -217,7 +217,7 @@ def test_int8_keeps_the_transformer_attention_in_float(families, tmp_path):
 
 def test_a_forced_parity_break_writes_nothing(families, tmp_path, monkeypatch):
     import tfllm.export.classifier_tflite as module
-    from tfllm.export.saved_model import VerificationError
+    from tfllm.export.verified import VerificationError
 
     real = module.keras_probabilities
     monkeypatch.setattr(module, "keras_probabilities", lambda *a: np.roll(real(*a), 1, axis=-1))
@@ -232,7 +232,7 @@ def test_a_forced_parity_break_writes_nothing(families, tmp_path, monkeypatch):
 
 
 def test_a_tighter_tolerance_than_measured_fails(families, tmp_path):
-    from tfllm.export.saved_model import VerificationError
+    from tfllm.export.verified import VerificationError
 
     target = tmp_path / "tflite_dynamic"
     with pytest.raises(VerificationError, match=r"max \|Δp\| .* \(tolerance 1e-09\)"):
@@ -244,7 +244,7 @@ def test_a_tighter_tolerance_than_measured_fails(families, tmp_path):
 
 def test_runner_ids_equal_training_encoding(families, tmp_path):
     """sentencepiece (the runner) and tensorflow_text (training) give the same ids."""
-    from tfllm.inference.litert_classifier import LiteRTClassifier
+    from tfllm.inference.classifier_tflite_runner import LiteRTClassifier
 
     trained = families["cnn_classifier"]
     target = str(tmp_path / "tflite_none")
@@ -267,7 +267,7 @@ def test_runner_needs_no_tensorflow(families, tmp_path):
     export_classifier_tflite(families["cnn_classifier"], target, "none", 10)
     code = (
         "import sys; sys.modules['tensorflow'] = None\n"  # any TF import would fail
-        "from tfllm.inference.litert_classifier import LiteRTClassifier\n"
+        "from tfllm.inference.classifier_tflite_runner import LiteRTClassifier\n"
         f"c = LiteRTClassifier({target!r})\n"
         "print(c.predict(['goal match team', 'bread soup oven']))\n"
     )
@@ -280,7 +280,7 @@ def test_runner_needs_no_tensorflow(families, tmp_path):
 
 def test_runner_on_a_missing_export(tmp_path):
     from tfllm.errors import TfllmError
-    from tfllm.inference.litert_classifier import LiteRTClassifier
+    from tfllm.inference.classifier_tflite_runner import LiteRTClassifier
 
     with pytest.raises(TfllmError, match="missing model.tflite.*run tfllm-export --format=tflite"):
         LiteRTClassifier(str(tmp_path))

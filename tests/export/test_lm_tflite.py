@@ -13,9 +13,9 @@ from conftest import REPO, last_stderr_line, run_cli
 
 from tfllm.data.sources import lm_token_streams, load_text_splits
 from tfllm.export.lm_tflite import export_lm_tflite, representative_dataset
-from tfllm.export.saved_model import VerificationError
+from tfllm.export.verified import VerificationError
 from tfllm.inference.generate import Generator
-from tfllm.inference.litert_lm import LiteRTGenerator, LiteRTLM
+from tfllm.inference.lm_tflite_runner import LiteRTGenerator, LiteRTLM
 from tfllm.inference.loading import load_trained
 
 pytestmark = pytest.mark.slow
@@ -214,7 +214,8 @@ def test_cli_errors(trained_workdir, tmp_path):
 
 def test_saved_model_score_signature(trained, tmp_path):
     """`score` = the Keras log-likelihood of each text after an eos."""
-    from tfllm.export.saved_model import export_saved_model, load_serving
+    from tfllm.export.lm_saved_model import export_saved_model
+    from tfllm.export.verified import load_serving
 
     target = str(tmp_path / "sm")
     export_saved_model(trained.model, trained.tokenizer, target, max_new_tokens=4,

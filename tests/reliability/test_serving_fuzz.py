@@ -6,7 +6,7 @@ from conftest import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tfllm.export.saved_model import load_serving
+from tfllm.export.verified import load_serving
 
 PROMPTS = st.lists(
     st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200),

@@ -62,7 +62,7 @@ def test_weight_decay_skips_norms_biases_and_positions():
 def _one_loop(config, workdir, steps=3):
     setup_runtime(config)
     trainer = build_trainer(config, workdir)
-    iterator = trainer._distributed_train_iterator(0)
+    iterator = trainer.train_iterator(0)
     loss, norm = trainer._train_loop(iterator, tf.constant(steps, tf.int32))
     return float(loss), float(norm), [v.numpy() for v in trainer.model.trainable_variables]
 
@@ -85,7 +85,7 @@ def test_clipping_bounds_the_update(corpus_file, tmp_path):
     setup_runtime(config)
     trainer = build_trainer(config, tmp_path / "w")
     before = [v.numpy() for v in trainer.model.trainable_variables]
-    _, norm = trainer._train_loop(trainer._distributed_train_iterator(0), tf.constant(1))
+    _, norm = trainer._train_loop(trainer.train_iterator(0), tf.constant(1))
     assert float(norm) > 1e-3  # the raw gradient was larger than the bound...
     delta = np.sqrt(sum(np.sum((v.numpy() - b) ** 2)
                         for v, b in zip(trainer.model.trainable_variables, before, strict=True)))

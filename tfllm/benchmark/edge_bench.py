@@ -54,9 +54,9 @@ def run_edge_benchmark(workdir: str, new_tokens: int, warmup: int, repeats: int)
     """Tokens/s per backend (batch 1, greedy) and each TFLite file's verified perplexity."""
     import tensorflow as tf
 
-    from tfllm.export.saved_model import load_serving
+    from tfllm.export.verified import load_serving
     from tfllm.inference.generate import Generator
-    from tfllm.inference.litert_lm import LiteRTGenerator, LiteRTLM
+    from tfllm.inference.lm_tflite_runner import LiteRTGenerator, LiteRTLM
     from tfllm.inference.loading import load_trained
 
     trained = load_trained(workdir)

@@ -57,7 +57,7 @@ flags.adopt_module_key_flags(common)
 
 def main(argv) -> None:
     del argv
-    from tfllm.compress.run import CompressOptions, check_output, compress, compress_config
+    from tfllm.compress.run import CompressOptions, check_output, compress_config, compress_workdir
 
     options = CompressOptions(
         method=FLAGS.method,
@@ -78,7 +78,7 @@ def main(argv) -> None:
     common.setup_runtime(config)
     os.makedirs(FLAGS.output, exist_ok=True)
     with common.workdir_lock(FLAGS.output, config):
-        record = compress(FLAGS.workdir, FLAGS.output, options)
+        record = compress_workdir(FLAGS.workdir, FLAGS.output, options)
     rows: list[tuple[str, object]] = [
         ("output", FLAGS.output),
         ("method", record["method"]),

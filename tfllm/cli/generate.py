@@ -82,12 +82,16 @@ def main(argv) -> None:
         return
     if FLAGS.strategy != "default" or FLAGS.logical_cpus or (FLAGS.tensor_parallel or 1) > 1:
         common.fail("--strategy/--logical_cpus/--tensor_parallel: only with --input_file")
-    if FLAGS.backend == "keras":
-        texts = _generate_keras()
-    elif FLAGS.backend == "litert":
-        texts = _generate_litert()
-    else:
-        texts = _generate_saved_model()
+    from tfllm.inference.workdir import generate
+
+    texts = generate(
+        FLAGS.workdir,
+        FLAGS.prompt,
+        _sampling(),
+        backend=FLAGS.backend,
+        quantize=FLAGS.quantize,
+        num_samples=FLAGS.num_samples,
+    )
     for i, text in enumerate(texts):
         if len(texts) > 1:
             print(f"--- sample {i + 1} (seed {FLAGS.seed + i}) ---")
@@ -115,11 +119,22 @@ def _check_file_flags() -> None:
         common.fail(f"--tensor_parallel: must be ≥ 1, got {FLAGS.tensor_parallel}")
 
 
+def _sampling():
+    from tfllm.inference.workdir import Sampling
+
+    return Sampling(
+        max_new_tokens=FLAGS.max_new_tokens,
+        sampler=FLAGS.sampler,
+        temperature=FLAGS.temperature,
+        top_k=FLAGS.top_k,
+        top_p=FLAGS.top_p,
+        seed=FLAGS.seed,
+    )
+
+
 def _generate_file() -> None:
     """--input_file: every prompt, batched and sharded over the strategy's replicas;
     the chief writes --output_file (JSON lines, input order, atomically)."""
-    import time
-
     from tfllm.config import CLASSIFIER_NAMES, load_workdir_config, validate
     from tfllm.errors import WorkdirError
     from tfllm.inference.prompts import check_output_path, read_prompts, write_results
@@ -136,141 +151,37 @@ def _generate_file() -> None:
     config.runtime = runtime
     validate(config)  # tensor_parallel must divide the heads, the devices, ...
 
-    import keras
-
     from tfllm.distribute.strategy import describe, is_chief
-    from tfllm.inference.distributed import BatchGenerator, Progress
-    from tfllm.inference.loading import load_trained
+    from tfllm.inference.distributed import Progress
+    from tfllm.inference.workdir import generate_batch
 
-    keras.utils.set_random_seed(FLAGS.seed)  # before the tokenizer exists (DESIGN §2)
-    trained = load_trained(FLAGS.workdir, strategy)
-    tokenizer = trained.tokenizer
-    generator = BatchGenerator(trained.model, strategy, FLAGS.batch_size)
     chief = is_chief(strategy)
     progress = Progress(len(prompts), enabled=chief)
-    started = time.perf_counter()
-    completions = generator.generate(
-        [tokenizer.encode(p.text) or [tokenizer.eos_id] for p in prompts],
-        FLAGS.max_new_tokens,
-        sampler=FLAGS.sampler,
-        temperature=FLAGS.temperature,
-        top_k=FLAGS.top_k,
-        top_p=FLAGS.top_p,
-        seeds=[FLAGS.seed + p.index for p in prompts],
-        eos_id=tokenizer.eos_id,
+    result = generate_batch(
+        FLAGS.workdir,
+        prompts,
+        _sampling(),
+        strategy=strategy,
+        batch_size=FLAGS.batch_size,
         on_batch=progress.update,
     )
-    seconds = time.perf_counter() - started
-    rows = [
-        {
-            "index": p.index,
-            "line": p.line,
-            "prompt": p.text,
-            "completion": tokenizer.decode(c.ids),
-            "prompt_tokens": len(c.prompt_ids),
-            "tokens": len(c.ids),
-            "finish": c.finish,
-            "seed": FLAGS.seed + p.index,
-        }
-        for p, c in zip(prompts, completions, strict=True)
-    ]
     if not chief:  # every worker holds all rows after the all-gather; the chief writes them
         return
-    write_results(FLAGS.output_file, rows)
-    tokens = sum(r["tokens"] for r in rows)
+    write_results(FLAGS.output_file, result.rows)
+    rows, seconds = result.rows, result.seconds
     common.print_summary(
         "tfllm-generate",
         [
-            ("checkpoint", trained.checkpoint),
+            ("checkpoint", result.trained.checkpoint),
             ("strategy", describe(strategy)),
             ("prompts", len(rows)),
-            ("new tokens", tokens),
+            ("new tokens", result.tokens),
             ("seconds", seconds),
             ("prompts_per_second", len(rows) / seconds),
-            ("tokens_per_second", tokens / seconds),
+            ("tokens_per_second", result.tokens / seconds),
             ("output", FLAGS.output_file),
         ],
     )
-
-
-def _generate_keras() -> list[str]:
-    import keras
-
-    from tfllm.inference.generate import Generator
-    from tfllm.inference.loading import load_trained
-
-    keras.utils.set_random_seed(FLAGS.seed)  # before the tokenizer exists (DESIGN §2)
-    trained = load_trained(FLAGS.workdir)
-    if trained.is_classifier:
-        common.fail(
-            f"--workdir: {FLAGS.workdir} holds a {trained.config.model.name}, which classifies "
-            "text rather than generating it (use tfllm-evaluate or the exported SavedModel)"
-        )
-    return _sample_texts(Generator(trained.model), trained.tokenizer)
-
-
-def _sample_texts(generator, tokenizer) -> list[str]:
-    """--num_samples continuations of --prompt (seeds seed, seed+1, ...) with any backend's
-    generator: the Keras and LiteRT backends share this loop and its sampling rule."""
-    from tfllm.inference.generate import generate_text
-
-    return [
-        generate_text(
-            generator,
-            tokenizer,
-            [FLAGS.prompt],
-            FLAGS.max_new_tokens,
-            sampler=FLAGS.sampler,
-            temperature=FLAGS.temperature,
-            top_k=FLAGS.top_k,
-            top_p=FLAGS.top_p,
-            seed=FLAGS.seed + i,
-        )[0]
-        for i in range(FLAGS.num_samples)
-    ]
-
-
-def _generate_litert() -> list[str]:
-    from tfllm.config import CLASSIFIER_NAMES, load_workdir_config
-    from tfllm.data.tokenizer import Tokenizer
-    from tfllm.export.litert import tflite_path
-    from tfllm.inference.litert_lm import LiteRTGenerator, LiteRTLM
-
-    config = load_workdir_config(FLAGS.workdir)
-    if config.model.name in CLASSIFIER_NAMES:
-        common.fail(f"--workdir: {FLAGS.workdir} holds a {config.model.name}, not a language model")
-    path = tflite_path(FLAGS.workdir, FLAGS.quantize)
-    if not os.path.isfile(path):
-        common.fail(
-            f"--backend=litert: {path} not found "
-            f"(run tfllm-export --workdir={FLAGS.workdir} --format=tflite "
-            f"--quantize={FLAGS.quantize})"
-        )
-    # The tokenizer shipped beside the .tflite, so the file and its vocabulary travel together.
-    with open(os.path.join(os.path.dirname(path), "tokenizer.model"), "rb") as f:
-        tokenizer = Tokenizer(f.read())
-    return _sample_texts(LiteRTGenerator(LiteRTLM(path)), tokenizer)
-
-
-def _generate_saved_model() -> list[str]:
-    import tensorflow as tf
-
-    from tfllm.export.saved_model import load_serving
-
-    loaded = load_serving(os.path.join(FLAGS.workdir, "export", "saved_model"))
-    fn = getattr(loaded, f"generate_{FLAGS.sampler}")
-    texts = []
-    for i in range(FLAGS.num_samples):
-        out = fn(
-            tf.constant([FLAGS.prompt]),
-            tf.constant(FLAGS.max_new_tokens),
-            tf.constant(FLAGS.temperature, tf.float32),
-            tf.constant(FLAGS.top_k),
-            tf.constant(FLAGS.top_p, tf.float32),
-            tf.constant(FLAGS.seed + i),
-        )
-        texts.append(out["completions"].numpy()[0].decode("utf-8"))
-    return texts
 
 
 def run() -> None:

@@ -28,6 +28,7 @@ from tfllm.config import (
 )
 from tfllm.errors import ConfigError, WorkdirError
 from tfllm.training.plugins import TrainingPlugin
+from tfllm.utils.checkpoints import restore_weights
 from tfllm.utils.io import atomic_write_json, read_json
 
 COMPRESSION_FILE = "compression.json"
@@ -68,13 +69,12 @@ class StartFromSource(TrainingPlugin):
         latest = tf.train.latest_checkpoint(os.path.join(self.workdir, "checkpoints"))
         if not latest:
             raise WorkdirError(f"--workdir: {self.workdir} has no checkpoint to compress")
-        status = tf.train.Checkpoint(model=model).restore(latest).expect_partial()
-        try:
-            status.assert_existing_objects_matched()
-        except AssertionError as e:
-            raise WorkdirError(
-                f"{latest}: does not match the model in config.json ({str(e)[:120]})"
-            ) from None
+        restore_weights(
+            latest,
+            {"model": model},
+            partial=True,
+            mismatch="does not match the model in config.json",
+        )
         return f"Starting from {latest}"
 
 
@@ -242,7 +242,7 @@ def check_output(source: str, output: str, config: ml_collections.ConfigDict) ->
             )
 
 
-def compress(source: str, output: str, options: CompressOptions) -> dict:
+def compress_workdir(source: str, output: str, options: CompressOptions) -> dict:
     """Runs (or resumes) one compression method; returns the compression record."""
     from tfllm.data.labels import LABELS_FILE
     from tfllm.training.run import train

@@ -200,13 +200,13 @@ def remeasure_latency(results: list[Measured], rounds: int = 5) -> None:
     for r in results:
         export_dir = tflite_dir(r.workdir, r.row.quantize)
         if load_workdir_config(r.workdir).model.name in CLASSIFIER_NAMES:
-            from tfllm.inference.litert_classifier import LiteRTClassifier
+            from tfllm.inference.classifier_tflite_runner import LiteRTClassifier
 
             one = LiteRTClassifier(export_dir, num_threads=1)
             row = one.encode(["a quietly moving , beautifully acted film"])
             runners.append(lambda one=one, row=row: one.predict_proba_ids(row))
         else:
-            from tfllm.inference.litert_lm import LiteRTLM
+            from tfllm.inference.lm_tflite_runner import LiteRTLM
 
             lm = LiteRTLM(os.path.join(export_dir, "model.tflite"), num_threads=1)
             cache, middle = lm.empty_cache(), lm.max_length // 2

@@ -98,7 +98,7 @@ def evaluate_corpus_litert(
     silently permuted confusion matrix.
     """
     from tfllm.errors import WorkdirError
-    from tfllm.inference.litert_classifier import LiteRTClassifier
+    from tfllm.inference.classifier_tflite_runner import LiteRTClassifier
 
     classifier = LiteRTClassifier(export_dir)
     if classifier.labels != trained.labels.names:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from typing import TYPE_CHECKING
 
 import keras
@@ -29,8 +28,7 @@ import tensorflow as tf
 from tfllm.data.classification_data import encode_texts, pad_ids
 from tfllm.data.labels import LabelVocab
 from tfllm.data.tokenizer import Tokenizer
-from tfllm.export.saved_model import VerificationError, dir_size, versions
-from tfllm.utils.io import atomic_directory, atomic_write_json
+from tfllm.export.verified import VerificationError, write_verified_saved_model
 
 if TYPE_CHECKING:
     from tfllm.inference.loading import TrainedModel
@@ -112,23 +110,14 @@ def export_classifier_saved_model(
     `PROBABILITY_TOLERANCE` and every predicted label must be identical.
     With `verify_labels`, the artifact's own accuracy on them is recorded.
     """
-    import tensorflow_text  # noqa: F401  (registers the SentencePiece ops for the reload)
-
     bad = [n for n in vocab.names if "\n" in n or "\r" in n]
     if bad:
         raise VerificationError(f"label {bad[0]!r} contains a line break; cannot be an asset line")
     if not verify_texts:
         raise VerificationError("no texts to verify the export with")
-    started = time.time()
     max_length = int(model.max_length)
-    with atomic_directory(target) as tmp, tempfile.TemporaryDirectory() as scratch:
-        asset_path = os.path.join(scratch, LABELS_ASSET)
-        with open(asset_path, "w", encoding="utf-8") as f:
-            f.write("".join(f"{name}\n" for name in vocab.names))
-        archive = build_classifier_archive(model, tokenizer, _ClassNames(asset_path))
-        archive.write_out(str(tmp), verbose=False)
 
-        loaded = tf.saved_model.load(str(tmp))
+    def verify(loaded) -> dict:
         out = loaded.signatures["serving_default"](texts=tf.constant(verify_texts, tf.string))
         exported = out["probabilities"].numpy()
         exported_labels = [s.decode("utf-8") for s in out["label"].numpy()]
@@ -138,8 +127,13 @@ def export_classifier_saved_model(
         label_mismatches = sum(
             a != b for a, b in zip(exported_labels, reference_labels, strict=True)
         )
+        if max_diff > PROBABILITY_TOLERANCE or label_mismatches:
+            raise VerificationError(
+                f"SavedModel output differs from Keras: max |Δp| {max_diff:.3g} "
+                f"(tolerance {PROBABILITY_TOLERANCE}), {label_mismatches} label(s) differ; "
+                f"nothing written to {target}"
+            )
         record = {
-            "format": "saved_model",
             "task": "classification",
             "check": (
                 f"serving_default probabilities within {PROBABILITY_TOLERANCE} of Keras and "
@@ -149,24 +143,20 @@ def export_classifier_saved_model(
             "max_abs_diff": max_diff,
             "tolerance": PROBABILITY_TOLERANCE,
             "label_mismatches": label_mismatches,
-            "match": max_diff <= PROBABILITY_TOLERANCE and label_mismatches == 0,
+            "match": True,
             "class_names": vocab.names,
-            "size_bytes": dir_size(str(tmp)),
-            "signatures": sorted(loaded.signatures.keys()),
-            "versions": versions(),
         }
         if verify_labels is not None:
             predicted = out["class_id"].numpy()
             record["accuracy"] = float(np.mean(predicted == np.asarray(verify_labels)))
-        if not record["match"]:
-            raise VerificationError(
-                f"SavedModel output differs from Keras: max |Δp| {max_diff:.3g} "
-                f"(tolerance {PROBABILITY_TOLERANCE}), {label_mismatches} label(s) differ; "
-                f"nothing written to {target}"
-            )
-        record["seconds"] = round(time.time() - started, 2)
-        atomic_write_json(os.path.join(tmp, "verification.json"), record)
-    return record
+        return record
+
+    with tempfile.TemporaryDirectory() as scratch:
+        asset_path = os.path.join(scratch, LABELS_ASSET)
+        with open(asset_path, "w", encoding="utf-8") as f:
+            f.write("".join(f"{name}\n" for name in vocab.names))
+        archive = build_classifier_archive(model, tokenizer, _ClassNames(asset_path))
+        return write_verified_saved_model(target, archive, verify)
 
 
 def export_trained_classifier(trained: TrainedModel, target: str, verify_examples: int) -> dict:

@@ -8,7 +8,7 @@ classifier reads only real positions, so the fixed length changes no logit
 (the export checks that too). The batch dimension is dynamic (LiteRT resizes
 the input per call). Next to `model.tflite` the export directory holds what a
 runner needs: `tokenizer.model`, `labels.json` and `classifier.json`;
-`tfllm.inference.litert_classifier.LiteRTClassifier` is that runner, using
+`tfllm.inference.classifier_tflite_runner.LiteRTClassifier` is that runner, using
 numpy + sentencepiece + ai_edge_litert only.
 
 Why the tokenizer is not inside the .tflite (measured with tensorflow-text
@@ -81,8 +81,8 @@ import tensorflow as tf
 
 from tfllm.data.classification_data import encode_texts, pad_ids
 from tfllm.export import litert
-from tfllm.export.saved_model import VerificationError
-from tfllm.inference.litert_classifier import (
+from tfllm.export.verified import VerificationError
+from tfllm.inference.classifier_tflite_runner import (
     CONFIG_FILE,
     LABELS_FILE,
     TOKENIZER_FILE,

@@ -212,7 +212,7 @@ def versions() -> dict[str, str]:
     """`saved_model.versions()` plus the LiteRT runtime's."""
     import ai_edge_litert
 
-    from tfllm.export.saved_model import versions as base_versions
+    from tfllm.export.verified import versions as base_versions
 
     return {**base_versions(), "ai_edge_litert": getattr(ai_edge_litert, "__version__", "?")}
 

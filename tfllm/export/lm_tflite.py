@@ -1,6 +1,6 @@
 """Language model → one `.tflite` with prefill/decode KV-cache signatures, verified.
 
-The signatures and cache layout are documented in `tfllm.inference.litert_lm`
+The signatures and cache layout are documented in `tfllm.inference.lm_tflite_runner`
 (and docs/edge.md). Built the way DESIGN §2 measured to work: the Keras model
 is tracked by a `keras.export.ExportArchive` (a plain `tf.Module` holding Keras
 3 variables converts "fine" into a file with uninitialised variables that
@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from tfllm.errors import WorkdirError
 from tfllm.export import litert
-from tfllm.export.saved_model import VerificationError
+from tfllm.export.verified import VerificationError
 from tfllm.inference.generate import Generator, generate_text
 
 FLOAT_LOGIT_TOLERANCE = 1e-3
@@ -231,7 +231,7 @@ def export_lm_tflite(
     """Converts, verifies and writes `target/model.tflite` (+ tokenizer, verification.json)."""
     import tempfile
 
-    from tfllm.inference.litert_lm import LiteRTGenerator, LiteRTLM
+    from tfllm.inference.lm_tflite_runner import LiteRTGenerator, LiteRTLM
 
     model, tokenizer, config = trained.model, trained.tokenizer, trained.config
     max_length = int(model.max_length)
@@ -353,7 +353,7 @@ def litert_perplexity(
     """Loss and perplexity of `W/export/tflite_<quantize>` on the windows `tfllm-evaluate` uses."""
     import os
 
-    from tfllm.inference.litert_lm import LiteRTLM
+    from tfllm.inference.lm_tflite_runner import LiteRTLM
 
     path = litert.tflite_path(trained.workdir, quantize)
     if not os.path.isfile(path):

@@ -17,7 +17,7 @@ from tfllm.data.sources import lm_token_streams, load_text_splits
 from tfllm.errors import ConfigError
 from tfllm.export.classifier_saved_model import export_trained_classifier
 from tfllm.export.litert import tflite_dir
-from tfllm.export.saved_model import export_saved_model
+from tfllm.export.lm_saved_model import export_saved_model
 from tfllm.inference.generate import Generator, generate_text
 from tfllm.inference.loading import TrainedModel, load_trained
 

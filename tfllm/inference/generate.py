@@ -109,7 +109,7 @@ def sample_step(
     """New token `step` from `logits` [B, V]: `(token [B] int32, done [B] bool)`.
 
     The one sampling rule every backend shares (the Keras/XLA loop below and
-    the LiteRT loop in `tfllm.inference.litert_lm`): step `i` draws with seed
+    the LiteRT loop in `tfllm.inference.lm_tflite_runner`): step `i` draws with seed
     `fold_in(seed, i)`, so a seed gives the same text everywhere, and rows that
     already emitted `eos_id` keep emitting it. `seed` is one [2] seed or one
     per row ([B, 2], batch generation: row i then samples exactly what a batch

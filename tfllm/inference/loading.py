@@ -15,6 +15,7 @@ from tfllm.data.labels import LabelVocab
 from tfllm.data.tokenizer import Tokenizer
 from tfllm.errors import WorkdirError
 from tfllm.models.quantized import quantize_in_place
+from tfllm.utils.checkpoints import restore_weights
 
 
 @dataclass
@@ -71,12 +72,11 @@ def load_trained(workdir: str, strategy: tf.distribute.Strategy | None = None) -
     if config.get("compress") and config.compress.method == "quantize":
         # The checkpoint holds int8 kernels + scales: give the model those variables first.
         quantize_in_place(model, config.compress.quantize_mode)
-    status = tf.train.Checkpoint(model=model).restore(latest).expect_partial()
-    try:
-        status.assert_existing_objects_matched()
-    except AssertionError as e:
-        raise WorkdirError(
-            f"{latest}: checkpoint does not match the model in config.json ({str(e)[:120]})"
-        ) from None
+    restore_weights(
+        latest,
+        {"model": model},
+        partial=True,
+        mismatch="checkpoint does not match the model in config.json",
+    )
     step = int(latest.rsplit("-", 1)[-1]) if latest.rsplit("-", 1)[-1].isdigit() else -1
     return TrainedModel(config, model, tokenizer, latest, step, labels, workdir)

@@ -206,7 +206,7 @@ def stage_lines(results: Sequence[StageResult]) -> list[str]:
 
 def environment_lines() -> list[str]:
     """The report's "## Environment" section: library versions and the machine."""
-    from tfllm.export.saved_model import versions
+    from tfllm.export.verified import versions
 
     lines = ["## Environment", ""]
     lines += [f"- {k}: {v}" for k, v in versions().items()]

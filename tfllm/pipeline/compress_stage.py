@@ -41,12 +41,12 @@ def done(workdir: str, config: ml_collections.ConfigDict) -> bool:
 
 
 def run_compress_stage(workdir: str, config: ml_collections.ConfigDict) -> str:
-    from tfllm.compress.run import CompressOptions, check_output, compress, compress_config
+    from tfllm.compress.run import CompressOptions, check_output, compress_config, compress_workdir
 
     out = pruned_dir(workdir, config)
     options = CompressOptions(method="prune", sparsity=sparsity(config), steps=prune_steps(config))
     check_output(workdir, out, compress_config(workdir, options))
-    record = compress(workdir, out, options)
+    record = compress_workdir(workdir, out, options)
     export_edge(out)
     edge = read_json(os.path.join(edge_dir(out), "verification.json"))
     dense = read_json(os.path.join(edge_dir(workdir), "verification.json"))

@@ -159,7 +159,7 @@ def _distil_done(student: str) -> bool:
 def _distil(journey: ml_collections.ConfigDict, workdir: str) -> str:
     """`tfllm-compress --method=distill` from the fine-tuned transformer, then the
     student's test score and verified LiteRT export."""
-    from tfllm.compress.run import CompressOptions, compress
+    from tfllm.compress.run import CompressOptions, compress_workdir
 
     student_config = copy.deepcopy(journey.distil.student)
     options = CompressOptions(
@@ -171,7 +171,7 @@ def _distil(journey: ml_collections.ConfigDict, workdir: str) -> str:
         student=student_config,
     )
     out = part_dir(workdir, "distil")
-    record = compress(part_dir(workdir, FINETUNED), out, options)
+    record = compress_workdir(part_dir(workdir, FINETUNED), out, options)
     detail = classifier_pipeline.evaluate_test_split(out)
     edge = export_edge(out)
     return (

@@ -23,22 +23,13 @@ Loaders must `import tensorflow_text` first (its ops live in that package).
 
 from __future__ import annotations
 
-import os
-import platform
-import time
-
 import keras
 import tensorflow as tf
 
 from tfllm.data.tokenizer import Tokenizer
-from tfllm.errors import TfllmError
+from tfllm.export.verified import VerificationError, write_verified_saved_model
 from tfllm.inference.generate import generate_ids
 from tfllm.inference.sampling import SAMPLERS
-from tfllm.utils.io import atomic_directory, atomic_write_json
-
-
-class VerificationError(TfllmError):
-    """The exported artifact disagrees with the Keras model; nothing was written."""
 
 
 def _completion_fn(model: keras.Model, tokenizer: Tokenizer, sampler: str):
@@ -153,12 +144,6 @@ def build_archive(
     return archive
 
 
-def dir_size(path: str) -> int:
-    return sum(
-        os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files
-    )
-
-
 def export_saved_model(
     model: keras.Model,
     tokenizer: Tokenizer,
@@ -171,17 +156,12 @@ def export_saved_model(
     """Writes the SavedModel to `target` only if its greedy output equals `reference`.
 
     `reference` are the Keras model's greedy continuations of `verify_prompts`
-    (`max_new_tokens` each). The archive is saved into a temp dir, reloaded
-    with `tf.saved_model.load`, run, compared, and only then renamed into place
-    with its `verification.json`.
+    (`max_new_tokens` each); `write_verified_saved_model` reloads the archive
+    from a temp dir, this runs and compares it, and only then is it renamed
+    into place with its `verification.json`.
     """
-    import tensorflow_text  # noqa: F401  (registers the SentencePiece ops for the reload)
 
-    started = time.time()
-    with atomic_directory(target) as tmp:
-        archive = build_archive(model, tokenizer, max_new_tokens)
-        archive.write_out(str(tmp), verbose=False)
-        loaded = tf.saved_model.load(str(tmp))
+    def verify(loaded) -> dict:
         serve = loaded.signatures["serving_default"]
         out = serve(prompts=tf.constant(verify_prompts, tf.string))["completions"].numpy()
         exported = [s.decode("utf-8") for s in out]
@@ -190,19 +170,6 @@ def export_saved_model(
             for p, k, e in zip(verify_prompts, reference, exported, strict=True)
             if k != e
         ]
-        record = {
-            "format": "saved_model",
-            "check": "serving_default greedy completions == Keras greedy completions",
-            "prompts": verify_prompts,
-            "keras": reference,
-            "saved_model": exported,
-            "match": not mismatches,
-            "max_new_tokens": max_new_tokens,
-            "size_bytes": dir_size(str(tmp)),
-            "signatures": sorted(loaded.signatures.keys()),
-            "seconds": round(time.time() - started, 2),
-            "versions": versions(),
-        }
         if mismatches:
             first = mismatches[0]
             raise VerificationError(
@@ -210,30 +177,14 @@ def export_saved_model(
                 f"keras={first['keras'][:60]!r} saved_model={first['saved_model'][:60]!r}; "
                 f"nothing written to {target}"
             )
-        atomic_write_json(os.path.join(tmp, "verification.json"), record)
-    return record
+        return {
+            "check": "serving_default greedy completions == Keras greedy completions",
+            "prompts": verify_prompts,
+            "keras": reference,
+            "saved_model": exported,
+            "match": True,
+            "max_new_tokens": max_new_tokens,
+        }
 
-
-def versions() -> dict[str, str]:
-    """Library versions and machine, recorded beside every artifact."""
-    import keras_hub
-    import tensorflow_text
-
-    return {
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "keras_hub": keras_hub.__version__,
-        "tensorflow_text": tensorflow_text.__version__,
-        "python": platform.python_version(),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpus": str(os.cpu_count()),
-    }
-
-
-def load_serving(path: str):
-    """Reloads an exported SavedModel (importing tensorflow_text first)."""
-    import tensorflow_text  # noqa: F401
-
-    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
-        raise TfllmError(f"{path}: no SavedModel here (run tfllm-export --format=saved_model)")
-    return tf.saved_model.load(path)
+    archive = build_archive(model, tokenizer, max_new_tokens)
+    return write_verified_saved_model(target, archive, verify)
