@@ -91,7 +91,7 @@ def check(strategy: MeshStrategy, ckpt_dir: str, classifier: bool = False) -> di
     loss, logits, grads = sharded_step(strategy.to_mesh(ids), strategy.to_mesh(targets))
     split = {}
     for variable in model.trainable_variables:
-        spec = sharding_spec(variable.path, len(variable.shape))
+        spec = sharding_spec(variable.path, len(variable.shape), model.tensor_parallel_splits)
         if "model" in spec:
             split[variable.path] = {
                 "global": list(variable.shape),

@@ -1,12 +1,15 @@
-"""GPipe pipeline parallelism for the GPT: consecutive blocks on K devices.
+"""GPipe pipeline parallelism: consecutive transformer blocks on K devices.
 
-`config.runtime.pipeline_stages=K` splits the GPT into K stages of
+`config.runtime.pipeline_stages=K` splits the model into K stages of
 consecutive transformer blocks, as evenly as possible (`np.array_split`: with
-L % K != 0 the first stages take one block more). The token and position
-embeddings live with the first stage, the final LayerNorm with the last. Every
-variable of a stage, and every optimizer slot of such a variable, is created
-under `tf.device(<stage device>)`: GPUs if the host has any, else the logical
-CPUs of `config.runtime.logical_cpus`.
+L % K != 0 the first stages take one block more). Which stage holds each
+variable, and how a micro-batch runs stage by stage, is the model's to say
+(`pipeline_stage`, `staged_per_example_loss`; the GPT's are in
+`tfllm.models.staging`): for the GPT the token and position embeddings live
+with the first stage, the final LayerNorm with the last. Every variable of a
+stage, and every optimizer slot of such a variable, is created under
+`tf.device(<stage device>)`: GPUs if the host has any, else the logical CPUs
+of `config.runtime.logical_cpus`.
 
 The tied head. The LM head is the token embedding used in reverse, and that
 matrix lives with the first stage. Once per optimizer step the last stage
@@ -46,21 +49,15 @@ staged per-example loss and the placed gradients.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import ops
 
 from tfllm.distribute.mesh import accelerator_devices
 from tfllm.distribute.placement import PlacementStrategy, PlacingCreator, initial_shape
 from tfllm.errors import ConfigError
-
-_BLOCK = re.compile(r"(?:^|/)block_(\d+)(?:/|$)")
-_FIRST_STAGE = ("token_embedding", "position_embedding")
-_LAST_STAGE = ("final_norm",)
 
 
 def bubble_fraction(stages: int, num_microbatches: int) -> float:
@@ -79,20 +76,6 @@ def block_stages(num_layers: int, stages: int) -> list[int]:
     for stage, part in enumerate(np.array_split(np.arange(num_layers), stages)):
         owner.extend([stage] * len(part))
     return owner
-
-
-def variable_stage(path: str, owners: Sequence[int]) -> int | None:
-    """The stage holding the GPT variable at `path` (e.g. `gpt/block_3/.../kernel`);
-    None for a variable of no layer (dropout's `seed_generator/seed_generator_state`)."""
-    match = _BLOCK.search(path)
-    if match:
-        return owners[int(match.group(1))]
-    parts = path.split("/")
-    if any(name in parts for name in _FIRST_STAGE):
-        return 0
-    if any(name in parts for name in _LAST_STAGE):
-        return max(owners)
-    return None
 
 
 class _StageCreator(PlacingCreator):
@@ -122,37 +105,6 @@ class _StageCreator(PlacingCreator):
         return next_creator(**kwargs)
 
 
-class _TiedHead:
-    """The GPT's final LayerNorm and tied head on the last stage, reading the
-    embedding matrix through the one per-step copy (`table`).
-
-    The same arithmetic as `GPT._logits` with `ReversibleEmbedding(reverse=True)`
-    (the pipeline test compares gradients with the unsplit model's, so a change
-    there fails loudly). Called like a model, so a task's `per_example_loss`
-    computes its loss from the last stage's activations.
-    """
-
-    def __init__(self, model: keras.Model, table: tf.Tensor) -> None:
-        self.model = model
-        self.table = table
-
-    def __call__(self, hidden: tf.Tensor, training: bool = False) -> tf.Tensor:
-        del training  # LayerNorm and the matmul behave the same in both modes
-        embedding = self.model.token_embedding
-        if not embedding.tie_weights:
-            raise RuntimeError("pipeline parallel: the GPT's head is expected to be tied")
-        x = self.model.final_norm(hidden)
-        kernel = ops.transpose(self.table)
-        if embedding.reverse_dtype is not None:
-            x = ops.cast(x, embedding.reverse_dtype)
-            kernel = ops.cast(kernel, embedding.reverse_dtype)
-        logits = ops.matmul(x, kernel)
-        if embedding.logit_soft_cap is not None:
-            cap = embedding.logit_soft_cap
-            logits = ops.multiply(ops.tanh(ops.divide(logits, cap)), cap)
-        return tf.cast(logits, tf.float32)
-
-
 class PipelineStrategy(PlacementStrategy):
     """Runs the training loop with the GPT split into stages (see module doc)."""
 
@@ -176,10 +128,16 @@ class PipelineStrategy(PlacementStrategy):
         super().__init__(_StageCreator())
 
     def _plan(self, host_model, recorded):
+        if not hasattr(host_model, "pipeline_stage"):
+            raise ConfigError(
+                f"config.runtime.pipeline_stages: a {type(host_model).__name__} cannot be split "
+                "into pipeline stages (it has no pipeline_stage / staged_per_example_loss)"
+            )
         self.block_stage = block_stages(int(host_model.num_layers), self.stages)
+        self._stage_of = host_model.pipeline_stage
         plan = []
         for path, variable in recorded:
-            stage = variable_stage(path, self.block_stage)
+            stage = self._stage_of(path, self.block_stage)
             if stage is None and variable.trainable:
                 raise RuntimeError(f"pipeline parallel: no stage for weight {path!r}")
             # Dropout's RNG states (2 integers each, no layer in their path)
@@ -195,7 +153,7 @@ class PipelineStrategy(PlacementStrategy):
 
     def stage_device(self, path: str) -> str | None:
         """The device a model variable at `path` belongs on (None: no stage)."""
-        stage = variable_stage(path, self.block_stage)
+        stage = self._stage_of(path, self.block_stage)
         return None if stage is None else self.devices[stage]
 
     def parameters_per_device(self, model: keras.Model) -> dict[str, int]:
@@ -203,47 +161,25 @@ class PipelineStrategy(PlacementStrategy):
         variables' actual placement (RNG states, which are no parameters, left out)."""
         counts = {_short(device): 0 for device in self.devices}
         for variable in model.weights:
-            if variable_stage(variable.path, self.block_stage) is not None:
+            if self._stage_of(variable.path, self.block_stage) is not None:
                 counts[_short(variable.value.device)] += int(np.prod(variable.shape))
         return counts
 
     # ------------------------------------------------------------ the step
     def per_example_loss(
-        self,
-        task,
-        model: keras.Model,
-        inputs: tf.Tensor,
-        targets: tf.Tensor,
-        training: bool,
+        self, task, model: keras.Model, inputs: tf.Tensor, targets: tf.Tensor, training: bool
     ) -> tf.Tensor:
-        """The task's per-example loss of the batch, computed as M staged micro-batches.
-
-        The loss is computed on the last stage (the task sees `_TiedHead` as its
-        model); the result is the per-example losses of the whole batch in
-        order, so the trainer's mean over the global batch is unchanged.
-        """
-        first, last = self.devices[0], self.devices[-1]
-        m = self.num_microbatches
-        with tf.device(last):
-            # The tied head's one copy of the embedding matrix per step.
-            table = tf.identity(
-                tf.cast(model.token_embedding.embeddings, model.token_embedding.compute_dtype)
-            )
-            head = _TiedHead(model, table)
-            micro_targets = tf.split(targets, m) if m > 1 else [targets]
-        with tf.device(first):
-            micro_inputs = tf.split(inputs, m) if m > 1 else [inputs]
-        losses = []
-        for x, y in zip(micro_inputs, micro_targets, strict=True):
-            with tf.device(first):
-                hidden = model._embed(x, 0, training)  # noqa: SLF001 - the GPT's own stem
-            for block, stage in zip(model.blocks, self.block_stage, strict=True):
-                with tf.device(self.devices[stage]):
-                    hidden = block(hidden, training=training)
-            with tf.device(last):
-                losses.append(task.per_example_loss(head, hidden, y, training))
-        with tf.device(last):
-            return tf.concat(losses, axis=0) if m > 1 else losses[0]
+        """The task's per-example loss of the batch, run by the model stage by stage
+        over `num_microbatches` micro-batches (`model.staged_per_example_loss`)."""
+        return model.staged_per_example_loss(
+            task,
+            inputs,
+            targets,
+            devices=self.devices,
+            block_stage=self.block_stage,
+            num_microbatches=self.num_microbatches,
+            training=training,
+        )
 
     def gradients(self, loss: tf.Tensor, variables: Sequence) -> list:
         """d loss / d variables with every gradient op on its forward op's device.

@@ -1,16 +1,13 @@
-"""Megatron-style tensor parallelism for the GPT and the transformer classifier
-on a DTensor mesh.
+"""Megatron-style tensor parallelism on a DTensor mesh.
 
-The classifier's backbone has the GPT's layers under the GPT's names, so one
-set of path rules (`MEGATRON_SPECS`) lays out both; its pooling and
-classification head (`head`) stay replicated like the embeddings.
-
-Inside every transformer block the Q/K/V projections and the first MLP matmul
-are column-parallel (heads and FFN units split over the mesh's `model` axis),
-the attention output projection and the second MLP matmul row-parallel; DTensor
-then inserts one all-reduce after each row-parallel matmul in the forward pass
-(and the matching ones in the backward pass). Everything else (embeddings,
-LayerNorms, the tied head) is replicated.
+Which kernels are split, and along which axis, is the model's to say: it
+lists rules (variable path suffix, rank, split axis) as
+`tensor_parallel_splits` (the GPT and the transformer classifier share
+`tfllm.models.staging.MEGATRON_SPLITS`: column-parallel Q/K/V and first MLP
+matmul, row-parallel attention output and second MLP matmul). Every axis a
+rule names is split over the mesh's `model` axis, everything else is
+replicated; DTensor then inserts the all-reduce after each row-parallel
+matmul in the forward pass (and the matching ones in the backward pass).
 
 Keras kernels cannot be resharded after they exist (assigning a DTensor into
 one fails: "FetchLayout expects a tensor placed on the layout device"), so the
@@ -33,7 +30,7 @@ mesh's `batch` axis happens inside DTensor's SPMD program.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -51,28 +48,20 @@ from tfllm.distribute.mesh import (
     to_layout,
 )
 from tfllm.distribute.placement import PlacementStrategy, PlacingCreator, initial_shape
-
-# (path suffix, sharding spec) of every split variable; the rest are replicated.
-# EinsumDense kernels: query/key/value [d, heads, head_dim], output [heads, head_dim, d].
-MEGATRON_SPECS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("self_attention/query/kernel", (UNSHARDED, MODEL, UNSHARDED)),
-    ("self_attention/key/kernel", (UNSHARDED, MODEL, UNSHARDED)),
-    ("self_attention/value/kernel", (UNSHARDED, MODEL, UNSHARDED)),
-    ("self_attention/query/bias", (MODEL, UNSHARDED)),
-    ("self_attention/key/bias", (MODEL, UNSHARDED)),
-    ("self_attention/value/bias", (MODEL, UNSHARDED)),
-    ("self_attention/attention_output/kernel", (MODEL, UNSHARDED, UNSHARDED)),
-    ("feedforward_intermediate_dense/kernel", (UNSHARDED, MODEL)),
-    ("feedforward_intermediate_dense/bias", (MODEL,)),
-    ("feedforward_output_dense/kernel", (MODEL, UNSHARDED)),
-)
+from tfllm.errors import ConfigError
 
 
-def sharding_spec(path: str, rank: int) -> tuple[str, ...]:
-    """The Megatron sharding spec of the variable at `path` (replicated if not split)."""
-    for suffix, spec in MEGATRON_SPECS:
-        if path.endswith(suffix) and len(spec) == rank:
-            return spec
+def sharding_spec(
+    path: str, rank: int, splits: Sequence[tuple[str, int, int]] = ()
+) -> tuple[str, ...]:
+    """The sharding spec of the variable at `path`: the axis a `splits` rule
+    (path suffix, rank, axis) names is split over the mesh's `model` axis, every
+    other axis (and every variable no rule names) is replicated."""
+    for suffix, split_rank, axis in splits:
+        if path.endswith(suffix) and rank == split_rank:
+            spec = [UNSHARDED] * rank
+            spec[axis] = MODEL
+            return tuple(spec)
     return (UNSHARDED,) * rank
 
 
@@ -88,10 +77,10 @@ class _LayoutCreator(PlacingCreator):
         self.slot_layouts: dict[str, dtensor.Layout] = {}
 
     def create_planned(self, entry, next_creator: Callable, kwargs: dict) -> tf.Variable:
-        path, planned = entry
+        path, planned, spec = entry
         if tuple(planned.shape) != initial_shape(kwargs):
             raise RuntimeError(f"tensor parallel build: {path} changed shape between builds")
-        layout = dtensor.Layout(list(sharding_spec(path, planned.ndim)), self.mesh)
+        layout = dtensor.Layout(list(spec), self.mesh)
         kwargs["initial_value"] = to_layout(tf.constant(planned), layout)
         return next_creator(**kwargs)
 
@@ -128,7 +117,19 @@ class MeshStrategy(PlacementStrategy):
         return dtensor.default_mesh(self.mesh)
 
     def _plan(self, host_model, recorded):
-        return [(path, to_host(variable)) for path, variable in recorded]
+        """Each variable's host value and spec, from the model's own split rules
+        (`tensor_parallel_splits`, e.g. `tfllm.models.staging.MEGATRON_SPLITS`)."""
+        splits = getattr(host_model, "tensor_parallel_splits", None)
+        if splits is None:
+            raise ConfigError(
+                f"config.runtime.tensor_parallel: a {type(host_model).__name__} has no "
+                "tensor_parallel_splits (which kernels to split over the mesh)"
+            )
+        plan = []
+        for path, variable in recorded:
+            value = to_host(variable)
+            plan.append((path, value, sharding_spec(path, value.ndim, splits)))
+        return plan
 
     def _after_build(self, model: keras.Model) -> None:
         # Keras names a slot `{variable path with / as _}_{slot}`; key by the built paths.

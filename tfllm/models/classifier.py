@@ -36,6 +36,7 @@ import tensorflow as tf
 from tfllm.config import POOLINGS
 from tfllm.distribute.mesh import assign
 from tfllm.models.gpt import add_backbone_layers
+from tfllm.models.staging import MEGATRON_SPLITS
 
 
 def check_positive_int(name: str, value: Any) -> None:
@@ -231,6 +232,10 @@ class TransformerClassifier(keras.Model):
             _copy_weights(ours, theirs)
         positions = lm.position_embedding.position_embeddings[: self.max_length]
         assign(self.position_embedding.position_embeddings, positions)
+
+    # The mesh's split rules (tfllm.distribute): the GPT's, on the same layer names;
+    # the pooling and the classification head stay replicated.
+    tensor_parallel_splits = MEGATRON_SPLITS
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -31,12 +31,14 @@ into its `kv_cache_<i>` signature tensor.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
 import keras_hub
 import tensorflow as tf
+
+from tfllm.models import staging
 
 CACHE_UPDATES = ("slice", "blend")
 # A cache write: "slice", "blend", or fn(cache, update, index) -> cache (a mesh's).
@@ -281,6 +283,16 @@ class GPT(keras.Model):
             x, layer_cache = cached_block(block, x, layer_cache, cache_index, cache_update)
             new_cache.append(layer_cache)
         return self._logits(x), tuple(new_cache)
+
+    # ------------------------------------------- how it splits over devices
+    # (read by tfllm.distribute: the mesh's split rules, the pipeline's stages)
+    tensor_parallel_splits = staging.MEGATRON_SPLITS
+
+    def pipeline_stage(self, path: str, block_stage: Sequence[int]) -> int | None:
+        return staging.pipeline_stage(path, block_stage)
+
+    def staged_per_example_loss(self, task, inputs, targets, **stages: Any) -> tf.Tensor:
+        return staging.staged_per_example_loss(self, task, inputs, targets, **stages)
 
     def num_params(self, include_position_embedding: bool = True) -> int:
         """Parameter count; the token embedding counts once (it is tied)."""
