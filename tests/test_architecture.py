@@ -168,3 +168,43 @@ def test_modules_stay_readable():
         if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
     }
     assert not long, f"split these modules: {long}"
+
+
+# The command and pipeline layers import the library inside functions on purpose:
+# flags parse (and `--help`, bad-flag errors, stage plans print) before TensorFlow
+# loads. Everywhere else a function-local import must say why on its line or the
+# line above (an optional heavy dependency such as tfmot).
+LAZY_BY_DESIGN = ("tfllm/cli/", "tfllm/pipeline/")
+
+
+def test_function_local_imports_say_why():
+    unexplained = []
+    for path in MODULES.values():
+        rel = str(path.relative_to(ROOT.parent))
+        if rel.startswith(LAZY_BY_DESIGN):
+            continue
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.ImportFrom) and (inner.module or "").startswith("tfllm"):
+                    here = " ".join(lines[inner.lineno - 1 : inner.end_lineno])
+                    above = lines[inner.lineno - 2].strip()
+                    if "#" not in here and not above.startswith("#"):
+                        unexplained.append(f"{rel}:{inner.lineno}")
+    assert not unexplained, f"function-local imports without a reason: {sorted(set(unexplained))}"
+
+
+@pytest.mark.parametrize(
+    "command", ["train", "evaluate", "generate", "export", "pipeline", "benchmark", "compress"]
+)
+def test_commands_parse_flags_before_tensorflow_loads(command):
+    """The reason the cli/pipeline layers import lazily, checked in a fresh process
+    (one per command: each defines its flags in absl's global registry)."""
+    import subprocess
+    import sys
+
+    code = f"import sys, tfllm.cli.{command}; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

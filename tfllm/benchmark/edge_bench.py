@@ -27,6 +27,10 @@ from tfllm.benchmark.stats import summarize_seconds
 from tfllm.benchmark.timing import interleave
 from tfllm.errors import WorkdirError
 from tfllm.export.litert import QUANTIZE_MODES, tflite_dir, tflite_path
+from tfllm.export.verified import load_serving
+from tfllm.inference.generate import Generator
+from tfllm.inference.lm_tflite_runner import LiteRTGenerator, LiteRTLM
+from tfllm.inference.loading import load_trained
 from tfllm.utils.io import read_json
 
 
@@ -54,10 +58,6 @@ def run_edge_benchmark(workdir: str, new_tokens: int, warmup: int, repeats: int)
     """Tokens/s per backend (batch 1, greedy) and each TFLite file's verified perplexity."""
     import tensorflow as tf
 
-    from tfllm.export.verified import load_serving
-    from tfllm.inference.generate import Generator
-    from tfllm.inference.lm_tflite_runner import LiteRTGenerator, LiteRTLM
-    from tfllm.inference.loading import load_trained
 
     trained = load_trained(workdir)
     if trained.is_classifier:

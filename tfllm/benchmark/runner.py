@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from tfllm.benchmark.decode_bench import DecodeBench, random_prompt
 from tfllm.benchmark.peak import measure_peak_gflops
+from tfllm.benchmark.peer import KerasHubDecodeBench, build_train_model
 from tfllm.benchmark.stats import summarize_seconds
 from tfllm.benchmark.timing import Timed, interleave
 from tfllm.benchmark.train_bench import TrainBench, build_ours
@@ -121,8 +122,6 @@ def _train_sides(
     with dtype_policy(precision):
         sides = [TrainBench(f"ours{suffix}", build_ours(run_config), run_config)]
         if peer == "keras_hub":
-            from tfllm.benchmark.peer import build_train_model
-
             sides.append(
                 TrainBench(f"keras_hub{suffix}", build_train_model(run_config), run_config)
             )
@@ -212,8 +211,6 @@ def _decode(config: ml_collections.ConfigDict, settings: BenchSettings) -> dict[
     new = settings.decode_new_tokens
     sides: list[Timed] = [DecodeBench("ours", build_ours(config), prompt, new)]
     if settings.peer == "keras_hub":
-        from tfllm.benchmark.peer import KerasHubDecodeBench
-
         # keras-hub as configured by default, and with XLA forced on: the
         # ratio against the faster of the two is the one that counts.
         sides.append(KerasHubDecodeBench("keras_hub", config, prompt, new))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfllm.inference.loading import load_trained
 from tfllm.training.plugins import TrainingPlugin
 
 
@@ -47,7 +48,6 @@ class DistillationPlugin(TrainingPlugin):
 
     def setup(self, model, optimizer):
         del optimizer
-        from tfllm.inference.loading import load_trained
 
         # Built inside the strategy scope, so the teacher is replicated like the student.
         self.teacher = load_trained(self.teacher_workdir).model

@@ -20,16 +20,16 @@ import ml_collections
 import tensorflow as tf
 
 from tfllm.config import CLASSIFIER_NAMES, config_to_json
+from tfllm.data.labels import LABELS_FILE
 from tfllm.errors import ConfigError
 from tfllm.evaluation.workdir import evaluate_workdir
+from tfllm.inference.loading import load_trained
 from tfllm.models.quantized import quantize_in_place, weight_bytes
 from tfllm.utils.io import atomic_write_json, atomic_write_text
 
 
 def quantize_workdir(source: str, output: str, config: ml_collections.ConfigDict) -> dict:
     """Writes OUT: the source model quantized, its tokenizer, labels, config, metrics."""
-    from tfllm.data.labels import LABELS_FILE
-    from tfllm.inference.loading import load_trained
 
     trained = load_trained(source)
     before = weight_bytes(trained.model)

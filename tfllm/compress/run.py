@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import ml_collections
 import tensorflow as tf
 
+from tfllm.compress.distill import DistillationPlugin
+from tfllm.compress.keras_quantize import quantize_workdir
 from tfllm.config import (
     CLASSIFIER_NAMES,
     COMPRESS_METHODS,
@@ -26,8 +28,11 @@ from tfllm.config import (
     load_workdir_config,
     validate,
 )
+from tfllm.data.labels import LABELS_FILE
 from tfllm.errors import ConfigError, WorkdirError
+from tfllm.inference.loading import load_trained
 from tfllm.training.plugins import TrainingPlugin
+from tfllm.training.run import train
 from tfllm.utils.checkpoints import restore_weights
 from tfllm.utils.io import atomic_write_json, read_json
 
@@ -89,14 +94,14 @@ def training_plugins(config: ml_collections.ConfigDict) -> tuple[TrainingPlugin,
             "trained further; train the source and quantize again"
         )
     if c.method == "prune":
+        # tfmot (and tf_keras under it) load only when a pruning or QAT run needs them.
         from tfllm.compress.pruning import PruningPlugin, spec_from_config
 
         return StartFromSource(c.source), PruningPlugin(spec_from_config(config))
     if c.method == "qat":
-        from tfllm.compress.quantization import QATPlugin
+        from tfllm.compress.quantization import QATPlugin  # tfmot, as above
 
         return StartFromSource(c.source), QATPlugin()
-    from tfllm.compress.distill import DistillationPlugin
 
     return (DistillationPlugin(c.source, float(c.temperature), float(c.alpha)),)
 
@@ -113,7 +118,7 @@ def _check_options(options: CompressOptions) -> None:
             f"--schedule: must be one of {', '.join(PRUNE_SCHEDULES)}, got {options.schedule!r}"
         )
     if options.m_by_n:
-        from tfllm.compress.pruning import parse_m_by_n
+        from tfllm.compress.pruning import parse_m_by_n  # tfmot only when pruning
 
         parse_m_by_n(options.m_by_n)
     if options.steps < 0:
@@ -244,8 +249,6 @@ def check_output(source: str, output: str, config: ml_collections.ConfigDict) ->
 
 def compress_workdir(source: str, output: str, options: CompressOptions) -> dict:
     """Runs (or resumes) one compression method; returns the compression record."""
-    from tfllm.data.labels import LABELS_FILE
-    from tfllm.training.run import train
 
     config = compress_config(source, options)
     check_output(source, output, config)
@@ -255,8 +258,6 @@ def compress_workdir(source: str, output: str, options: CompressOptions) -> dict
         if not os.path.isfile(os.path.join(output, LABELS_FILE)):
             shutil.copyfile(labels, os.path.join(output, LABELS_FILE))  # same class ids
     if config.compress.method == "quantize":
-        from tfllm.compress.keras_quantize import quantize_workdir
-
         metrics = quantize_workdir(source, output, config)
     else:
         metrics = train(config, output, training_plugins(config))
@@ -271,8 +272,7 @@ def compression_record(
     """What was done and measured: settings, metrics before/after, sparsity, sizes."""
     import tensorflow_model_optimization as tfmot
 
-    from tfllm.compress.pruning import model_sparsity
-    from tfllm.inference.loading import load_trained
+    from tfllm.compress.pruning import model_sparsity  # tfmot only when reporting
 
     before = read_json(os.path.join(source, "metrics.json"))
     record = {

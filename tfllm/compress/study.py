@@ -19,6 +19,10 @@ from dataclasses import dataclass, field
 
 from tfllm.config import CLASSIFIER_NAMES, load_workdir_config
 from tfllm.errors import TfllmError
+from tfllm.export.litert import latency, tflite_dir
+from tfllm.inference.classifier_tflite_runner import LiteRTClassifier
+from tfllm.inference.lm_tflite_runner import LiteRTLM
+from tfllm.inference.loading import load_trained
 from tfllm.utils.io import atomic_write_json, atomic_write_text, read_json
 
 
@@ -115,8 +119,6 @@ def _metric_key(workdir: str, quantize: str) -> tuple[str, str | None]:
 
 def measure_row(source: str, root: str, row: Row, eval_batches: int, log: str) -> Measured:
     """Compress (if needed), export, evaluate in LiteRT; read the numbers back."""
-    from tfllm.export.litert import tflite_dir
-    from tfllm.inference.loading import load_trained
 
     workdir = _row_workdir(source, root, row)
     if row.method and not os.path.isfile(os.path.join(workdir, "compression.json")):
@@ -194,20 +196,15 @@ def remeasure_latency(results: list[Measured], rounds: int = 5) -> None:
     """
     import statistics
 
-    from tfllm.export.litert import latency, tflite_dir
 
     runners = []
     for r in results:
         export_dir = tflite_dir(r.workdir, r.row.quantize)
         if load_workdir_config(r.workdir).model.name in CLASSIFIER_NAMES:
-            from tfllm.inference.classifier_tflite_runner import LiteRTClassifier
-
             one = LiteRTClassifier(export_dir, num_threads=1)
             row = one.encode(["a quietly moving , beautifully acted film"])
             runners.append(lambda one=one, row=row: one.predict_proba_ids(row))
         else:
-            from tfllm.inference.lm_tflite_runner import LiteRTLM
-
             lm = LiteRTLM(os.path.join(export_dir, "model.tflite"), num_threads=1)
             cache, middle = lm.empty_cache(), lm.max_length // 2
             runners.append(lambda lm=lm, cache=cache, middle=middle: lm.decode(1, middle, cache))

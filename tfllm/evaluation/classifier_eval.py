@@ -17,8 +17,10 @@ import keras
 from tfllm.data.classification_data import EncodedSplit, encode_split
 from tfllm.data.corpus import Corpus
 from tfllm.data.labels import LabelVocab
+from tfllm.errors import WorkdirError
 from tfllm.evaluation.classification import classification_metrics, save_confusion_matrix_png
 from tfllm.evaluation.predict import predict_probabilities, predict_probabilities_sharded
+from tfllm.inference.classifier_tflite_runner import LiteRTClassifier
 from tfllm.utils.io import atomic_write_json, read_json
 
 if TYPE_CHECKING:
@@ -97,8 +99,6 @@ def evaluate_corpus_litert(
     whose class names differ (made from another run) is an error, not a
     silently permuted confusion matrix.
     """
-    from tfllm.errors import WorkdirError
-    from tfllm.inference.classifier_tflite_runner import LiteRTClassifier
 
     classifier = LiteRTClassifier(export_dir)
     if classifier.labels != trained.labels.names:

@@ -23,6 +23,7 @@ from tfllm.errors import ConfigError
 from tfllm.evaluation.classifier_eval import evaluate_corpus, evaluate_corpus_litert, record_metrics
 from tfllm.evaluation.metrics import lm_loss_and_perplexity, lm_loss_sharded
 from tfllm.export.litert import tflite_dir
+from tfllm.export.lm_tflite import litert_perplexity
 from tfllm.inference.loading import TrainedModel, load_trained
 from tfllm.utils.io import atomic_write_json, read_json
 
@@ -131,8 +132,6 @@ def _evaluate_lm(trained: TrainedModel, o: _Options) -> Evaluation:
             ids, prefix = train_ids, "train_split_"
     seq_len = int(config.model.max_length)
     if o.backend == "litert":
-        from tfllm.export.lm_tflite import litert_perplexity  # LiteRT only when asked for
-
         result = litert_perplexity(trained, ids, o.quantize, o.max_batches * o.batch_size)
         keys = {
             name: f"litert_{o.quantize}_{prefix}{name}" for name in ("loss", "perplexity", "tokens")

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfllm.data.classification_data import encode_texts, pad_ids
+from tfllm.data.classification_data import encode_texts, load_labelled_splits, pad_ids
 from tfllm.data.labels import LabelVocab
 from tfllm.data.tokenizer import Tokenizer
 from tfllm.export.verified import VerificationError, write_verified_saved_model
@@ -166,7 +166,6 @@ def export_trained_classifier(trained: TrainedModel, target: str, verify_example
     verified on training rows (parity does not need unseen data, only the
     recorded accuracy does).
     """
-    from tfllm.data.classification_data import load_labelled_splits
 
     splits = load_labelled_splits(trained.config.data)
     rows = splits.eval if splits.eval is not None else splits.train

@@ -79,7 +79,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfllm.data.classification_data import encode_texts, pad_ids
+from tfllm.data.classification_data import encode_texts, load_labelled_splits, pad_ids
 from tfllm.export import litert
 from tfllm.export.verified import VerificationError
 from tfllm.inference.classifier_tflite_runner import (
@@ -287,7 +287,6 @@ def export_classifier_tflite(
     |Δp|) and `max_accuracy_drop` (in accuracy points) override the per-mode
     defaults. Returns the `verification.json` record.
     """
-    from tfllm.data.classification_data import load_labelled_splits
 
     if quantize not in litert.QUANTIZE_MODES:
         raise litert.ExportError(

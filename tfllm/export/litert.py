@@ -30,6 +30,7 @@ from typing import Any
 import tensorflow as tf
 
 from tfllm.errors import TfllmError
+from tfllm.export.verified import versions as base_versions
 from tfllm.utils.io import atomic_directory, atomic_write_bytes, atomic_write_json
 
 QUANTIZE_MODES = ("none", "dynamic", "float16", "int8")
@@ -212,7 +213,6 @@ def versions() -> dict[str, str]:
     """`saved_model.versions()` plus the LiteRT runtime's."""
     import ai_edge_litert
 
-    from tfllm.export.verified import versions as base_versions
 
     return {**base_versions(), "ai_edge_litert": getattr(ai_edge_litert, "__version__", "?")}
 

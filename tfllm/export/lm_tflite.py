@@ -36,6 +36,7 @@ from tfllm.errors import WorkdirError
 from tfllm.export import litert
 from tfllm.export.verified import VerificationError
 from tfllm.inference.generate import Generator, generate_text
+from tfllm.inference.lm_tflite_runner import LiteRTGenerator, LiteRTLM
 
 FLOAT_LOGIT_TOLERANCE = 1e-3
 # Allowed relative perplexity increase of the artifact over Keras, per mode.
@@ -231,7 +232,6 @@ def export_lm_tflite(
     """Converts, verifies and writes `target/model.tflite` (+ tokenizer, verification.json)."""
     import tempfile
 
-    from tfllm.inference.lm_tflite_runner import LiteRTGenerator, LiteRTLM
 
     model, tokenizer, config = trained.model, trained.tokenizer, trained.config
     max_length = int(model.max_length)
@@ -353,7 +353,6 @@ def litert_perplexity(
     """Loss and perplexity of `W/export/tflite_<quantize>` on the windows `tfllm-evaluate` uses."""
     import os
 
-    from tfllm.inference.lm_tflite_runner import LiteRTLM
 
     path = litert.tflite_path(trained.workdir, quantize)
     if not os.path.isfile(path):

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from tfllm.data.sources import lm_token_streams, load_text_splits
 from tfllm.errors import ConfigError
 from tfllm.export.classifier_saved_model import export_trained_classifier
+from tfllm.export.classifier_tflite import export_classifier_tflite
 from tfllm.export.litert import tflite_dir
 from tfllm.export.lm_saved_model import export_saved_model
+from tfllm.export.lm_tflite import DEFAULT_VERIFY_WINDOWS, export_lm_tflite
 from tfllm.inference.generate import Generator, generate_text
 from tfllm.inference.loading import TrainedModel, load_trained
 
@@ -85,8 +87,6 @@ def export_workdir(
     elif fmt == "saved_model":
         record = _lm_saved_model(trained, target, max_new_tokens)
     elif trained.is_classifier:
-        from tfllm.export.classifier_tflite import export_classifier_tflite  # the converter
-
         record = export_classifier_tflite(
             trained,
             target,
@@ -125,8 +125,6 @@ def _lm_tflite(
     max_perplexity_increase: float | None,
 ) -> dict:
     """KV-cache prefill/decode signatures, verified on the run's eval windows."""
-    from tfllm.export.lm_tflite import DEFAULT_VERIFY_WINDOWS, export_lm_tflite  # the converter
-
     train_ids, eval_ids = lm_token_streams(
         trained.config, trained.tokenizer, load_text_splits(trained.config.data)
     )

@@ -14,6 +14,7 @@ from tfllm.config import CLASSIFIER_NAMES, load_workdir_config
 from tfllm.data.labels import LabelVocab
 from tfllm.data.tokenizer import Tokenizer
 from tfllm.errors import WorkdirError
+from tfllm.models import build_model
 from tfllm.models.quantized import quantize_in_place
 from tfllm.utils.checkpoints import restore_weights
 
@@ -47,7 +48,6 @@ def load_trained(workdir: str, strategy: tf.distribute.Strategy | None = None) -
     mesh scope TensorFlow's checkpoint would create its own counter variable
     through the mesh's variable creator, which fails.
     """
-    from tfllm.models import build_model
 
     if not os.path.isdir(workdir):
         raise WorkdirError(f"--workdir: no such directory: {workdir}")

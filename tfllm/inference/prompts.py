@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 
 from tfllm.errors import DataError
+from tfllm.utils.io import atomic_write_text
 
 # What every output line holds (docs/generation.md documents each).
 RESULT_FIELDS = (
@@ -88,6 +89,5 @@ def check_output_path(path: str, what: str = "--output_file") -> None:
 
 def write_results(path: str, rows: list[dict]) -> None:
     """JSON Lines, atomically (`tfllm.utils.io.atomic_write_text`: temp file, then rename)."""
-    from tfllm.utils.io import atomic_write_text
 
     atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

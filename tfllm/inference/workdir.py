@@ -25,6 +25,7 @@ from tfllm.export.litert import tflite_path
 from tfllm.export.verified import load_serving
 from tfllm.inference.distributed import BatchGenerator
 from tfllm.inference.generate import Generator, generate_text
+from tfllm.inference.lm_tflite_runner import LiteRTGenerator, LiteRTLM
 from tfllm.inference.loading import TrainedModel, load_trained
 from tfllm.inference.prompts import Prompt
 
@@ -87,8 +88,6 @@ def generate(
 
 def _litert_generator(workdir: str, quantize: str):
     """The LiteRT runner of `W/export/tflite_<quantize>` and the tokenizer shipped beside it."""
-    from tfllm.inference.lm_tflite_runner import LiteRTGenerator, LiteRTLM  # LiteRT on demand
-
     _require_language_model(workdir)
     path = tflite_path(workdir, quantize)
     if not os.path.isfile(path):

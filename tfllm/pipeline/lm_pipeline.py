@@ -31,7 +31,7 @@ from tfllm.pipeline.common import (
     stage_lines,
     training_done,
 )
-from tfllm.pipeline.html_report import write_html_report
+from tfllm.pipeline.html_report import code_block, write_html_report
 from tfllm.utils.io import atomic_write_json, atomic_write_text, read_json
 
 __all__ = ["STAGES", "WORK_STAGES", "PipelineRun", "StageResult", "run_lm_stages", "run_pipeline"]
@@ -227,9 +227,7 @@ def _report(run: PipelineRun, path: str) -> str:
         lines += [
             f"**{s['settings']}** — prompt `{s['prompt']!r}`",
             "",
-            "```",
-            s["prompt"] + s["completion"],
-            "```",
+            *code_block(s["prompt"] + s["completion"]),  # a completion cannot close it
             "",
         ]
     lines += ["## Export", ""]

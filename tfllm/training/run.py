@@ -13,8 +13,26 @@ import ml_collections
 import numpy as np
 
 from tfllm.config import CLASSIFIER_NAMES, config_to_json, load_workdir_config
+from tfllm.data.classification_data import class_weights, encode_split, load_labelled_splits
+from tfllm.data.labels import LABELS_FILE, LabelVocab
+from tfllm.data.sources import ensure_tokenizer, lm_token_streams, load_text_splits
+from tfllm.data.tokenizer import Tokenizer
+from tfllm.distribute.strategy import (
+    barrier,
+    create_strategy,
+    host_copy,
+    is_chief,
+    is_parameter_server,
+    placement,
+    takes_sharded_inputs,
+)
 from tfllm.errors import ConfigError
+from tfllm.evaluation.classifier_eval import evaluate_encoded
+from tfllm.inference.generate import Generator, generate_text
+from tfllm.models import build_model
 from tfllm.training.plugins import TrainingPlugin
+from tfllm.training.tasks import ClassificationTask
+from tfllm.training.trainer import LMTrainer, Trainer, check_batch_divisible
 from tfllm.utils.io import atomic_write_json, atomic_write_text
 
 
@@ -58,8 +76,6 @@ def _cannot_resume(key: str, value: object, saved: object, workdir: str) -> None
 def shared_tokenizer(config: ml_collections.ConfigDict, workdir: str, texts, strategy):
     """`ensure_tokenizer`, learned once per cluster: the chief writes W/tokenizer,
     the other workers wait for it and load it (all workers share the workdir)."""
-    from tfllm.data.sources import ensure_tokenizer
-    from tfllm.distribute.strategy import barrier, is_chief
 
     tokenizer = ensure_tokenizer(config, workdir, texts) if is_chief(strategy) else None
     barrier(strategy)
@@ -76,18 +92,6 @@ def train_lm(
     `plugins` change the step (compression: `tfllm.compress.run.training_plugins`);
     they are passed in from above so training never imports the compressors.
     """
-    from tfllm.data.sources import lm_token_streams, load_text_splits
-    from tfllm.data.tokenizer import Tokenizer
-    from tfllm.distribute.strategy import (
-        create_strategy,
-        host_copy,
-        is_chief,
-        is_parameter_server,
-        placement,
-    )
-    from tfllm.inference.generate import Generator, generate_text
-    from tfllm.models import build_model
-    from tfllm.training.trainer import LMTrainer, check_batch_divisible
 
     _check_resume_compatible(config, workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -220,17 +224,6 @@ def train_classifier(
     config: ml_collections.ConfigDict, workdir: str, plugins: Sequence[TrainingPlugin] = ()
 ) -> dict:
     """Trains (or resumes) a text classifier on labelled rows (`plugins` as `train_lm`)."""
-    from tfllm.data.classification_data import (
-        class_weights,
-        encode_split,
-        load_labelled_splits,
-    )
-    from tfllm.data.labels import LABELS_FILE, LabelVocab
-    from tfllm.distribute.strategy import create_strategy, is_chief, takes_sharded_inputs
-    from tfllm.evaluation.classifier_eval import evaluate_encoded
-    from tfllm.models import build_model
-    from tfllm.training.tasks import ClassificationTask
-    from tfllm.training.trainer import Trainer, check_batch_divisible
 
     adopt_backbone_architecture(config)
     _check_resume_compatible(config, workdir)

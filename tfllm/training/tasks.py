@@ -26,6 +26,7 @@ from tfllm.evaluation.predict import (
     quick_classification_metrics,
     token_cross_entropy,
 )
+from tfllm.inference.loading import load_trained
 
 
 class Task(abc.ABC):
@@ -244,7 +245,6 @@ class ClassificationTask(Task):
 
     def initialize_from(self, model, workdir, checkpoint):
         """Copies embeddings and blocks from a tfllm GPT workdir into the classifier."""
-        from tfllm.inference.loading import load_trained
 
         if not hasattr(model, "load_backbone_from"):
             raise ConfigError(
