@@ -13,7 +13,7 @@ import ml_collections
 from absl import app, flags
 from absl import logging as absl_logging
 
-from tfllm.config import load_workdir_config, validate
+from tfllm.config import INFERENCE_STRATEGIES, load_workdir_config, validate
 from tfllm.errors import ConfigError, TfllmError
 from tfllm.utils.argv import command_name  # re-exported: cli.common.command_name
 
@@ -45,7 +45,7 @@ def define_inference_runtime_flags() -> None:
     flags.DEFINE_enum(
         "strategy",
         "default",
-        ["checkpoint", "default", "one_device", "mirrored", "multi_worker"],
+        ["checkpoint", *INFERENCE_STRATEGIES],
         "Inference strategy; checkpoint: the run's own config.runtime "
         "(docs/distributed.md, Distributed inference).",
     )

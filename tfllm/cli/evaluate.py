@@ -31,6 +31,7 @@ import os
 from absl import flags
 
 from tfllm.cli import common
+from tfllm.config import DATA_FORMATS
 
 FLAGS = flags.FLAGS
 common.define_workdir_flag()
@@ -41,7 +42,7 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_string("data", "", "Evaluate on this file instead (glob or comma list allowed).")
 flags.DEFINE_enum(
-    "format", None, ["text", "tsv", "csv", "jsonl"], "Format of --data (default: the run's)."
+    "format", None, list(DATA_FORMATS), "Format of --data (default: the run's)."
 )
 flags.DEFINE_string("text_field", None, "Text column/field of --data (default: the run's).")
 flags.DEFINE_string("label_field", None, "Label column/field of --data (default: the run's).")

@@ -23,6 +23,7 @@ from tfllm.config import (
     CLASSIFIER_NAMES,
     COMPRESS_METHODS,
     PRUNE_SCHEDULES,
+    QUANTIZE_MODES,
     base_config,
     load_config_file,
     load_workdir_config,
@@ -129,7 +130,7 @@ def _check_options(options: CompressOptions) -> None:
         raise ConfigError(f"--temperature: must be positive, got {options.temperature:g}")
     if not 0.0 <= options.alpha <= 1.0:
         raise ConfigError(f"--alpha: must be in [0, 1], got {options.alpha:g}")
-    if options.mode not in ("int8", "int4"):
+    if options.mode not in QUANTIZE_MODES:
         raise ConfigError(f"--mode: must be int8 or int4, got {options.mode!r}")
     if options.method == "distill" and not (options.student_config or options.student):
         raise ConfigError("--student_config: required with --method=distill")

@@ -16,6 +16,8 @@ CNN_POOLINGS = ("global_max", "max_pool_flatten")  # cnn_classifier
 CLASS_WEIGHTS = ("none", "balanced")
 COLLECTIVES = ("auto", "ring", "nccl")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu", "parameter_server")
+# The strategies tfllm-evaluate / tfllm-generate run under (--strategy).
+INFERENCE_STRATEGIES = STRATEGIES[:4]
 COMPRESS_METHODS = ("prune", "qat", "distill", "quantize")
 PRUNE_SCHEDULES = ("polynomial", "constant")
 QUANTIZE_MODES = ("int8", "int4")  # tfllm-compress --method=quantize (Keras 3 weight-only)

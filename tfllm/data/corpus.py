@@ -25,10 +25,10 @@ from importlib import resources
 
 from absl import logging
 
+from tfllm.config import BAD_ROW_POLICIES, DATA_FORMATS
 from tfllm.errors import DataError
 
-FORMATS = ("text", "tsv", "csv", "jsonl")
-BAD_ROW_POLICIES = ("skip", "fail")
+FORMATS = DATA_FORMATS
 DEFAULT_MAX_ROW_CHARS = 100_000
 
 # Bundled data sets: name -> {split: path relative to tfllm/data/bundled}.

@@ -23,6 +23,7 @@ import sentencepiece as spm
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from tfllm.config import TOKENIZER_MODEL_TYPES
 from tfllm.errors import DataError
 from tfllm.utils.io import atomic_directory
 
@@ -79,7 +80,7 @@ class Tokenizer(tf.Module):
         `MAX_TRAINING_LINES` lines are used, drawn by a seeded reservoir sample
         so huge corpora train quickly yet deterministically.
         """
-        if model_type not in ("bpe", "unigram"):
+        if model_type not in TOKENIZER_MODEL_TYPES:
             raise DataError(f"tokenizer model_type must be 'bpe' or 'unigram', got {model_type!r}")
         lines = _sample_lines(texts, max_sentence_length, seed)
         if not lines:

@@ -27,7 +27,7 @@ import keras
 import ml_collections
 import tensorflow as tf
 
-from tfllm.config import base_config
+from tfllm.config import INFERENCE_STRATEGIES, base_config
 from tfllm.distribute.pipeline_parallel import PipelineStrategy
 from tfllm.distribute.placement import PlacementStrategy
 from tfllm.distribute.tensor_parallel import HostCopy, MeshStrategy
@@ -311,7 +311,6 @@ def host_copy(strategy, build: Callable[[], keras.Model]) -> HostCopy | None:
 
 
 # ------------------------------------------------------------------ inference
-INFERENCE_STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 
 
 def inference_runtime(
