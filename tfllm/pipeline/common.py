@@ -212,3 +212,20 @@ def environment_lines() -> list[str]:
     lines += [f"- {k}: {v}" for k, v in versions().items()]
     lines += [f"- platform: {platform.platform()}", ""]
     return lines
+
+
+def run_single_model(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    force: set[str],
+    stages: Sequence[str],
+    run_stages: Callable[[PipelineRun, ml_collections.ConfigDict, str], None],
+    write_report: Callable[[PipelineRun, str], str],
+) -> str:
+    """`tfllm-pipeline` on one model (an LM or a classifier config): its work
+    stages, then `report.md` (always rewritten); returns the report's path."""
+    run = PipelineRun(config, workdir, force, stages=tuple(stages))
+    run_stages(run, config, workdir)
+    report = os.path.join(workdir, "report.md")
+    run.stage("report", False, lambda: write_report(run, report))
+    return report

@@ -28,6 +28,7 @@ from tfllm.pipeline.common import (
     environment_lines,
     export_edge,
     plot_curves,
+    run_single_model,
     stage_lines,
     training_done,
 )
@@ -42,11 +43,7 @@ STAGES = (*WORK_STAGES, "report")
 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str, force: set[str]) -> str:
     """Runs every stage; returns the path of report.md."""
-    run = PipelineRun(config, workdir, force, stages=STAGES)
-    run_lm_stages(run, config, workdir)
-    report = os.path.join(workdir, "report.md")
-    run.stage("report", False, lambda: _report(run, report))
-    return report
+    return run_single_model(config, workdir, force, STAGES, run_lm_stages, _report)
 
 
 def run_lm_stages(
