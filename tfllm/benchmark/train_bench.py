@@ -1,6 +1,6 @@
 """Training-step speed: forward, sparse CE, gradients and `optimizer.apply`.
 
-The step mirrors `tfllm.training.trainer` on the default strategy (one
+The step mirrors `tfllm.training.step` on the default strategy (one
 replica, no gradient accumulation): the same loss function, the same global
 norm clipping, the same optional XLA for forward/backward, one `tf.function`
 per step. The same step code drives the keras-hub peer, so a speed difference

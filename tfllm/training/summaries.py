@@ -18,6 +18,7 @@ import keras
 import ml_collections
 import tensorflow as tf
 
+from tfllm.distribute.mesh import to_host
 from tfllm.training.hparams import write_hparams
 from tfllm.training.plugins import TrainingPlugin
 from tfllm.training.state import LoopStats, TrainState
@@ -73,8 +74,6 @@ class Summaries:
         host (an all-gather under tensor parallelism), which costs a full copy
         of the model.
         """
-        from tfllm.distribute.mesh import to_host
-
         writer = self.train
         with writer.as_default(step=step):
             for variable in model.trainable_variables:

@@ -1,6 +1,6 @@
 """Tasks: what the one training loop needs to know about a model family.
 
-The loop in `trainer.py` (strategy, inner loops, clipping, checkpoints) is
+The loop in `step.py` and `controller.py` (strategy, inner loops, clipping, checkpoints) is
 the same for every model; a task supplies the rest: its training batches, its
 per-example loss, its eval metrics and how to initialise from another
 workdir. `LMTask` trains next-token prediction on token windows;
