@@ -21,6 +21,15 @@ from pathlib import Path
 
 import pytest
 
+# The distributed tests' subprocess helpers, importable as `from conftest import ...`.
+from distributed_helpers import (  # noqa: F401
+    Cluster,
+    launch_command,
+    python_module,
+    run_check_script,
+    run_command,
+)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]

@@ -103,15 +103,27 @@ def run_model_test(
     cls: type[keras.Model],
     init_kwargs: dict[str, Any],
     input_data: Any,
-    expected_output_shape: tuple[int, ...],
+    expected_output_shape: Any,
     expected_num_weights: int | None = None,
     expected_output_dtype: str = "float32",
 ) -> keras.Model:
-    """One forward pass: output shape and dtype, every weight built. Returns the model."""
+    """One forward pass: output shape(s) and dtype, every weight built. Returns the model.
+
+    `expected_output_shape` is a tuple, or (a model with several outputs) a dict
+    or list of tuples shaped like the outputs.
+    """
     model = build_model(cls, init_kwargs, input_data)
     result = model(as_tensor(input_data))
-    assert tuple(result.shape) == tuple(expected_output_shape), result.shape
-    assert result.dtype == expected_output_dtype, result.dtype
+    if isinstance(result, tf.Tensor | np.ndarray):
+        assert tuple(result.shape) == tuple(expected_output_shape), result.shape
+    elif isinstance(result, dict):
+        shapes = {key: tuple(t.shape) for key, t in result.items()}
+        assert shapes == {k: tuple(v) for k, v in expected_output_shape.items()}, shapes
+    else:
+        shapes = [tuple(t.shape) for t in result]
+        assert shapes == [tuple(v) for v in expected_output_shape], shapes
+    for tensor in tf.nest.flatten(result):
+        assert tensor.dtype == expected_output_dtype, tensor.dtype
     assert model.built and model.count_params() > 0
     if expected_num_weights is not None:
         assert len(model.weights) == expected_num_weights, len(model.weights)
@@ -175,7 +187,7 @@ def run_precision_test(
     """
     tolerance = {**PRECISION_TOLERANCE, **(tolerance or {})}
     reference = build_model(cls, init_kwargs, input_data)
-    (expected,) = outputs(reference, input_data)
+    expected = outputs(reference, input_data)
     models = {}
     for name in policies:
         with dtype_policy(name) as policy:
@@ -185,12 +197,12 @@ def run_precision_test(
         assert floats and {w.dtype for w in floats} == {policy.variable_dtype}, name
         model.set_weights(reference.get_weights())
         for training in (False, True):
-            result = model(as_tensor(input_data), training=training)
-            assert result.dtype == expected_output_dtype, (name, training, result.dtype)
-            assert np.isfinite(result.numpy()).all(), (name, training)
-        (got,) = outputs(model, input_data)
-        error = np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-6)
-        assert error < tolerance[name], (name, error, tolerance[name])
+            for tensor in tf.nest.flatten(model(as_tensor(input_data), training=training)):
+                assert tensor.dtype == expected_output_dtype, (name, training, tensor.dtype)
+                assert np.isfinite(tensor.numpy()).all(), (name, training)
+        for got, want in zip(outputs(model, input_data), expected, strict=True):
+            error = np.abs(got - want).max() / max(np.abs(want).max(), 1e-6)
+            assert error < tolerance[name], (name, error, tolerance[name])
         models[name] = model
     return models
 

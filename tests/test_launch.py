@@ -6,11 +6,11 @@ TF_CONFIG, so these tests need no TensorFlow and take seconds.
 
 import io
 import json
-import subprocess
 import sys
 import time
 
 import pytest
+from conftest import launch_command, run_command
 
 from tfllm.launch import Launcher, cluster_spec, parse_args
 
@@ -99,12 +99,7 @@ def test_bad_arguments_are_one_clear_line(argv, message, capsys):
 
 
 def test_command_line_entry_point_runs_a_cluster():
-    proc = subprocess.run(
-        [PY, "-m", "tfllm.launch", "--workers=2", "--", PY, "-c", "print('hi')"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_command(launch_command(2, 0, [PY, "-c", "print('hi')"]), timeout=60)
     assert proc.returncode == 0
     assert "[worker 0] hi" in proc.stdout and "[worker 1] hi" in proc.stdout
     cluster = json.loads(proc.stdout.splitlines()[0].removeprefix("[launch] cluster: "))
@@ -112,12 +107,7 @@ def test_command_line_entry_point_runs_a_cluster():
 
 
 def test_missing_program_is_one_clear_line():
-    proc = subprocess.run(
-        [PY, "-m", "tfllm.launch", "--workers=1", "--", "no-such-program-xyz"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_command(launch_command(1, 0, ["no-such-program-xyz"]), timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "tfllm-launch: error: cannot run 'no-such-program-xyz': No such file or directory"

@@ -7,13 +7,10 @@ all of them); it builds its own one-device references.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import run_check_script, run_cli
 
 from tfllm.config import base_config, validate
 from tfllm.errors import ConfigError
@@ -30,23 +27,13 @@ STAGE_1 = BLOCK + 2 * D  # block 2 + final LayerNorm
 @pytest.fixture(scope="module")
 def checks(tmp_path_factory, corpus_file) -> dict:
     workdir = tmp_path_factory.mktemp("pp_train") / "w"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(HERE / "pp_checks.py"),
-            str(tmp_path_factory.mktemp("pp_ckpt")),
-            corpus_file,
-            str(HERE.parent),
-            str(workdir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=str(HERE.parents[1]),
+    result = run_check_script(
+        HERE / "pp_checks.py",
+        str(tmp_path_factory.mktemp("pp_ckpt")),
+        corpus_file,
+        str(HERE.parent),
+        str(workdir),
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    result = json.loads(line.removeprefix("RESULT "))
     result["workdir"] = str(workdir)
     return result
 

@@ -7,12 +7,10 @@ subprocesses; each builds its own one-device reference model.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_check_script
 
 from tfllm.config import base_config, validate
 from tfllm.errors import ConfigError
@@ -20,23 +18,12 @@ from tfllm.errors import ConfigError
 HERE = Path(__file__).resolve().parent
 
 
-def _run(script: str, *args: str) -> dict:
-    proc = subprocess.run(
-        [sys.executable, str(HERE / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=str(HERE.parents[1]),
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    return json.loads(line.removeprefix("RESULT "))
-
-
 @pytest.fixture(scope="module")
 def checks(tmp_path_factory, labelled_files) -> dict:
     files = (labelled_files[split] for split in ("train", "eval", "test"))
-    return _run("tp_checks.py", str(tmp_path_factory.mktemp("tp_ckpt")), *files, str(HERE.parent))
+    return run_check_script(
+        HERE / "tp_checks.py", str(tmp_path_factory.mktemp("tp_ckpt")), *files, str(HERE.parent)
+    )
 
 
 @pytest.mark.parametrize("mesh", ["tp2", "dp2_tp2"])
@@ -131,7 +118,9 @@ def test_classifier_training_equals_one_device_and_evaluates_on_one_device(check
 def test_training_losses_equal_one_device(corpus_file):
     """tensor_parallel=2 on 4 logical CPUs is data x tensor parallel (2 x 2);
     tensor_parallel=4 is pure tensor parallel (1 x 4)."""
-    results = _run("tp_vs_single.py", corpus_file, str(HERE.parent), "4", "2", "4")
+    results = run_check_script(
+        HERE / "tp_vs_single.py", corpus_file, str(HERE.parent), "4", "2", "4"
+    )
     one = results["1"]
     for tp in ("2", "4"):
         run = results[tp]

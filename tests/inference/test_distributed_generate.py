@@ -13,16 +13,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, run_cli
+from conftest import launch_command, python_module, run_check_script, run_cli, run_command
 
 from tfllm.inference.distributed import BatchGenerator, plan_batches
 from tfllm.inference.generate import Generator
@@ -84,23 +81,12 @@ def prompts_file(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def checks(trained_workdir, prompts_file) -> dict:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(Path(__file__).with_name("distributed_checks.py")),
-            trained_workdir,
-            prompts_file,
-            str(MAX_NEW),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=str(REPO),
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    return run_check_script(
+        Path(__file__).with_name("distributed_checks.py"),
+        trained_workdir,
+        prompts_file,
+        str(MAX_NEW),
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))
 
 
 @pytest.mark.parametrize("strategy", ["mirrored", "tensor_parallel"])
@@ -187,29 +173,15 @@ def test_generate_file_under_multi_worker_equals_mirrored(
     trained_workdir, prompts_file, mirrored_output, tmp_path
 ):
     out = tmp_path / "mw.jsonl"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tfllm.launch",
-            "--workers=2",
-            "--",
-            sys.executable,
-            "-m",
-            "tfllm.cli.generate",
-            f"--workdir={trained_workdir}",
-            f"--input_file={prompts_file}",
-            f"--output_file={out}",
-            *GENERATE_ARGS,
-            "--strategy=multi_worker",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=str(REPO),
-        env=env,
+    generate = python_module(
+        "tfllm.cli.generate",
+        f"--workdir={trained_workdir}",
+        f"--input_file={prompts_file}",
+        f"--output_file={out}",
+        *GENERATE_ARGS,
+        "--strategy=multi_worker",
     )
+    proc = run_command(launch_command(2, 0, generate), timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert out.read_bytes() == Path(mirrored_output[0]).read_bytes()
     assert "[worker 0]   strategy            multi_worker × 2 replica(s)" in proc.stdout

@@ -10,73 +10,18 @@ embedding, survives a dead worker and stops cleanly on a dead ps.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, last_stderr_line, run_cli, tiny_overrides
+from conftest import Cluster, last_stderr_line, python_module, run_cli, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-TIMEOUT = 300
-
-
-class Cluster:
-    """`tfllm-launch ... -- tfllm-train ...` with its output watched line by line."""
-
-    def __init__(self, workers: int, ps: int, train_args: list[str]) -> None:
-        command = [sys.executable, "-m", "tfllm.launch", f"--workers={workers}"]
-        if ps:
-            command.append(f"--ps={ps}")
-        command += ["--", sys.executable, "-m", "tfllm.cli.train", *train_args]
-        self.proc = subprocess.Popen(
-            command, cwd=str(REPO), env=ENV, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
-        )
-        self.lines: list[str] = []
-        self._new_line = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            with self._new_line:
-                self.lines.append(line.rstrip("\n"))
-                self._new_line.notify_all()
-
-    def wait_for(self, pattern: str) -> re.Match:
-        """The first output line matching `pattern` (waits for it)."""
-        regex = re.compile(pattern)
-        deadline = time.time() + TIMEOUT
-        seen = 0
-        with self._new_line:
-            while time.time() < deadline:
-                for line in self.lines[seen:]:
-                    if match := regex.search(line):
-                        return match
-                seen = len(self.lines)
-                if self.proc.poll() is not None and seen == len(self.lines):
-                    break
-                self._new_line.wait(timeout=1)
-        raise AssertionError(f"no line matching {pattern!r}:\n" + self.output()[-3000:])
-
-    def signal(self, task: str, sig: int) -> None:
-        pid = int(self.wait_for(rf"\[launch\] {task}: pid (\d+)").group(1))
-        os.kill(pid, sig)
-
-    def wait(self) -> int:
-        code = self.proc.wait(timeout=TIMEOUT)
-        time.sleep(0.2)  # let the reader drain the pipe
-        return code
-
-    def output(self) -> str:
-        return "\n".join(self.lines)
+def train_cluster(workers: int, ps: int, args: list[str]) -> Cluster:
+    """`tfllm-launch ... -- tfllm-train args...` with its output watched line by line."""
+    return Cluster(workers, ps, python_module("tfllm.cli.train", *args))
 
 
 def train_args(corpus: str, workdir: Path, strategy: str, steps: int, *extra: str) -> list[str]:
@@ -97,7 +42,7 @@ def test_multi_worker_two_processes_match_one_device(corpus_file, tmp_path):
     gradients and the losses agree up to float32 summation order: rel. 1e-4."""
     single = run_cli("train", *train_args(corpus_file, tmp_path / "one", "default", 40))
     assert single.returncode == 0, single.stderr[-2000:]
-    cluster = Cluster(2, 0, train_args(corpus_file, tmp_path / "mw", "multi_worker", 40))
+    cluster = train_cluster(2, 0, train_args(corpus_file, tmp_path / "mw", "multi_worker", 40))
     assert cluster.wait() == 0, cluster.output()[-3000:]
 
     one, two = losses(tmp_path / "one"), losses(tmp_path / "mw")
@@ -118,7 +63,7 @@ def test_multi_worker_sigterm_saves_an_agreed_step_and_kill_9_resumes(corpus_fil
                       "--config.train.eval_every=100000")
 
     # A preemption notice (SIGTERM) reaches worker 1 only: both save the same step.
-    cluster = Cluster(2, 0, args)
+    cluster = train_cluster(2, 0, args)
     cluster.wait_for(r"\[worker 1\] step 20/")
     cluster.signal("worker 1", signal.SIGTERM)
     assert cluster.wait() == 130, cluster.output()[-3000:]
@@ -127,7 +72,7 @@ def test_multi_worker_sigterm_saves_an_agreed_step_and_kill_9_resumes(corpus_fil
     assert saved % 10 == 0 and saved >= 20
 
     # Restarted, both workers resume there; kill -9 one of them mid-run.
-    cluster = Cluster(2, 0, args)
+    cluster = train_cluster(2, 0, args)
     cluster.wait_for(rf"\[worker 0\] Resuming from step {saved}")
     cluster.wait_for(rf"\[worker 1\] Resuming from step {saved}")
     cluster.wait_for(rf"\[worker 0\] step {saved + 20}/")
@@ -137,7 +82,7 @@ def test_multi_worker_sigterm_saves_an_agreed_step_and_kill_9_resumes(corpus_fil
 
     # The same command (to a reachable end) resumes from the agreed checkpoint.
     args = train_args(corpus_file, workdir, "multi_worker", saved + 10, never)
-    cluster = Cluster(2, 0, args)
+    cluster = train_cluster(2, 0, args)
     assert cluster.wait() == 0, cluster.output()[-3000:]
     cluster.wait_for(rf"\[worker 1\] Resuming from step {saved}")
     assert json.loads((workdir / "metrics.json").read_text())["step"] == saved + 10
@@ -147,7 +92,7 @@ def test_parameter_server_shards_the_embedding_and_survives_a_dead_worker(corpus
     workdir = tmp_path / "ps"
     args = train_args(corpus_file, workdir, "parameter_server", 80,
                       "--config.runtime.ps_shard_min_bytes=40000")  # only the 400x32 embedding
-    cluster = Cluster(2, 2, args)
+    cluster = train_cluster(2, 2, args)
     cluster.wait_for(r"\[chief 0\] step 20/80")
     cluster.signal("worker 1", signal.SIGKILL)
     assert cluster.wait() == 0, cluster.output()[-3000:]
@@ -170,7 +115,7 @@ def test_dead_parameter_server_ends_the_job_with_a_resumable_checkpoint(corpus_f
     workdir = tmp_path / "ps"
     args = train_args(corpus_file, workdir, "parameter_server", 100000,
                       "--config.runtime.ps_shard_min_bytes=40000")
-    cluster = Cluster(2, 2, args)
+    cluster = train_cluster(2, 2, args)
     cluster.wait_for(r"\[chief 0\] step 30/")
     cluster.signal("ps 1", signal.SIGKILL)
     assert cluster.wait() == 75, cluster.output()[-3000:]
@@ -178,7 +123,7 @@ def test_dead_parameter_server_ends_the_job_with_a_resumable_checkpoint(corpus_f
     assert "/job:ps/replica:0/task:1" in error and "run the same command to resume" in error
     saved = int(re.search(r"ckpt-(\d+)", error).group(1))
 
-    cluster = Cluster(2, 2, train_args(corpus_file, workdir, "parameter_server", saved + 10,
+    cluster = train_cluster(2, 2, train_args(corpus_file, workdir, "parameter_server", saved + 10,
                                        "--config.runtime.ps_shard_min_bytes=40000"))
     assert cluster.wait() == 0, cluster.output()[-3000:]
     cluster.wait_for(rf"\[chief 0\] Resuming from step {saved}")

@@ -1,13 +1,10 @@
 """The custom training loop: learning happens, runs resume, Mirrored == one device."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
+from conftest import run_check_script, tiny_config
 
 from tfllm.cli.common import setup_runtime
 from tfllm.training.run import train_lm
@@ -96,15 +93,9 @@ def test_changed_model_cannot_resume_old_checkpoints(corpus_file, tmp_path):
 @pytest.mark.slow
 def test_mirrored_two_logical_cpus_matches_one_device(corpus_file):
     tests_dir = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("mirrored_vs_single.py")), corpus_file,
-         str(tests_dir)],
-        capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    result = run_check_script(
+        Path(__file__).with_name("mirrored_vs_single.py"), corpus_file, str(tests_dir)
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
-    result = json.loads(line.removeprefix("RESULT "))
     single, mirrored = result["default"], result["mirrored"]
     assert mirrored["replicas"] == 2 and single["replicas"] == 1
     assert len(single["history"]) == len(mirrored["history"]) == 3
