@@ -340,6 +340,8 @@ BENCHMARK_FIELDS = [
     "keras_hub_xla_decode_tokens_per_second",
     "decode_speedup_vs_keras_hub",
     "decode_speedup_vs_keras_hub_xla",
+    "decode_speedup_headline",
+    "peak_gflops_start",
 ]
 
 
@@ -366,9 +368,14 @@ def _check_benchmark(sandbox: Sandbox, stdout: str) -> None:
     assert set(result["targets_met"]) == {
         "mfu_ge_0.5",
         "train_speedup_ge_1.3",
-        "decode_speedup_vs_keras_hub_ge_2.0",
-        "decode_speedup_vs_keras_hub_xla_ge_2.0",
+        "decode_speedup_ge_2.0",
     }
+    # The conservative figures: the slower of the two decode ratios, MFU against
+    # the higher of the peaks measured before and after the run.
+    assert result["decode_speedup_headline"] == min(
+        result["decode_speedup_vs_keras_hub"], result["decode_speedup_vs_keras_hub_xla"]
+    )
+    assert result["peak_gflops"] == max(result["peak_gflops_start"], result["peak_gflops_end"])
 
 
 # What a block made, checked right after it (later blocks may change those runs).

@@ -11,6 +11,7 @@ above 1.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -40,3 +41,38 @@ def measure_peak_gflops(
         matmul(a, b).numpy()
         seconds.append(time.perf_counter() - start)
     return 2.0 * size**3 / statistics.median(seconds) / 1e9
+
+
+# fp32 FLOPs per cycle per core by the widest vector ISA, assuming two FMA
+# units (most server cores; some have one, which halves the figure).
+_FLOPS_PER_CYCLE = (("avx512f", 64), ("avx2", 32), ("avx", 16), ("sse2", 8))
+
+
+def theoretical_peak(cpuinfo: str = "/proc/cpuinfo") -> dict[str, object] | None:
+    """The CPU's datasheet-style fp32 peak: cores × clock × FLOPs per cycle.
+
+    An estimate from `/proc/cpuinfo` (the reported clock, the widest vector
+    ISA, two FMA units assumed), recorded beside the measured peak so MFU can
+    be read both ways; None where the file is missing or names no clock.
+    """
+    if not os.path.isfile(cpuinfo):
+        return None
+    with open(cpuinfo, encoding="utf-8") as f:
+        text = f.read()
+    mhz = [float(line.split(":", 1)[1]) for line in text.splitlines() if line.startswith("cpu MHz")]
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    if not mhz:
+        return None
+    isa, per_cycle = next(
+        ((name, n) for name, n in _FLOPS_PER_CYCLE if f" {name} " in f" {flags} "), ("x87", 2)
+    )
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ghz = max(mhz) / 1e3
+    return {
+        "gflops": round(cores * ghz * per_cycle, 1),
+        "cores": cores,
+        "ghz": round(ghz, 3),
+        "isa": isa,
+        "flops_per_cycle_assumed": per_cycle,
+        "formula": "cores x GHz x fp32 FLOPs/cycle (2 FMA units assumed)",
+    }

@@ -128,6 +128,7 @@ def main(argv) -> None:
         "keras_hub_xla_decode_tokens_per_second",
         "decode_speedup_vs_keras_hub",
         "decode_speedup_vs_keras_hub_xla",
+        "decode_speedup_headline",
     ):
         if key in result:
             rows.append((key, float(result[key])))
