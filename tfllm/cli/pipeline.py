@@ -12,8 +12,9 @@ keras-hub; W/report.md + report.html. A single-model config runs that
 model's own journey:
   language model: train → evaluate (perplexity) → samples → export → tflite → compress → report
   classifier:     train → evaluate (test split) → export → tflite → compress → report
-Re-running skips the stages already done (training resumes from its last
-checkpoint); --force=STAGE redoes one.
+Re-running skips a stage only when its output was made from the config and
+checkpoint it would use now, and re-runs it otherwise, saying why (training
+resumes from its last checkpoint); --force=STAGE redoes one.
 """
 
 from __future__ import annotations

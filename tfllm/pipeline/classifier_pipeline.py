@@ -1,6 +1,7 @@
 """The text-classifier journey as resumable stages, and its report.
 
-Stages (each skipped when its output already exists, unless forced):
+Stages (each skipped when its output exists and was made from the current config
+and checkpoint, unless forced; see tfllm.pipeline.stamps):
   train    — learn the tokenizer and label vocabulary, train the classifier
   evaluate — the full metric set on the test split (the eval split if there is
              none) → metrics.json `test_split` + confusion_matrix_test.png
@@ -36,9 +37,10 @@ from tfllm.pipeline.common import (
     plot_curves,
     run_single_model,
     stage_lines,
-    training_done,
+    train_stage,
 )
 from tfllm.pipeline.html_report import write_html_report
+from tfllm.pipeline.stamps import Stamp, checkpoint_identity
 from tfllm.utils.io import atomic_write_text, read_json
 
 WORK_STAGES = ("train", "evaluate", "export", "tflite", "compress")
@@ -71,25 +73,39 @@ def run_classifier_stages(
     from tfllm.training.run import train
 
     os.makedirs(workdir, exist_ok=True)
-    metrics_path = os.path.join(workdir, "metrics.json")
-
     stage = run.part(prefix, stages)
 
-    def train_stage() -> str:
+    def train_model() -> str:
         metrics = train(config, workdir, training_plugins(config))
         accuracy = metrics.get("accuracy", float("nan"))
         return f"(step {metrics['step']}, eval accuracy {accuracy:.4f})"
 
-    stage("train", training_done(config, read_json(metrics_path)), train_stage)
-    stage("evaluate", tested(workdir), lambda: evaluate_test_split(workdir))
+    train_stage(run, stage, prefix, config, workdir, train_model)
+    # What every later stage reads: the checkpoint training left (and its config).
+    upstream = {"checkpoint": checkpoint_identity(workdir)}
+    stage(
+        "evaluate",
+        tested(workdir),
+        lambda: evaluate_test_split(workdir),
+        Stamp({"config.data": config.data}, upstream),
+    )
+    export = {"config.export": config.export, "verify_examples": VERIFY_EXAMPLES}
     verification = os.path.join(workdir, "export", "saved_model", "verification.json")
-    stage("export", os.path.isfile(verification), lambda: _export(workdir))
+    stage("export", os.path.isfile(verification), lambda: _export(workdir), Stamp(export, upstream))
     edge_record = os.path.join(edge_dir(workdir), "verification.json")
-    stage("tflite", os.path.isfile(edge_record), lambda: _tflite(workdir))
+    stage(
+        "tflite",
+        os.path.isfile(edge_record),
+        lambda: _tflite(workdir),
+        Stamp({**export, "quantize": EDGE_QUANTIZE}, upstream),
+    )
     pruned = compress_stage.pruned_dir(workdir, config)
 
+    pruning = compress_stage.stamp(workdir, config, test_split=test_pruned)
+
     def compress() -> str:
-        detail = compress_stage.run_compress_stage(workdir, config)
+        stale = run.stale(prefix + "compress", pruning)
+        detail = compress_stage.run_compress_stage(workdir, config, stale)
         if test_pruned:
             detail += " " + evaluate_test_split(pruned)
         return detail
@@ -98,6 +114,7 @@ def run_classifier_stages(
         "compress",
         compress_stage.done(workdir, config) and (not test_pruned or tested(pruned)),
         compress,
+        pruning,
     )
 
 

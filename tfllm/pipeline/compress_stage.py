@@ -16,7 +16,8 @@ import os
 
 import ml_collections
 
-from tfllm.pipeline.common import EDGE_QUANTIZE, edge_dir, export_edge
+from tfllm.pipeline.common import EDGE_QUANTIZE, discard_stale, edge_dir, export_edge
+from tfllm.pipeline.stamps import Stamp, checkpoint_identity
 from tfllm.utils.io import read_json
 
 CLASSIFIER_SPARSITY = 0.8
@@ -40,10 +41,25 @@ def done(workdir: str, config: ml_collections.ConfigDict) -> bool:
     return os.path.isfile(os.path.join(edge_dir(pruned_dir(workdir, config)), "verification.json"))
 
 
-def run_compress_stage(workdir: str, config: ml_collections.ConfigDict) -> str:
+def stamp(workdir: str, config: ml_collections.ConfigDict, **extra: object) -> Stamp:
+    """What the stage's output is made from: the dense checkpoint, the pruning
+    settings, and the export settings its LiteRT file is written with."""
+    settings = {"sparsity": sparsity(config), "steps": prune_steps(config), **extra}
+    return Stamp(
+        {"pruning": settings, "config.export": config.export, "quantize": EDGE_QUANTIZE},
+        {"checkpoint": checkpoint_identity(workdir)},
+    )
+
+
+def run_compress_stage(
+    workdir: str, config: ml_collections.ConfigDict, stale: str | None = None
+) -> str:
+    """Prunes and exports; `stale` (why the last pruned model is out of date) starts
+    the pruned workdir afresh instead of resuming it."""
     from tfllm.compress.run import CompressOptions, check_output, compress_config, compress_workdir
 
     out = pruned_dir(workdir, config)
+    discard_stale(out, stale)
     options = CompressOptions(method="prune", sparsity=sparsity(config), steps=prune_steps(config))
     check_output(workdir, out, compress_config(workdir, options))
     record = compress_workdir(workdir, out, options)

@@ -12,8 +12,10 @@
 Each part is a plain tfllm workdir written by the same library calls as
 `tfllm-train`, `tfllm-evaluate`, `tfllm-export`, `tfllm-compress` and
 `tfllm-benchmark`, so every number in the report can be redone with the
-command the report prints beside it. Stages are skipped when their output
-exists (training resumes from its checkpoints); `--force=STAGE` redoes one.
+command the report prints beside it. A stage is skipped when its output exists
+and was made from the current config and upstream checkpoint (recorded in
+W/.pipeline/stamps.json; tfllm.pipeline.stamps), otherwise it re-runs and says
+why; training resumes from its checkpoints; `--force=STAGE` redoes a stage.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 import ml_collections
 
 from tfllm.pipeline import classifier_pipeline, lm_pipeline
-from tfllm.pipeline.common import PipelineRun, edge_dir, export_edge
+from tfllm.pipeline.common import PipelineRun, discard_stale, edge_dir, export_edge
 from tfllm.pipeline.journey_layout import (  # re-exported: the journey's public names
     CLASSIFIER_PARTS,
     FINETUNED,
@@ -32,6 +34,7 @@ from tfllm.pipeline.journey_layout import (  # re-exported: the journey's public
     part_dir,
 )
 from tfllm.pipeline.journey_report import write_journey_report
+from tfllm.pipeline.stamps import Stamp, checkpoint_identity
 from tfllm.utils.io import atomic_write_json
 
 # Baselines skip pruning: it would double their cost and the transformer's row
@@ -138,12 +141,21 @@ def run_journey(journey: ml_collections.ConfigDict, workdir: str, force: set[str
             test_pruned=part == FINETUNED,
         )
     student = part_dir(workdir, "distil")
-    run.stage("distil", _distil_done(student), lambda: _distil(journey, workdir))
+    teacher = {"transformer checkpoint": checkpoint_identity(part_dir(workdir, FINETUNED))}
+    distilled = Stamp({"config.distil": journey.distil}, teacher)
+
+    def distil() -> str:
+        discard_stale(student, run.stale("distil", distilled))  # not resumed from an old one
+        return _distil(journey, workdir)
+
+    run.stage("distil", _distil_done(student), distil, distilled)
     bench_path = os.path.join(workdir, "benchmark", "benchmarks.json")
     run.stage(
         "benchmark",
         os.path.isfile(bench_path),
         lambda: _benchmark(journey, configs["lm"], bench_path),
+        # It measures the LM's shape, not its checkpoint: the command says it all.
+        Stamp({"benchmark settings": benchmark_command(journey, configs["lm"], "")}),
     )
     report = os.path.join(workdir, "report.md")
     run.stage("report", False, lambda: write_journey_report(run, journey, configs, report))

@@ -1,6 +1,7 @@
 """The language-model journey as resumable stages, and its report.
 
-Stages (each skipped when its output already exists, unless forced):
+Stages (each skipped when its output exists and was made from the current config
+and checkpoint, unless forced; see tfllm.pipeline.stamps):
   train    — learn the tokenizer, pretrain the GPT (resumes from checkpoints)
   evaluate — perplexity on the held-out split
   samples  — generated text (greedy and nucleus) → samples.json
@@ -30,9 +31,10 @@ from tfllm.pipeline.common import (
     plot_curves,
     run_single_model,
     stage_lines,
-    training_done,
+    train_stage,
 )
 from tfllm.pipeline.html_report import code_block, write_html_report
+from tfllm.pipeline.stamps import Stamp, checkpoint_identity
 from tfllm.utils.io import atomic_write_json, atomic_write_text, read_json
 
 __all__ = ["STAGES", "WORK_STAGES", "PipelineRun", "StageResult", "run_lm_stages", "run_pipeline"]
@@ -71,23 +73,41 @@ def run_lm_stages(
         perplexity = metrics.get("perplexity", float("nan"))
         return f"(step {metrics['step']}, eval perplexity {perplexity:.2f})"
 
-    stage("train", training_done(config, read_json(metrics_path)), train)
+    train_stage(run, stage, prefix, config, workdir, train)
     metrics = read_json(metrics_path)
+    # What every later stage reads: the checkpoint training left (and its config).
+    upstream = {"checkpoint": checkpoint_identity(workdir)}
     stage(
         "evaluate",
         "full_eval_step" in metrics and metrics["full_eval_step"] == metrics.get("step"),
         lambda: _evaluate(workdir),
+        Stamp({"config.data": config.data}, upstream),
     )
     samples_path = os.path.join(workdir, "samples.json")
-    stage("samples", os.path.isfile(samples_path), lambda: _samples(workdir, samples_path))
+    stage(
+        "samples",
+        os.path.isfile(samples_path),
+        lambda: _samples(workdir, samples_path),
+        Stamp({"sample settings": _sample_settings(config)}, upstream),
+    )
+    export = {"config.export": config.export}
     verification = os.path.join(workdir, "export", "saved_model", "verification.json")
-    stage("export", os.path.isfile(verification), lambda: _export(workdir))
+    stage("export", os.path.isfile(verification), lambda: _export(workdir), Stamp(export, upstream))
     tflite_record = os.path.join(edge_dir(workdir), "verification.json")
-    stage("tflite", os.path.isfile(tflite_record), lambda: _tflite(workdir))
+    stage(
+        "tflite",
+        os.path.isfile(tflite_record),
+        lambda: _tflite(workdir),
+        Stamp({**export, "quantize": EDGE_QUANTIZE}, upstream),
+    )
+    pruning = compress_stage.stamp(workdir, config)
     stage(
         "compress",
         compress_stage.done(workdir, config),
-        lambda: compress_stage.run_compress_stage(workdir, config),
+        lambda: compress_stage.run_compress_stage(
+            workdir, config, run.stale(prefix + "compress", pruning)
+        ),
+        pruning,
     )
 
 
@@ -123,6 +143,15 @@ def sample_prompts(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 def sample_tokens(config: ml_collections.ConfigDict) -> int:
     """96 new tokens, or fewer where the context is short (prompts keep some of it)."""
     return max(8, min(96, int(config.model.max_length) - 16))
+
+
+def _sample_settings(config: ml_collections.ConfigDict) -> dict:
+    """What `_samples` generates with: its stamp's config."""
+    return {
+        "settings": SAMPLE_SETTINGS,
+        "prompts": sample_prompts(config),
+        "max_new_tokens": sample_tokens(config),
+    }
 
 
 def _samples(workdir: str, path: str) -> str:
