@@ -34,7 +34,7 @@ from tfllm.errors import ConfigError, WorkdirError
 from tfllm.inference.loading import load_trained
 from tfllm.training.plugins import TrainingPlugin
 from tfllm.training.run import train
-from tfllm.utils.checkpoints import restore_weights
+from tfllm.utils.checkpoints import kept_checkpoints, restore_newest
 from tfllm.utils.io import atomic_write_json, read_json
 
 COMPRESSION_FILE = "compression.json"
@@ -72,15 +72,14 @@ class StartFromSource(TrainingPlugin):
         self.workdir = workdir
 
     def initialize(self, model):
-        latest = tf.train.latest_checkpoint(os.path.join(self.workdir, "checkpoints"))
-        if not latest:
-            raise WorkdirError(f"--workdir: {self.workdir} has no checkpoint to compress")
-        restore_weights(
-            latest,
+        latest = restore_newest(  # the newest readable one
+            os.path.join(self.workdir, "checkpoints"),
             {"model": model},
             partial=True,
             mismatch="does not match the model in config.json",
         )
+        if not latest:
+            raise WorkdirError(f"--workdir: {self.workdir} has no checkpoint to compress")
         return f"Starting from {latest}"
 
 
@@ -193,7 +192,7 @@ def compress_config(source: str, options: CompressOptions) -> ml_collections.Con
     """The output workdir's config: the source's (prune/qat) or the student's (distill)."""
     _check_options(options)
     teacher = load_workdir_config(source)
-    if not tf.train.latest_checkpoint(os.path.join(source, "checkpoints")):
+    if not kept_checkpoints(os.path.join(source, "checkpoints")):
         raise WorkdirError(f"--workdir: {source} has no checkpoint (run tfllm-train first)")
     if options.method == "distill":
         config = _student_config(teacher, source, options.student_config, options.student)

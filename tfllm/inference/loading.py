@@ -16,7 +16,7 @@ from tfllm.data.tokenizer import Tokenizer
 from tfllm.errors import WorkdirError
 from tfllm.models import build_model
 from tfllm.models.quantized import quantize_in_place
-from tfllm.utils.checkpoints import restore_weights
+from tfllm.utils.checkpoints import kept_checkpoints, restore_newest
 
 
 @dataclass
@@ -35,7 +35,7 @@ class TrainedModel:
 
 
 def load_trained(workdir: str, strategy: tf.distribute.Strategy | None = None) -> TrainedModel:
-    """Loads the latest checkpoint's weights into a freshly built model.
+    """Loads the newest readable checkpoint's weights into a freshly built model.
 
     Only the model is restored (the optimizer slots in the checkpoint are
     skipped with `expect_partial`), so inference needs no training state.
@@ -55,8 +55,8 @@ def load_trained(workdir: str, strategy: tf.distribute.Strategy | None = None) -
     tokenizer_dir = os.path.join(workdir, "tokenizer")
     if not os.path.isdir(tokenizer_dir):
         raise WorkdirError(f"--workdir: {workdir} has no tokenizer/ (run tfllm-train first)")
-    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-    if not latest:
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    if not kept_checkpoints(checkpoint_dir):
         raise WorkdirError(f"--workdir: {workdir} has no checkpoint (run tfllm-train first)")
     tokenizer = Tokenizer.load(tokenizer_dir)
     labels = LabelVocab.load(workdir) if config.model.name in CLASSIFIER_NAMES else None
@@ -72,8 +72,10 @@ def load_trained(workdir: str, strategy: tf.distribute.Strategy | None = None) -
     if config.get("compress") and config.compress.method == "quantize":
         # The checkpoint holds int8 kernels + scales: give the model those variables first.
         quantize_in_place(model, config.compress.quantize_mode)
-    restore_weights(
-        latest,
+    # The newest checkpoint that reads back whole (a truncated latest one falls
+    # back to the previous with one warning line; none readable: WorkdirError).
+    latest = restore_newest(
+        checkpoint_dir,
         {"model": model},
         partial=True,
         mismatch="checkpoint does not match the model in config.json",

@@ -7,6 +7,11 @@ together at every save so that a resumed run continues its records where they
 stopped. A run without a checkpoint starts from `train.init_from` and the
 plugins' own initial weights instead. Kept out of the controller so that the
 layout of a workdir is written down in one place.
+
+Resuming reads the newest *readable* checkpoint (`tfllm.utils.checkpoints.
+restore_newest`: a truncated latest one falls back to the previous with one
+warning line), and a save is flushed to disk (`sync_checkpoint`) before
+`history.json` / `metrics.json` declare it written.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from tfllm.errors import ConfigError
 from tfllm.training.plugins import TrainingPlugin
 from tfllm.training.step import ParamGroups
 from tfllm.training.tasks import Task
+from tfllm.utils.checkpoints import restore_newest, sync_checkpoint
 from tfllm.utils.io import atomic_write_json, read_json
 
 
@@ -57,9 +63,13 @@ def checkpoint_dir(workdir: str, strategy: tf.distribute.Strategy, chief: bool) 
     return os.path.join(base, f".tmp_{resolver.task_type}_{resolver.task_id}")
 
 
-def latest_checkpoint(workdir: str) -> str | None:
-    """The newest checkpoint the chief kept in `workdir`, or None."""
-    return tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+def restore_latest(workdir: str, checkpoint: tf.train.Checkpoint) -> str | None:
+    """Restores the newest readable checkpoint the chief kept in `workdir`.
+
+    Returns its path, or None when there is none (a fresh run). Raises
+    `WorkdirError` when checkpoints exist but none reads back whole.
+    """
+    return restore_newest(os.path.join(workdir, "checkpoints"), checkpoint)
 
 
 def initialize_weights(
@@ -109,9 +119,10 @@ def save(
     Every worker takes part in the (collective) save; the others then delete
     their throwaway copy. `metrics` is called on the chief only.
     """
-    manager.save(checkpoint_number=step)
+    path = manager.save(checkpoint_number=step)
     if not chief:
         shutil.rmtree(manager.directory, ignore_errors=True)
         return
+    sync_checkpoint(path)  # on disk before the records below name this step
     atomic_write_json(os.path.join(workdir, "history.json"), {"history": history})
     atomic_write_json(os.path.join(workdir, "metrics.json"), metrics())

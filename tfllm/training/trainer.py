@@ -41,7 +41,6 @@ from tfllm.training.plugins import TrainingPlugin
 from tfllm.training.state import LoopStats, TrainState
 from tfllm.training.step import check_batch_divisible, create_param_groups, make_train_loop
 from tfllm.training.tasks import LMTask, Task
-from tfllm.utils.checkpoints import restore_weights
 
 __all__ = [
     "ClusterFailure",
@@ -128,10 +127,9 @@ class Trainer:
         return int(self.optimizer.iterations.numpy())
 
     def restore_or_initialize(self) -> int:
-        """Resumes from the latest checkpoint, else applies `train.init_from`."""
-        latest = checkpoints.latest_checkpoint(self.workdir)
+        """Resumes from the newest readable checkpoint, else applies `train.init_from`."""
+        latest = checkpoints.restore_latest(self.workdir, self.checkpoint)
         if latest:
-            restore_weights(latest, self.checkpoint)
             logging.info("Resuming from step %d (%s)", self.step, latest)
             print(f"Resuming from step {self.step}", flush=True)
             return self.step
