@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,41 @@ def test_dead_parameter_server_ends_the_job_with_a_resumable_checkpoint(corpus_f
                                        "--config.runtime.ps_shard_min_bytes=40000"))
     assert cluster.wait() == 0, cluster.output()[-3000:]
     cluster.wait_for(rf"\[chief 0\] Resuming from step {saved}")
+
+
+def test_sigterm_to_a_parameter_server_launcher_saves_then_stops_the_cluster(
+    corpus_file, tmp_path
+):
+    """SIGTERM to tfllm-launch reaches the chief first: it finishes the scheduled
+    steps on the (still running) workers, saves, exits 130; then the launcher
+    stops the workers and the ps. (Signalled all at once, the workers died, the
+    chief's coordinator waited for them forever and nothing was saved.)"""
+    workdir = tmp_path / "ps"
+    never = "100000"  # no periodic checkpoint or eval: only the stop's save
+    args = train_args(corpus_file, workdir, "parameter_server", 100000,
+                      f"--config.train.checkpoint_every={never}",
+                      f"--config.train.eval_every={never}")
+    cluster = train_cluster(2, 1, args)
+    try:
+        cluster.wait_for(r"\[chief 0\] step 20/")
+        signalled = time.time()
+        cluster.proc.send_signal(signal.SIGTERM)
+        status = cluster.proc.wait(timeout=60)
+        seconds = time.time() - signalled
+    finally:
+        if cluster.proc.poll() is None:  # the bug: stop it the hard way
+            for _ in range(2):
+                cluster.proc.send_signal(signal.SIGTERM)
+                time.sleep(2)
+            cluster.proc.kill()
+    time.sleep(0.2)  # let the reader drain the pipe
+    assert status == 130, cluster.output()[-3000:]
+    assert seconds < 60
+    saved = int(cluster.wait_for(r"\[chief 0\] .*interrupted at step (\d+)").group(1))
+    assert saved >= 20
+    index = (workdir / "checkpoints" / "checkpoint").read_text()
+    assert f'model_checkpoint_path: "ckpt-{saved}"' in index
+    assert "[launch] chief exited with status 130; stopping the cluster" in cluster.output()
 
 
 def test_parameter_server_without_a_ps_job_is_one_clear_line(corpus_file, tmp_path, monkeypatch):
