@@ -27,7 +27,9 @@ COMMANDS = {
     "tfllm-benchmark": "tfllm.cli.benchmark",
     "tfllm-compress": "tfllm.cli.compress",
 }
-LAUNCH_FLAGS = {"workers", "ps", "restart_workers", "norestart_workers", "max_restarts", "stop_timeout"}
+LAUNCH_FLAGS = {
+    "workers", "ps", "restart_workers", "norestart_workers", "max_restarts", "stop_timeout"
+}  # fmt: skip
 _BLOCK = re.compile(r"```(?:bash|sh|shell)\n(.*?)```", re.S)
 _FLAG = re.compile(r"^\s+--(\[no\])?([\w.]+):(?: <([^>]+)>:)?", re.M)
 _SEPARATORS = {"&&", "||", "|", ";", "do", "then", "done"}
