@@ -53,7 +53,7 @@ def test_summarize_seconds_reports_median_rate():
     assert stats["x_samples"] == 3
 
 
-def test_interleave_alternates_sides_after_warmup():
+def test_interleave_alternates_sides_after_warmup_and_rotates_who_goes_first():
     from tfllm.benchmark.timing import interleave
 
     calls: list[str] = []
@@ -67,7 +67,8 @@ def test_interleave_alternates_sides_after_warmup():
             return 1.0
 
     seconds = interleave([Side("a"), Side("b")], warmup=1, repeats=2, per_repeat=2)
-    assert calls == ["a", "b", "a", "a", "b", "b", "a", "a", "b", "b"]
+    # warm-up a, b; round 1 a a b b; round 2 starts with b (the order rotates)
+    assert calls == ["a", "b", "a", "a", "b", "b", "b", "b", "a", "a"]
     assert seconds == {"a": [1.0] * 4, "b": [1.0] * 4}
 
 
