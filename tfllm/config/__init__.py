@@ -28,6 +28,7 @@ from tfllm.config.files import (
 )
 from tfllm.config.model import MODEL_FAMILIES, family_keys
 from tfllm.config.names import (
+    ACTIVATIONS,
     BAD_ROW_POLICIES,
     BUNDLED_DATASETS,
     CLASS_WEIGHTS,
@@ -36,7 +37,9 @@ from tfllm.config.names import (
     COLLECTIVES,
     COMPRESS_METHODS,
     DATA_FORMATS,
+    ENCODER_NAMES,
     INFERENCE_STRATEGIES,
+    LM_NAMES,
     LR_SCHEDULES,
     MODEL_NAMES,
     OPTIMIZERS,
@@ -51,6 +54,7 @@ from tfllm.config.names import (
 from tfllm.config.schema import SECTIONS, base_config, validate
 
 __all__ = [
+    "ACTIVATIONS",
     "BAD_ROW_POLICIES",
     "BUNDLED_DATASETS",
     "CLASSIFIER_NAMES",
@@ -59,6 +63,8 @@ __all__ = [
     "COLLECTIVES",
     "COMPRESS_METHODS",
     "DATA_FORMATS",
+    "ENCODER_NAMES",
+    "LM_NAMES",
     "INFERENCE_STRATEGIES",
     "LR_SCHEDULES",
     "MODEL_FAMILIES",

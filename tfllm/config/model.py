@@ -24,7 +24,7 @@ from tfllm.config.fields import (
     positive_ints,
     setting,
 )
-from tfllm.config.names import CNN_POOLINGS, MODEL_NAMES, POOLINGS
+from tfllm.config.names import ACTIVATIONS, CNN_POOLINGS, MODEL_NAMES, POOLINGS
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,35 @@ class GPTConfig:
     num_heads: int = setting(4, positive())
     hidden_dim: int = setting(128, positive())
     intermediate_dim: int = setting(512, positive())
+
+
+@dataclass(frozen=True)
+class BlockMathConfig:
+    """The block details published checkpoints differ in (GPT-2: tanh GELU; BERT: eps 1e-12)."""
+
+    activation: str = setting("gelu", one_of(ACTIVATIONS))  # gelu (exact) | gelu_approximate …
+    layer_norm_epsilon: float = setting(1e-5, interval(0.0, 1.0, lo_open=True))
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    """Llama's attention and position details (transformers' LlamaConfig, renamed)."""
+
+    num_kv_heads: int = setting(0, interval(0, 4096))  # 0: as many as num_heads
+    head_dim: int = setting(0, interval(0, 4096))  # 0: hidden_dim // num_heads
+    rope_theta: float = setting(10000.0, positive())
+    rope_scaling_factor: float = setting(0.0, interval(0.0, 1e6))  # 0: plain RoPE; >0: llama3
+    rope_low_freq_factor: float = setting(1.0, positive())
+    rope_high_freq_factor: float = setting(4.0, positive())
+    rope_original_max_length: int = setting(8192, positive())
+    tie_embeddings: bool = setting(True)
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """BERT's segment (token type) embeddings."""
+
+    type_vocab_size: int = setting(2, positive())
 
 
 @dataclass(frozen=True)
@@ -84,10 +113,12 @@ class MLPConfig:
 
 
 MODEL_FAMILIES: dict[str, tuple[type, ...]] = {
-    "gpt": (ModelCommon, GPTConfig),
+    "gpt": (ModelCommon, GPTConfig, BlockMathConfig),
     "transformer_classifier": (ModelCommon, GPTConfig, TransformerClassifierConfig),
     "cnn_classifier": (ModelCommon, EmbeddingConfig, CNNConfig),
     "mlp_classifier": (ModelCommon, EmbeddingConfig, MLPConfig),
+    "llama": (ModelCommon, GPTConfig, BlockMathConfig, LlamaConfig),
+    "bert": (ModelCommon, GPTConfig, BlockMathConfig, BertConfig),
 }
 assert tuple(MODEL_FAMILIES) == MODEL_NAMES, "every model name needs a family row"
 

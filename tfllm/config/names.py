@@ -9,8 +9,13 @@ name the config accepts would be refused later by the code that uses it.
 from __future__ import annotations
 
 # The model families; `tfllm.config.model.MODEL_FAMILIES` says which keys each reads.
-MODEL_NAMES = ("gpt", "transformer_classifier", "cnn_classifier", "mlp_classifier")
-CLASSIFIER_NAMES = MODEL_NAMES[1:]
+MODEL_NAMES = (
+    "gpt", "transformer_classifier", "cnn_classifier", "mlp_classifier", "llama", "bert",
+)  # fmt: skip
+CLASSIFIER_NAMES = ("transformer_classifier", "cnn_classifier", "mlp_classifier")
+LM_NAMES = ("gpt", "llama")  # causal LMs: tfllm-generate, perplexity, LM exports
+ENCODER_NAMES = ("bert",)  # imported encoders (hidden states and embeddings; no LM head)
+ACTIVATIONS = ("gelu", "gelu_approximate", "relu", "silu")  # MLP activation of a block
 POOLINGS = ("mean", "cls", "last")  # transformer_classifier
 CNN_POOLINGS = ("global_max", "max_pool_flatten")  # cnn_classifier
 CLASS_WEIGHTS = ("none", "balanced")

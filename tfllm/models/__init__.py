@@ -11,6 +11,7 @@ from tfllm.errors import ConfigError
 from tfllm.models.classifier import TransformerClassifier
 from tfllm.models.cnn import CNNClassifier
 from tfllm.models.gpt import GPT
+from tfllm.models.llama import Llama
 from tfllm.models.mlp import MLPClassifier
 
 AVAILABLE = MODEL_NAMES  # defined once, in tfllm.config
@@ -19,6 +20,7 @@ __all__ = [
     "AVAILABLE",
     "CNNClassifier",
     "GPT",
+    "Llama",
     "MLPClassifier",
     "TransformerClassifier",
     "build_model",
@@ -50,9 +52,13 @@ def build_model(
             hidden_dim=model_config.hidden_dim,
             intermediate_dim=model_config.intermediate_dim,
             dropout=model_config.dropout,
+            layer_norm_epsilon=model_config.get("layer_norm_epsilon", 1e-5),
+            activation=model_config.get("activation", "gelu"),
         )
         model(tf.zeros([1, model_config.max_length], tf.int32))
         return model
+    if name in ("llama", "bert"):
+        return _build_imported_family(model_config, vocab_size)
     if name not in AVAILABLE:
         raise ConfigError(
             f"config.model.name: unknown model {name!r} (available: {', '.join(AVAILABLE)})"
@@ -102,4 +108,51 @@ def build_model(
     except ValueError as e:
         raise ConfigError(f"config.model ({name}): {e}") from None
     model(tf.zeros([1, max_length], tf.int32))
+    return model
+
+
+def _build_imported_family(model_config: ml_collections.ConfigDict, vocab_size: int) -> keras.Model:
+    """The families published checkpoints bring (llama, bert), built on a short dummy batch.
+
+    Their `max_length` is the context (8,192 for SmolLM2), so a dummy batch of
+    that length would run full attention over it only to create the variables.
+    """
+    get = model_config.get
+    common = dict(
+        vocab_size=vocab_size,
+        max_length=model_config.max_length,
+        num_layers=model_config.num_layers,
+        num_heads=model_config.num_heads,
+        hidden_dim=model_config.hidden_dim,
+        intermediate_dim=model_config.intermediate_dim,
+        dropout=model_config.dropout,
+    )
+    try:
+        if model_config.name == "llama":
+            model = Llama(
+                **common,
+                num_kv_heads=get("num_kv_heads", 0),
+                head_dim=get("head_dim", 0),
+                rope_theta=get("rope_theta", 10000.0),
+                rope_scaling=(
+                    get("rope_scaling_factor", 0.0),
+                    get("rope_low_freq_factor", 1.0),
+                    get("rope_high_freq_factor", 4.0),
+                    get("rope_original_max_length", 8192),
+                ),
+                norm_epsilon=get("layer_norm_epsilon", 1e-5),
+                tie_embeddings=get("tie_embeddings", True),
+            )
+        else:
+            from tfllm.models.bert import BertEncoder  # TEMP: module being written
+
+            model = BertEncoder(
+                **common,
+                type_vocab_size=get("type_vocab_size", 2),
+                layer_norm_epsilon=get("layer_norm_epsilon", 1e-12),
+                activation=get("activation", "gelu"),
+            )
+    except ValueError as e:
+        raise ConfigError(f"config.model ({model_config.name}): {e}") from None
+    model(tf.zeros([1, min(8, model_config.max_length)], tf.int32))
     return model

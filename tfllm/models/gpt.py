@@ -51,6 +51,13 @@ def _init(stddev: float) -> keras.initializers.Initializer:
     return keras.initializers.RandomNormal(stddev=stddev)
 
 
+def _activation(name: str) -> str | Callable[[tf.Tensor], tf.Tensor]:
+    """MLP activation: "gelu" is exact (erf) GELU, "gelu_approximate" GPT-2's tanh form."""
+    if name == "gelu_approximate":
+        return lambda x: keras.activations.gelu(x, approximate=True)
+    return name
+
+
 def add_backbone_layers(model: keras.Model) -> None:
     """Creates the GPT backbone's layers as attributes of `model`.
 
@@ -85,7 +92,7 @@ def add_backbone_layers(model: keras.Model) -> None:
             intermediate_dim=model.intermediate_dim,
             num_heads=model.num_heads,
             dropout=model.dropout,
-            activation="gelu",
+            activation=_activation(getattr(model, "activation", "gelu")),
             layer_norm_epsilon=model.layer_norm_epsilon,
             kernel_initializer=_init(0.02),
             normalize_first=True,
@@ -177,6 +184,8 @@ class GPT(keras.Model):
         intermediate_dim: width of the MLP's hidden layer.
         dropout: dropout rate after the embeddings and inside every block.
         layer_norm_epsilon: epsilon of every LayerNorm.
+        activation: the MLP's activation, "gelu" (exact) or "gelu_approximate"
+            (the tanh form GPT-2 checkpoints were trained with).
     """
 
     def __init__(
@@ -189,6 +198,7 @@ class GPT(keras.Model):
         intermediate_dim: int,
         dropout: float = 0.0,
         layer_norm_epsilon: float = 1e-5,
+        activation: str = "gelu",
         **kwargs: Any,
     ) -> None:
         if hidden_dim % num_heads:
@@ -204,6 +214,7 @@ class GPT(keras.Model):
         self.intermediate_dim = intermediate_dim
         self.dropout = dropout
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.activation = activation
         self.head_dim = hidden_dim // num_heads
 
         add_backbone_layers(self)
@@ -323,6 +334,7 @@ class GPT(keras.Model):
                 "intermediate_dim": self.intermediate_dim,
                 "dropout": self.dropout,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "activation": self.activation,
             }
         )
         return config

@@ -1,0 +1,170 @@
+"""`tfllm-import`: a published checkpoint becomes an ordinary tfllm workdir.
+
+The workdir holds what `tfllm-train` leaves: `config.json` (the family and
+its hyper-parameters under `config.model`), `tokenizer/` (in-graph, plus the
+chat template where the model has one) and `checkpoints/ckpt-0` (the weights,
+converted once, so every later command loads them as fast as any run's),
+and `import.json` recording where they came from. It is written in a temp
+directory and renamed into place: a failed import leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from tfllm import __version__
+from tfllm.config import base_config, config_to_json, validate
+from tfllm.data.byte_bpe import ByteBPETokenizer
+from tfllm.data.wordpiece import WordPieceTokenizer
+from tfllm.errors import ConfigError, DataError, WorkdirError
+from tfllm.models import build_model
+from tfllm.pretrained import bert, llama
+from tfllm.pretrained.gguf_files import read_gguf
+from tfllm.pretrained.hf_files import read_hf_directory
+from tfllm.pretrained.source import SourceCheckpoint
+from tfllm.utils.checkpoints import sync_checkpoint
+from tfllm.utils.io import atomic_directory, atomic_write_json, atomic_write_text
+
+FAMILY_MAPS: dict[str, ModuleType] = {"llama": llama, "bert": bert}
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # inside tokenizer/, so init_from copies carry it
+IMPORT_RECORD = "import.json"
+
+
+@dataclass
+class ImportReport:
+    """What an import did, for the command's summary and `import.json`."""
+
+    workdir: str
+    family: str
+    format: str
+    num_params: int
+    vocab_size: int
+    seconds: float
+    peak_rss_mb: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def read_source(path: str) -> SourceCheckpoint:
+    """A `.gguf` file or a Hugging Face directory, read into Hugging Face terms."""
+    if os.path.isdir(path):
+        return read_hf_directory(path)
+    if path.endswith(".gguf"):
+        return read_gguf(path)
+    if os.path.exists(path):
+        raise DataError(f"--source: {path} is neither a .gguf file nor a model directory")
+    raise DataError(f"--source: no such file or directory: {path}")
+
+
+def build_tokenizer(source: SourceCheckpoint):
+    """The model's own tokenizer, in-graph (byte-level BPE or BERT WordPiece)."""
+    spec = source.tokenizer
+    if spec["kind"] == "gguf":
+        return ByteBPETokenizer.from_gguf_fields(
+            tokens=spec["tokens"],
+            merges=spec["merges"],
+            token_types=spec["token_types"],
+            pre=spec["pre"],
+            bos_id=spec["bos_id"],
+            eos_id=spec["eos_id"],
+            pad_id=spec["pad_id"],
+            unk_id=spec["unk_id"],
+        )
+    if spec["kind"] == "hf_json":
+        return ByteBPETokenizer.from_hf_tokenizer_json(spec["path"])
+    return WordPieceTokenizer.from_hf_directory(spec["directory"])
+
+
+def workdir_config(source: SourceCheckpoint, tokenizer: Any) -> ml_collections.ConfigDict:
+    """The full config of an imported workdir: defaults, with the checkpoint's model section."""
+    family = FAMILY_MAPS.get(source.family)
+    if family is None:
+        raise DataError(f"{source.origin}: importing the {source.family!r} family is not supported")
+    config = base_config()
+    model = family.model_config(source)
+    for key, value in model.items():
+        config.model[key] = type(config.model[key])(value)
+    config.tokenizer.vocab_size = int(tokenizer.vocab_size)
+    try:
+        validate(config)
+    except ConfigError as e:
+        raise DataError(
+            f"{source.origin}: the checkpoint's config does not fit tfllm ({e})"
+        ) from None
+    return config
+
+
+def _check_vocab(source: SourceCheckpoint, tokenizer: Any, family: ModuleType) -> None:
+    rows = family.vocab_size(source)
+    if rows != tokenizer.vocab_size:
+        raise DataError(
+            f"{source.origin}: the embedding has {rows} rows but the tokenizer "
+            f"{tokenizer.vocab_size} tokens (padded vocabularies are not supported yet)"
+        )
+
+
+def _smoke_test(model: Any, family: str, origin: str) -> None:
+    """Finite outputs on a few tokens: a last check before anything is written."""
+    out = model(tf.constant([[1, 2, 3, 4]], tf.int32))
+    if not np.all(np.isfinite(np.asarray(out))):
+        raise DataError(f"{origin}: the imported {family} model gives non-finite outputs")
+
+
+def import_checkpoint(source_path: str, workdir: str) -> ImportReport:
+    """Reads `source_path`, maps it onto a tfllm model and writes the workdir atomically."""
+    started = time.perf_counter()
+    if os.path.exists(workdir) and os.listdir(workdir):
+        raise WorkdirError(f"--workdir: {workdir} is not empty (import into a new directory)")
+    source = read_source(source_path)
+    family = FAMILY_MAPS.get(source.family)
+    if family is None:
+        raise DataError(f"{source.origin}: importing the {source.family!r} family is not supported")
+    tokenizer = build_tokenizer(source)
+    _check_vocab(source, tokenizer, family)
+    config = workdir_config(source, tokenizer)
+    model = build_model(config.model, tokenizer.vocab_size)
+    family.load_into(model, source)
+    _smoke_test(model, source.family, source.origin)
+    num_params = int(model.count_params())
+    del source.tensors  # the float32 copies: the model holds the weights now
+
+    with atomic_directory(workdir) as tmp:
+        tokenizer.save(tmp / "tokenizer")
+        if source.chat_template:
+            atomic_write_text(tmp / "tokenizer" / CHAT_TEMPLATE_FILE, source.chat_template)
+        manager = tf.train.CheckpointManager(
+            tf.train.Checkpoint(model=model), str(tmp / "checkpoints"), max_to_keep=1
+        )
+        sync_checkpoint(manager.save(checkpoint_number=0))
+        atomic_write_text(tmp / "config.json", config_to_json(config))
+        report = ImportReport(
+            workdir=workdir,
+            family=source.family,
+            format=source.format,
+            num_params=num_params,
+            vocab_size=int(tokenizer.vocab_size),
+            seconds=round(time.perf_counter() - started, 2),
+            # ru_maxrss is KiB on Linux: the process's peak, reading and converting included.
+            peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        )
+        atomic_write_json(
+            tmp / IMPORT_RECORD,
+            {
+                **report.as_dict(),
+                "source": os.path.abspath(source_path),
+                "source_config": source.config,
+                "tfllm_version": __version__,
+                "imported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+        )
+    return report
