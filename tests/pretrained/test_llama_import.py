@@ -1,7 +1,7 @@
 """The llama family against Hugging Face transformers (committed reference outputs).
 
 The fixtures (tests/fixtures/pretrained/llama_tiny*, written by
-scripts/make_llama_fixtures.py) are tiny random models with transformers' own
+scripts/make_decoder_fixtures.py) are tiny random models with transformers' own
 logits and greedy continuations: one in Hugging Face layout (untied head,
 grouped-query attention, Llama 3.1 RoPE scaling), one GGUF written the way
 llama.cpp writes it (Q/K permuted, Q8_0 matrices) whose reference came from

@@ -27,14 +27,14 @@ from tfllm.data.byte_bpe import ByteBPETokenizer
 from tfllm.data.wordpiece import WordPieceTokenizer
 from tfllm.errors import ConfigError, DataError, WorkdirError
 from tfllm.models import build_model
-from tfllm.pretrained import bert, llama
+from tfllm.pretrained import bert, gpt2, llama
 from tfllm.pretrained.gguf_files import read_gguf
 from tfllm.pretrained.hf_files import read_hf_directory
 from tfllm.pretrained.source import SourceCheckpoint
 from tfllm.utils.checkpoints import sync_checkpoint
 from tfllm.utils.io import atomic_directory, atomic_write_json, atomic_write_text
 
-FAMILY_MAPS: dict[str, ModuleType] = {"llama": llama, "bert": bert}
+FAMILY_MAPS: dict[str, ModuleType] = {"llama": llama, "gpt2": gpt2, "bert": bert}
 CHAT_TEMPLATE_FILE = "chat_template.jinja"  # inside tokenizer/, so init_from copies carry it
 IMPORT_RECORD = "import.json"
 

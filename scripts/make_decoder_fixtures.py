@@ -1,13 +1,13 @@
-"""Writes the llama-family reference fixtures the tests compare against.
+"""Writes the decoder (llama, gpt2) reference fixtures the tests compare against.
 
-    python scripts/make_llama_fixtures.py [--out tests/fixtures/pretrained]
+    python scripts/make_decoder_fixtures.py [--out tests/fixtures/pretrained]
 
 Needs transformers, torch (CPU), tokenizers and gguf, none of which CI
 installs: the outputs are committed, and the tests read them. Re-run after
 changing the fixtures' shape; the files are deterministic for a given seed
 and library versions (recorded in each `reference.json`).
 
-Two tiny random models, each with HF transformers' own outputs:
+Three tiny random models, each with HF transformers' own outputs:
 - `llama_tiny/`: a Hugging Face directory (config.json, model.safetensors,
   tokenizer.json, tokenizer_config.json with a ChatML template), untied head,
   grouped-query attention and Llama 3.1 RoPE scaling, so those paths matter.
@@ -15,6 +15,8 @@ Two tiny random models, each with HF transformers' own outputs:
   converter writes GGUF (Q/K rows permuted; Q8_0 and F32 tensors), with its
   reference computed by transformers' own GGUF loader (`gguf_file=`), which
   un-permutes independently of tfllm.
+- `gpt2_tiny/`: a `GPT2LMHeadModel` (Conv1D layout, tanh GELU, biases set
+  non-zero so a misplaced one shows).
 `reference.npz` holds the token ids, float32 logits and a 32-token greedy
 continuation of each.
 """
@@ -220,6 +222,38 @@ def gguf_fixture(out: str, tok) -> None:
     _versions(target)
 
 
+def gpt2_fixture(out: str, tok) -> None:
+    import torch
+    import transformers
+
+    torch.manual_seed(2)
+    config = transformers.GPT2Config(
+        vocab_size=tok.get_vocab_size(),
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        activation_function="gelu_new",
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ln_" in name:
+                p.uniform_(0.5, 1.5) if name.endswith("weight") else p.uniform_(-0.2, 0.2)
+            elif name.endswith("bias"):
+                p.uniform_(-0.1, 0.1)  # GPT-2 starts biases at 0; non-zero ones show the map
+            if name.endswith("mlp.c_fc.weight"):
+                p.normal_(0.0, 0.5)  # pre-activations of order 1, where tanh and exact GELU differ
+    target = os.path.join(out, "gpt2_tiny")
+    shutil.rmtree(target, ignore_errors=True)
+    model.save_pretrained(target, safe_serialization=True)
+    tok.save(os.path.join(target, "tokenizer.json"))
+    np.savez(os.path.join(target, "reference.npz"), **reference(model, prompt_ids(tok)))
+    _versions(target)
+
+
 def _versions(target: str) -> None:
     import gguf  # noqa: F401
     import tokenizers
@@ -229,7 +263,7 @@ def _versions(target: str) -> None:
     with open(os.path.join(target, "reference.json"), "w", encoding="utf-8") as f:
         json.dump(
             {
-                "made_by": "scripts/make_llama_fixtures.py",
+                "made_by": "scripts/make_decoder_fixtures.py",
                 "transformers": transformers.__version__,
                 "torch": torch.__version__,
                 "tokenizers": tokenizers.__version__,
@@ -247,9 +281,10 @@ def main() -> None:
     tok = train_tokenizer(320)
     hf_fixture(args.out, tok)
     gguf_fixture(args.out, tok)
+    gpt2_fixture(args.out, tok)
     for root, _, files in os.walk(args.out):
         for name in files:
-            if "llama" in root:
+            if "llama" in root or "gpt2" in root:
                 print(os.path.join(root, name), os.path.getsize(os.path.join(root, name)))
 
 
