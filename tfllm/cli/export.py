@@ -2,6 +2,7 @@
 
   tfllm-export --workdir=runs/tiny --format=saved_model
   tfllm-export --workdir=runs/tiny --format=tflite --quantize=dynamic
+  tfllm-export --workdir=runs/smollm2 --format=hf
 
 Every artifact is built in a temp dir, loaded back and compared with the Keras
 model; only then is it renamed into place with its `verification.json`.
@@ -15,6 +16,10 @@ model; only then is it renamed into place with its `verification.json`.
   gets a `classify` signature and is checked on eval rows (probabilities,
   accuracy). Float exports must match Keras; quantized ones must stay within
   the mode's perplexity/accuracy budget (override with the tolerance flags).
+- Hugging Face (`W/export/hf/`: config.json, model.safetensors, tokenizer files)
+  for gpt (as GPT-2), llama and bert models: read back into a fresh model with
+  identical outputs, and, where transformers is installed, loaded by it with
+  outputs within 1e-4 (docs/pretrained.md).
 """
 
 from __future__ import annotations
@@ -29,7 +34,12 @@ FLAGS = flags.FLAGS
 common.define_workdir_flag()
 common.define_debug_flag()
 flags.adopt_module_key_flags(common)  # --helpshort lists --workdir and --debug too
-flags.DEFINE_enum("format", "saved_model", ["saved_model", "tflite"], "Artifact format.")
+flags.DEFINE_enum(
+    "format",
+    "saved_model",
+    ["saved_model", "tflite", "hf"],
+    "Artifact format; hf: config.json + model.safetensors + tokenizer for transformers.",
+)
 flags.DEFINE_enum(
     "quantize",
     "none",
@@ -74,8 +84,10 @@ def main(argv) -> None:
         common.fail(f"--max_new_tokens: must be in [1, 100000], got {FLAGS.max_new_tokens}")
     if FLAGS.verify_examples is not None and not 1 <= FLAGS.verify_examples <= 100_000:
         common.fail(f"--verify_examples: must be in [1, 100000], got {FLAGS.verify_examples}")
-    if FLAGS.format == "saved_model" and FLAGS.quantize != "none":
-        common.fail("--quantize: SavedModel export is float only; use --format=tflite to quantize")
+    if FLAGS.format in ("saved_model", "hf") and FLAGS.quantize != "none":
+        common.fail(
+            f"--quantize: {FLAGS.format} export is float only; use --format=tflite to quantize"
+        )
     for name in ("max_abs_diff", "max_perplexity_increase", "max_accuracy_drop"):
         value = getattr(FLAGS, name)
         if value is not None and not value >= 0:
@@ -98,6 +110,20 @@ def main(argv) -> None:
 def _summary(export) -> list[tuple[str, object]]:
     """The summary rows of each kind of export."""
     trained, record, target = export.trained, export.record, export.directory
+    if export.format == "hf":
+        check = record["transformers"]
+        return [
+            ("hf", target),
+            ("checkpoint", trained.checkpoint),
+            ("family", record["family"]),
+            ("verified", record["round_trip"]),
+            (
+                "transformers",
+                check
+                if isinstance(check, str)
+                else f"{check['transformers']}: max |Δ| {check['max_abs_diff']:.2g}",
+            ),
+        ]
     if export.format == "tflite":
         tflite = os.path.join(target, record["file"])
         rows = [("tflite", tflite), ("checkpoint", trained.checkpoint)]

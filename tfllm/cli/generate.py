@@ -17,6 +17,11 @@ through its prefill/decode signatures, as on a phone). All three share one
 sampling rule, so a seed gives the same text on each (a float export's greedy
 text is identical to Keras'; a quantized one may drift).
 Prompts longer than the context are truncated from the left.
+
+`--chat` (imported instruct models, e.g. SmolLM2-Instruct) puts each prompt
+in the model's own chat template as a user turn (with `--system`, after a
+system message) and prints only the answer, which ends at the model's
+end-of-turn token.
 """
 
 from __future__ import annotations
@@ -63,6 +68,12 @@ flags.DEFINE_string(
     "output_file", None, "--input_file: write one JSON line per prompt here, in input order."
 )
 flags.DEFINE_integer("batch_size", 8, "--input_file: prompts decoded together (global batch).")
+flags.DEFINE_bool(
+    "chat",
+    False,
+    "Wrap each prompt as a user turn in the model's chat template (imported instruct models).",
+)
+flags.DEFINE_string("system", None, "--chat: a system message before the user turn.")
 common.define_inference_runtime_flags()
 
 
@@ -77,6 +88,8 @@ def main(argv) -> None:
         common.fail(f"--max_new_tokens: {FLAGS.max_new_tokens} is absurdly large (max 100000)")
     if FLAGS.num_samples < 1:
         common.fail("--num_samples: must be ≥ 1")
+    if FLAGS.system is not None and not FLAGS.chat:
+        common.fail("--system: only with --chat")
     if FLAGS.input_file is not None or FLAGS.output_file is not None:
         _generate_file()
         return
@@ -84,9 +97,14 @@ def main(argv) -> None:
         common.fail("--strategy/--logical_cpus/--tensor_parallel: only with --input_file")
     from tfllm.inference.workdir import generate
 
+    prompt = FLAGS.prompt
+    if FLAGS.chat:
+        from tfllm.inference.chat import chat_prompt
+
+        prompt = chat_prompt(FLAGS.workdir, FLAGS.prompt, FLAGS.system)
     texts = generate(
         FLAGS.workdir,
-        FLAGS.prompt,
+        prompt,
         _sampling(),
         backend=FLAGS.backend,
         quantize=FLAGS.quantize,
@@ -95,7 +113,7 @@ def main(argv) -> None:
     for i, text in enumerate(texts):
         if len(texts) > 1:
             print(f"--- sample {i + 1} (seed {FLAGS.seed + i}) ---")
-        sys.stdout.write(FLAGS.prompt + text + "\n")
+        sys.stdout.write((text if FLAGS.chat else FLAGS.prompt + text) + "\n")
     sys.stdout.flush()
 
 
@@ -135,17 +153,22 @@ def _sampling():
 def _generate_file() -> None:
     """--input_file: every prompt, batched and sharded over the strategy's replicas;
     the chief writes --output_file (JSON lines, input order, atomically)."""
-    from tfllm.config import CLASSIFIER_NAMES, load_workdir_config, validate
+    from tfllm.config import LM_NAMES, load_workdir_config, validate
     from tfllm.errors import WorkdirError
     from tfllm.inference.prompts import check_output_path, read_prompts, write_results
 
     _check_file_flags()
     prompts = read_prompts(FLAGS.input_file)
+    if FLAGS.chat:
+        from tfllm.inference.chat import chat_prompt
+
+        for p in prompts:  # the output file records the templated prompt the model saw
+            p.text = chat_prompt(FLAGS.workdir, p.text, FLAGS.system)
     check_output_path(FLAGS.output_file)
     if not os.path.isdir(FLAGS.workdir):
         raise WorkdirError(f"--workdir: no such directory: {FLAGS.workdir}")
     config = load_workdir_config(FLAGS.workdir)
-    if config.model.name in CLASSIFIER_NAMES:
+    if config.model.name not in LM_NAMES:
         common.fail(f"--workdir: {FLAGS.workdir} holds a {config.model.name}, not a language model")
     runtime, strategy = common.inference_strategy(config)
     config.runtime = runtime

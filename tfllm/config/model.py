@@ -66,6 +66,7 @@ class LlamaConfig:
     rope_high_freq_factor: float = setting(4.0, positive())
     rope_original_max_length: int = setting(8192, positive())
     tie_embeddings: bool = setting(True)
+    context_length: int = setting(0, interval(0, 10_000_000))  # trained context; 0: max_length
 
 
 @dataclass(frozen=True)

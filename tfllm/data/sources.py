@@ -19,6 +19,7 @@ from absl import logging
 from tfllm.data.corpus import DEFAULT_MAX_ROW_CHARS, bundled_paths, read_documents
 from tfllm.data.lm_data import split_ids, tokenize_documents
 from tfllm.data.tokenizer import Tokenizer
+from tfllm.data.tokenizer_kinds import AnyTokenizer, load_tokenizer
 from tfllm.errors import ConfigError
 
 # Field names of the bundled sets, used when the config points at them.
@@ -94,7 +95,7 @@ def _tokenizer_dir(path: str) -> str:
 
 def ensure_tokenizer(
     config: ml_collections.ConfigDict, workdir: str, texts: list[str] | None
-) -> Tokenizer:
+) -> AnyTokenizer:
     """Loads `W/tokenizer`, else copies a given one, else learns one from `texts`.
 
     Precedence: an existing `W/tokenizer/` (resume) > `config.tokenizer.path` >
@@ -103,7 +104,7 @@ def ensure_tokenizer(
     """
     target = os.path.join(workdir, "tokenizer")
     if os.path.isdir(target):
-        return Tokenizer.load(target)
+        return load_tokenizer(target)
     source = config.tokenizer.path or (
         config.train.init_from if config.train.get("init_from") else ""
     )
@@ -112,7 +113,7 @@ def ensure_tokenizer(
         src = _tokenizer_dir(source)
         if not os.path.isdir(src):
             raise ConfigError(f"{what}: no tokenizer directory at {source}")
-        tokenizer = Tokenizer.load(src)
+        tokenizer = load_tokenizer(src)
         tmp = target + ".tmp-copy"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(src, tmp)

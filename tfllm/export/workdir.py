@@ -17,13 +17,14 @@ from tfllm.data.sources import lm_token_streams, load_text_splits
 from tfllm.errors import ConfigError
 from tfllm.export.classifier_saved_model import export_trained_classifier
 from tfllm.export.classifier_tflite import export_classifier_tflite
+from tfllm.export.hf import export_hf, hf_dir
 from tfllm.export.litert import tflite_dir
 from tfllm.export.lm_saved_model import export_saved_model
 from tfllm.export.lm_tflite import DEFAULT_VERIFY_WINDOWS, export_lm_tflite
 from tfllm.inference.generate import Generator, generate_text
 from tfllm.inference.loading import TrainedModel, load_trained
 
-FORMATS = ("saved_model", "tflite")
+FORMATS = ("saved_model", "tflite", "hf")
 # Eval rows a classifier's exports are checked on by default.
 DEFAULT_VERIFY_EXAMPLES = 256
 
@@ -43,9 +44,11 @@ class Export:
 
 
 def export_dir(workdir: str, fmt: str, quantize: str = "none") -> str:
-    """`W/export/saved_model` or `W/export/tflite_<quantize>`."""
+    """`W/export/saved_model`, `W/export/hf` or `W/export/tflite_<quantize>`."""
     if fmt == "saved_model":
         return os.path.join(workdir, "export", "saved_model")
+    if fmt == "hf":
+        return hf_dir(workdir)
     return tflite_dir(workdir, quantize)
 
 
@@ -68,11 +71,18 @@ def export_workdir(
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if fmt == "saved_model" and quantize != "none":
+    if fmt in ("saved_model", "hf") and quantize != "none":
         raise ConfigError(
-            "--quantize: SavedModel export is float only; use --format=tflite to quantize"
+            f"--quantize: {fmt} export is float only; use --format=tflite to quantize"
         )
     trained = workdir if isinstance(workdir, TrainedModel) else load_trained(workdir)
+    if fmt == "hf":
+        return Export(trained, fmt, hf_dir(trained.workdir), export_hf(trained))
+    if trained.config.model.name == "bert":
+        raise ConfigError(
+            f"--format={fmt}: bert encoders export to Hugging Face layout only (--format=hf) "
+            "until the encoder tasks land"
+        )
     if fmt == "tflite" and trained.config.compress.method == "quantize":
         raise ConfigError(
             f"--format=tflite: {trained.workdir} holds Keras-quantized "

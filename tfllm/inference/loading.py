@@ -12,7 +12,7 @@ import tensorflow as tf
 from tfllm import distribute
 from tfllm.config import CLASSIFIER_NAMES, load_workdir_config
 from tfllm.data.labels import LabelVocab
-from tfllm.data.tokenizer import Tokenizer
+from tfllm.data.tokenizer_kinds import AnyTokenizer, load_tokenizer
 from tfllm.errors import WorkdirError
 from tfllm.models import build_model
 from tfllm.models.quantized import quantize_in_place
@@ -23,7 +23,7 @@ from tfllm.utils.checkpoints import kept_checkpoints, restore_newest
 class TrainedModel:
     config: ml_collections.ConfigDict
     model: keras.Model
-    tokenizer: Tokenizer
+    tokenizer: AnyTokenizer
     checkpoint: str
     step: int
     labels: LabelVocab | None = None  # classifiers only
@@ -58,7 +58,7 @@ def load_trained(workdir: str, strategy: tf.distribute.Strategy | None = None) -
     checkpoint_dir = os.path.join(workdir, "checkpoints")
     if not kept_checkpoints(checkpoint_dir):
         raise WorkdirError(f"--workdir: {workdir} has no checkpoint (run tfllm-train first)")
-    tokenizer = Tokenizer.load(tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
     labels = LabelVocab.load(workdir) if config.model.name in CLASSIFIER_NAMES else None
 
     def build() -> keras.Model:

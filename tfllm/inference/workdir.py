@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
-from tfllm.config import CLASSIFIER_NAMES, load_workdir_config
+from tfllm.config import LM_NAMES, load_workdir_config
 from tfllm.data.tokenizer import Tokenizer
 from tfllm.errors import ConfigError, WorkdirError
 from tfllm.export.litert import tflite_path
@@ -63,10 +63,11 @@ def generate(
     else:
         keras.utils.set_random_seed(sampling.seed)  # before the tokenizer exists (DESIGN §2)
         trained = load_trained(workdir)
-        if trained.is_classifier:
+        if trained.config.model.name not in LM_NAMES:
+            what = "classifies" if trained.is_classifier else "encodes"
             raise ConfigError(
-                f"--workdir: {workdir} holds a {trained.config.model.name}, which classifies "
-                "text rather than generating it (use tfllm-evaluate or the exported SavedModel)"
+                f"--workdir: {workdir} holds a {trained.config.model.name}, which {what} "
+                "text rather than generating it (tfllm-generate needs gpt or llama)"
             )
         generator, tokenizer = Generator(trained.model), trained.tokenizer
     # The Keras and LiteRT backends share this loop and its sampling rule.
@@ -124,7 +125,7 @@ def _require_language_model(workdir: str) -> None:
     if not os.path.isdir(workdir):
         raise WorkdirError(f"--workdir: no such directory: {workdir}")
     config = load_workdir_config(workdir)
-    if config.model.name in CLASSIFIER_NAMES:
+    if config.model.name not in LM_NAMES:
         raise ConfigError(f"--workdir: {workdir} holds a {config.model.name}, not a language model")
 
 

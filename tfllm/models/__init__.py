@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tfllm.config import MODEL_NAMES
 from tfllm.errors import ConfigError
+from tfllm.models.bert import BertEncoder
 from tfllm.models.classifier import TransformerClassifier
 from tfllm.models.cnn import CNNClassifier
 from tfllm.models.gpt import GPT
@@ -18,6 +19,7 @@ AVAILABLE = MODEL_NAMES  # defined once, in tfllm.config
 
 __all__ = [
     "AVAILABLE",
+    "BertEncoder",
     "CNNClassifier",
     "GPT",
     "Llama",
@@ -144,8 +146,6 @@ def _build_imported_family(model_config: ml_collections.ConfigDict, vocab_size: 
                 tie_embeddings=get("tie_embeddings", True),
             )
         else:
-            from tfllm.models.bert import BertEncoder  # TEMP: module being written
-
             model = BertEncoder(
                 **common,
                 type_vocab_size=get("type_vocab_size", 2),

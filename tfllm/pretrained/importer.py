@@ -24,6 +24,7 @@ import tensorflow as tf
 from tfllm import __version__
 from tfllm.config import base_config, config_to_json, validate
 from tfllm.data.byte_bpe import ByteBPETokenizer
+from tfllm.data.tokenizer_kinds import CHAT_TEMPLATE_FILE  # inside tokenizer/: init_from copies it
 from tfllm.data.wordpiece import WordPieceTokenizer
 from tfllm.errors import ConfigError, DataError, WorkdirError
 from tfllm.models import build_model
@@ -35,7 +36,6 @@ from tfllm.utils.checkpoints import sync_checkpoint
 from tfllm.utils.io import atomic_directory, atomic_write_json, atomic_write_text
 
 FAMILY_MAPS: dict[str, ModuleType] = {"llama": llama, "gpt2": gpt2, "bert": bert}
-CHAT_TEMPLATE_FILE = "chat_template.jinja"  # inside tokenizer/, so init_from copies carry it
 IMPORT_RECORD = "import.json"
 
 

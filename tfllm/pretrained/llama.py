@@ -19,6 +19,7 @@ from tfllm.models.llama import Llama
 from tfllm.pretrained.source import SourceCheckpoint, strip_prefix
 from tfllm.pretrained.weights import assign, check_all_used
 
+DEFAULT_WINDOW = 2048  # config.model.max_length of an imported llama (raise it to the context)
 IGNORABLE = ("rotary_emb.inv_freq",)  # a buffer older checkpoints saved; recomputed
 
 
@@ -63,7 +64,12 @@ def model_config(source: SourceCheckpoint) -> dict[str, Any]:
     factor, low, high, original = _rope_scaling(source)
     return {
         "name": "llama",
-        "max_length": int(config.get("max_position_embeddings", 2048)),
+        # The window tfllm trains, evaluates and generates in, not the trained
+        # context: RoPE has no position table, so any length up to the context
+        # (`max_position_embeddings`, kept as `context_length`) restores the same
+        # weights, and full-context windows (8,192 for SmolLM2) are slow on a CPU.
+        "max_length": min(int(config.get("max_position_embeddings", 2048)), DEFAULT_WINDOW),
+        "context_length": int(config.get("max_position_embeddings", 2048)),
         "num_layers": int(source.require("num_hidden_layers")),
         "num_heads": heads,
         "hidden_dim": hidden,
@@ -146,8 +152,14 @@ def _hf_shape(ours: tuple[int, ...], name: str) -> tuple[int, ...]:
     return (ours[1], ours[0])  # a [in, out] kernel from an [out, in] Linear weight
 
 
-def to_hf(model: Llama) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """A `LlamaForCausalLM` config.json and its tensors (float32, HF names and layouts)."""
+def to_hf(
+    model: Llama, context_length: int = 0
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A `LlamaForCausalLM` config.json and its tensors (float32, HF names and layouts).
+
+    `context_length` is the trained context to declare (`config.model.context_length`);
+    0 declares the model's `max_length`.
+    """
     tensors: dict[str, np.ndarray] = {}
     for variable, name, _ in _tensor_map(model):
         w = np.asarray(keras.ops.convert_to_numpy(variable), np.float32)
@@ -170,7 +182,7 @@ def to_hf(model: Llama) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         "num_attention_heads": model.num_heads,
         "num_key_value_heads": model.num_kv_heads,
         "head_dim": model.head_dim,
-        "max_position_embeddings": model.max_length,
+        "max_position_embeddings": context_length or model.max_length,
         "rms_norm_eps": model.norm_epsilon,
         "rope_theta": model.rope_theta,
         "rope_scaling": None,

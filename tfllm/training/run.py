@@ -16,7 +16,7 @@ from tfllm.config import CLASSIFIER_NAMES, config_to_json, load_workdir_config
 from tfllm.data.classification_data import class_weights, encode_split, load_labelled_splits
 from tfllm.data.labels import LABELS_FILE, LabelVocab
 from tfllm.data.sources import ensure_tokenizer, lm_token_streams, load_text_splits
-from tfllm.data.tokenizer import Tokenizer
+from tfllm.data.tokenizer_kinds import load_tokenizer
 from tfllm.distribute.strategy import (
     barrier,
     create_strategy,
@@ -129,7 +129,7 @@ def train_lm(
         # SentencePiece op's model ("Resource ... SentencepieceOp does not
         # exist"); a tokenizer loaded per sample call is immune (and cheap).
         sample_tokenizer = (
-            Tokenizer.load(os.path.join(workdir, "tokenizer"))
+            load_tokenizer(os.path.join(workdir, "tokenizer"))
             if is_parameter_server(strategy)
             else tokenizer
         )
