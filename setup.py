@@ -28,9 +28,18 @@ setup(
         "matplotlib>=3.8",
         "markdown>=3.4",
         "scikit-learn>=1.5,<2",
+        "gguf>=0.17,<1",  # reads and dequantizes GGUF files (tfllm-import)
+        "safetensors>=0.4",  # writes Hugging Face exports (tfllm-export --format=hf)
+        "jinja2>=3.1",  # renders imported instruct models' chat templates (tfllm-generate --chat)
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "hypothesis>=6.100"],
+        "dev": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "ruff>=0.6",
+            "hypothesis>=6.100",
+            "tokenizers>=0.20",  # the reference byte-level BPE tests compare ids against
+        ],
     },
     entry_points={
         "console_scripts": [
@@ -42,6 +51,7 @@ setup(
             "tfllm-benchmark=tfllm.cli.benchmark:run",
             "tfllm-compress=tfllm.cli.compress:run",
             "tfllm-launch=tfllm.launch:run",
+            "tfllm-import=tfllm.cli.import_checkpoint:run",
         ],
     },
 )

@@ -114,7 +114,7 @@ def test_bad_generate_flags(tmp_path, flags, needle):
 # trained workdir. Each case: non-zero exit, no traceback, one "error:" line.
 TABLE = [
     ("train", ["--config=configs/gpt_tiny.py", "--workdir={w}",
-               "--config.train.warmup_steps=5000"], ["config.train.warmup_steps"]),
+               "--config.train.warmup_steps=-1"], ["config.train.warmup_steps"]),
     ("train", ["--config=configs/gpt_tiny.py", "--workdir={w}",
                "--config.model.hidden_dim=30"], ["config.model.hidden_dim", "divisible"]),
     ("train", ["--config=configs/gpt_tiny.py", "--workdir={file}"], ["File exists"]),

@@ -11,13 +11,17 @@ the right type and range.
 from __future__ import annotations
 
 import ml_collections
+from absl import logging
 
 from tfllm.config.names import CLASSIFIER_NAMES
 from tfllm.errors import ConfigError
 
 
 def check_relations(config: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError on the first relation between keys that does not hold."""
+    """Raises ConfigError on the first relation between keys that does not hold.
+
+    One relation is fixed instead (`fit_warmup`): a warmup longer than the run.
+    """
     model, train, runtime, data = config.model, config.train, config.runtime, config.data
     if model.hidden_dim % model.num_heads:
         raise ConfigError(
@@ -26,11 +30,7 @@ def check_relations(config: ml_collections.ConfigDict) -> None:
         )
     if not data.train_path and not data.dataset:
         raise ConfigError("config.data.train_path: empty, and no bundled config.data.dataset set")
-    if train.warmup_steps > train.num_steps:
-        raise ConfigError(
-            f"config.train.warmup_steps: {train.warmup_steps} exceeds "
-            f"config.train.num_steps={train.num_steps}"
-        )
+    fit_warmup(train)
     if runtime.profile_steps and runtime.profile_steps[1] > train.num_steps:
         raise ConfigError(
             f"config.runtime.profile_steps: stop {runtime.profile_steps[1]} is past "
@@ -72,6 +72,28 @@ def check_relations(config: ml_collections.ConfigDict) -> None:
             )
     check_tensor_parallel(config)
     check_pipeline(config)
+
+
+def fit_warmup(train: ml_collections.ConfigDict) -> None:
+    """Shortens a warmup longer than the run to the run, with one warning line.
+
+    A quick run (`--config.train.num_steps=30` on a recipe warming up for 100)
+    is what users do all the time; refusing it helped no one. Every schedule
+    (`tfllm.training.optim`) stays valid with warmup == num_steps (cosine and
+    linear decay over max(1, num_steps - warmup) steps). The value is changed
+    in the config itself, so config.json records what the run used and a
+    resume with the same flags gets the same schedule.
+    """
+    if train.warmup_steps <= train.num_steps:
+        return
+    logging.warning(
+        "config.train.warmup_steps: %d exceeds config.train.num_steps=%d; "
+        "warming up for all %d steps instead",
+        train.warmup_steps,
+        train.num_steps,
+        train.num_steps,
+    )
+    train.warmup_steps = train.num_steps
 
 
 def check_tensor_parallel(config: ml_collections.ConfigDict) -> None:

@@ -63,8 +63,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Checks every known key's type and range; raises ConfigError on the first problem.
 
     Keys are checked section by section in schema order, then the cross-field
-    relations (`tfllm.config.relations`). Keys no schema declares are left
-    alone here; config_flags already refuses unknown `--config.` overrides.
+    relations (`tfllm.config.relations`; a warmup longer than the run is
+    shortened in place, with a warning, not refused). Keys no schema declares
+    are left alone here; config_flags already refuses unknown `--config.` overrides.
     """
     for section, schemas in SECTIONS.items():
         for schema in schemas:

@@ -10,12 +10,16 @@ for characters never seen in training, and "\\n" as its own token.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import random
 import re
+import sys
+import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -62,7 +66,8 @@ class Tokenizer(tf.Module):
             "eos": int(processor.eos_id()),
         }
         self.settings: dict[str, Any] = dict(settings or {})
-        self.sp = tf_text.SentencepieceTokenizer(model=self._model_proto, out_type=tf.int32)
+        with quiet_sentencepiece_logs():  # the op loads the model as it is built
+            self.sp = tf_text.SentencepieceTokenizer(model=self._model_proto, out_type=tf.int32)
 
     @classmethod
     def train(
@@ -278,6 +283,46 @@ def _training_error(error: RuntimeError, vocab_size: int) -> DataError:
             "or lower character_coverage"
         )
     return DataError(f"tokenizer training failed: {_one_line(error)}")
+
+
+# SentencePiece's own INFO lines ("normalizer.cc(51) LOG(INFO) precompiled_charsmap
+# is empty. use identity normalization." for every model trained here). The copy
+# of SentencePiece inside tensorflow_text writes them to std::cerr whenever its
+# op loads a model, and its log level is private to that library: no setting,
+# flag or environment variable reaches it (the `sentencepiece` package's
+# `minloglevel` sets only its own copy's).
+_SENTENCEPIECE_INFO = re.compile(rb"^[\w.]+\.cc\(\d+\) LOG\(INFO\) ")
+_STDERR_LOCK = threading.RLock()  # one capture of fd 2 at a time (restored in order)
+
+
+@contextlib.contextmanager
+def quiet_sentencepiece_logs() -> Iterator[None]:
+    """Runs the body with file descriptor 2 captured, then passes on everything
+    written there except SentencePiece's INFO lines.
+
+    Native code writes to the descriptor, not to `sys.stderr`, so only
+    redirecting the descriptor keeps that chatter out of a command's output;
+    other lines (a warning, an error) still reach stderr, just after the body.
+    """
+    with _STDERR_LOCK, tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all: nothing to keep clean
+            yield
+            return
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().splitlines(keepends=True)
+            kept = b"".join(line for line in lines if not _SENTENCEPIECE_INFO.match(line))
+            while kept:
+                kept = kept[os.write(2, kept) :]
 
 
 def _one_line(error: BaseException) -> str:

@@ -338,6 +338,24 @@ class WordPieceTokenizer(tf.Module):
                 f.flush()
                 os.fsync(f.fileno())
 
+    def save_hf(self, directory: str | os.PathLike) -> list[str]:
+        """Writes the Hugging Face files (`vocab.txt`, `tokenizer_config.json`) for
+        `tfllm-export --format=hf`, into an existing directory; returns their names."""
+        with open(os.path.join(directory, VOCAB_FILE), "wb") as f:
+            f.write(self.vocab_bytes())
+        names = {"unk": "unk_token", "sep": "sep_token", "pad": "pad_token",
+                 "cls": "cls_token", "mask": "mask_token"}  # fmt: skip
+        settings = {
+            "tokenizer_class": "BertTokenizer",
+            "do_lower_case": self.lowercase,
+            "strip_accents": self.strip_accents,
+            "tokenize_chinese_chars": self.tokenize_chinese_chars,
+            **{names[k]: v for k, v in self.special_tokens.items() if k in names},
+        }
+        with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+            json.dump(settings, f, indent=2, ensure_ascii=False)
+        return [VOCAB_FILE, "tokenizer_config.json"]
+
     @classmethod
     def load(cls, directory: str | os.PathLike) -> WordPieceTokenizer:
         """Reads a directory written by `save`, checking that it is complete and intact."""

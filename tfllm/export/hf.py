@@ -72,6 +72,7 @@ def _check_transformers(
     except ImportError:
         return None
     name = trained.config.model.name
+    transformers.utils.logging.disable_progress_bar()  # keep the command's output ours
     with torch.no_grad():
         if name == "bert":
             hf = transformers.AutoModel.from_pretrained(directory).eval()

@@ -22,6 +22,7 @@ import keras_hub
 import tensorflow as tf
 import tensorflow_text  # registers the tokenizer ops a reloaded SavedModel runs
 
+from tfllm.data.tokenizer import quiet_sentencepiece_logs
 from tfllm.errors import TfllmError
 from tfllm.utils.io import atomic_directory, atomic_write_json
 
@@ -65,7 +66,8 @@ def write_verified_saved_model(
     started = time.time()
     with atomic_directory(target) as tmp:
         archive.write_out(str(tmp), verbose=False)
-        loaded = tf.saved_model.load(str(tmp))
+        with quiet_sentencepiece_logs():  # loading re-creates the tokenizer op
+            loaded = tf.saved_model.load(str(tmp))
         record = {
             "format": "saved_model",
             **verify(loaded),
@@ -82,4 +84,5 @@ def load_serving(path: str):
     """Reloads an exported SavedModel (tensorflow_text, imported above, registers its ops)."""
     if not os.path.isfile(os.path.join(path, "saved_model.pb")):
         raise TfllmError(f"{path}: no SavedModel here (run tfllm-export --format=saved_model)")
-    return tf.saved_model.load(path)
+    with quiet_sentencepiece_logs():  # loading re-creates the tokenizer op
+        return tf.saved_model.load(path)

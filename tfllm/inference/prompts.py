@@ -9,6 +9,11 @@ Input, chosen by the file's extension:
   (only the line break is removed). Blank lines are skipped: a trailing
   newline or a spacer line should not cost a generation.
 
+Lines end at "\n" (or "\r\n") only, in both formats: `str.splitlines` also
+breaks at form feeds, U+2028 and other Unicode separators, which are text
+(and which JSON writes unescaped), so one line became several prompts with
+shifted line numbers. A leading BOM is encoding metadata and is dropped.
+
 Output: JSON Lines, one object per prompt in input order (`RESULT_FIELDS`),
 written to a temporary file beside the target and renamed over it, so a
 reader sees the old file or the whole new one, never half of it.
@@ -57,7 +62,7 @@ def read_prompts(path: str, what: str = "--input_file") -> list[Prompt]:
         raise DataError(f"{what}: {path} is not UTF-8 text (byte {e.start})") from None
     jsonl = path.endswith(".jsonl")
     prompts: list[Prompt] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(_lines(text), start=1):
         if not line.strip():
             continue
         if jsonl:
@@ -74,6 +79,14 @@ def read_prompts(path: str, what: str = "--input_file") -> list[Prompt]:
     if not prompts:
         raise DataError(f"{what}: {path} has no prompts (it is empty or only blank lines)")
     return prompts
+
+
+def _lines(text: str) -> list[str]:
+    """The lines of `text`, split at "\n" or "\r\n" only (module doc), without a BOM."""
+    lines = text.removeprefix("\ufeff").split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the final newline ends the last line; it does not start another
+    return [line.removesuffix("\r") for line in lines]
 
 
 def check_output_path(path: str, what: str = "--output_file") -> None:

@@ -23,6 +23,7 @@ uniforms from integer bits keeps them exactly representable.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import tensorflow as tf
@@ -46,12 +47,14 @@ def check_sampler_args(
 ) -> None:
     """Raise `ConfigError` (one line naming the flag) for bad sampling flags.
 
-    top_k = 0 means "off" for samplers other than `top_k`.
+    top_k = 0 means "off" for samplers other than `top_k`. An infinite
+    temperature would flatten the logits and sample uniformly (nan: garbage),
+    so non-finite values are refused rather than silently "working".
     """
     if sampler not in SAMPLERS:
         raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)} (got {sampler!r})")
-    if not temperature > 0:
-        raise ConfigError(f"--temperature must be > 0 (got {temperature})")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ConfigError(f"--temperature must be > 0 and finite (got {temperature})")
     if top_k < 0 or (sampler == "top_k" and top_k < 1):
         raise ConfigError(f"--top_k must be ≥ 1 for --sampler=top_k (got {top_k})")
     if not 0 < top_p <= 1:

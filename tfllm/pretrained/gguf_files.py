@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tfllm.errors import DataError
-from tfllm.pretrained.source import SourceCheckpoint, family_of
+from tfllm.pretrained.source import LazyTensors, SourceCheckpoint, family_of
 
 # GGUF tensor types we dequantize (the gguf package supports these in NumPy).
 SUPPORTED_TYPES = (
@@ -155,6 +155,12 @@ def _dequantize(tensor: Any, path: str) -> np.ndarray:
     return np.asarray(array, dtype=np.float32).reshape(shape)
 
 
+def _load(tensor: Any, rotary_heads: int, path: str) -> np.ndarray:
+    """One tensor, dequantized, with the Q/K permutation undone (`rotary_heads` > 0)."""
+    array = _dequantize(tensor, path)
+    return unpermute_rotary(array, rotary_heads) if rotary_heads else array
+
+
 def read_gguf(path: str) -> SourceCheckpoint:
     """A GGUF Llama-family file as a `SourceCheckpoint` (dequantized float32, HF names)."""
     import gguf  # Lazy: only an import from GGUF needs it.
@@ -167,7 +173,7 @@ def read_gguf(path: str) -> SourceCheckpoint:
         raise DataError(f"{path}: not a readable GGUF file ({str(e).splitlines()[0]})") from None
     config = _config(reader, path)
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
-    tensors: dict[str, np.ndarray] = {}
+    loaders = {}
     kinds = set()
     for tensor in reader.tensors:
         name = tensor.name
@@ -180,13 +186,15 @@ def read_gguf(path: str) -> SourceCheckpoint:
             hf_name = f"model.layers.{int(layer)}.{LAYER_NAMES[rest]}"
         else:
             raise DataError(f"{path}: unexpected tensor {name!r} (not a Llama-family tensor)")
-        array = _dequantize(tensor, path)
+        if tensor.tensor_type.name not in SUPPORTED_TYPES:
+            raise DataError(
+                f"{path}: tensor {name!r} has unsupported type {tensor.tensor_type.name}"
+            )
         kinds.add(tensor.tensor_type.name)
-        if hf_name.endswith("q_proj.weight"):
-            array = unpermute_rotary(array, heads)
-        elif hf_name.endswith("k_proj.weight"):
-            array = unpermute_rotary(array, kv_heads)
-        tensors[hf_name] = array
+        count = heads if hf_name.endswith("q_proj.weight") else 0
+        count = kv_heads if hf_name.endswith("k_proj.weight") else count
+        loaders[hf_name] = lambda t=tensor, n=count: _load(t, n, path)
+    tensors = LazyTensors(loaders)
     config["tie_word_embeddings"] = "lm_head.weight" not in tensors
     template = _field(reader, "tokenizer.chat_template")
     return SourceCheckpoint(

@@ -152,9 +152,7 @@ def _hf_shape(ours: tuple[int, ...], name: str) -> tuple[int, ...]:
     return (ours[1], ours[0])  # a [in, out] kernel from an [out, in] Linear weight
 
 
-def to_hf(
-    model: Llama, context_length: int = 0
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def to_hf(model: Llama, context_length: int = 0) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """A `LlamaForCausalLM` config.json and its tensors (float32, HF names and layouts).
 
     `context_length` is the trained context to declare (`config.model.context_length`);

@@ -47,6 +47,7 @@ class LoopTrainer(Protocol):
     global_batch: int
     coordinator: tf.distribute.coordinator.ClusterCoordinator | None
     manager: tf.train.CheckpointManager
+    stop_flag: tf.Variable | None  # read by the inner loop: a signal ends it early
     sharded: dict[str, int]
 
     @property
@@ -115,7 +116,7 @@ class Controller:
             os.path.join(trainer.workdir, "tensorboard", "train"),
             trainer.chief,
         )
-        with StopSignal() as stop, profiler:
+        with StopSignal(trainer.stop_flag) as stop, profiler:
             while trainer.step < total_steps:
                 step = self.last_step = trainer.step
                 n = min(int(cfg.steps_per_loop), total_steps - step)
@@ -130,6 +131,8 @@ class Controller:
                 t0 = time.perf_counter()
                 loss, norm = trainer.run_steps(iterator, n)
                 elapsed = time.perf_counter() - t0
+                if stop.received is not None:  # the loop may have ended early (signals.stop_flag)
+                    n = max(1, min(n, trainer.step - step))
                 self.last_step = step + n
                 profiler.after(trainer.step)
                 if not math.isfinite(loss):

@@ -99,10 +99,14 @@ def make_train_loop(
     param_groups: ParamGroups,
     train_variables: Sequence[tf.Variable],
     plugins: Sequence[TrainingPlugin] = (),
+    stop: tf.Variable | None = None,
 ) -> TrainLoop:
     """`train_loop(iterator, num_steps) -> (mean loss, last grad norm)`, a `tf.function`.
 
     `param_groups[0]`'s optimizer is the step counter and holds the loss scale.
+    `stop` (`tfllm.training.signals.stop_flag`), when given, is read after every
+    step: once a signal sets it, the loop ends early (at least one step runs)
+    and the mean loss is over the steps it ran.
     """
     optimizer = param_groups[0][0]
     groups = param_groups
@@ -188,12 +192,16 @@ def make_train_loop(
     def train_loop(iterator, num_steps):
         loss_sum = tf.constant(0.0)
         norm = tf.constant(0.0)
+        ran = tf.constant(0)
         for _ in tf.range(num_steps):
             inputs, targets = next(iterator)
             loss, replica_norm = strategy.run(replica_step, args=(inputs, targets))
             loss_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
             norm = strategy.reduce(tf.distribute.ReduceOp.MEAN, replica_norm, axis=None)
-        return loss_sum / tf.cast(num_steps, tf.float32), norm
+            ran += 1
+            if stop is not None and stop.read_value():  # set by a signal (signals.StopSignal)
+                break
+        return loss_sum / tf.cast(ran, tf.float32), norm
 
     return train_loop
 

@@ -38,6 +38,7 @@ from tfllm.training.coordination import (
 )
 from tfllm.training.errors import ClusterFailure, NonFiniteLoss, TrainingInterrupted
 from tfllm.training.plugins import TrainingPlugin
+from tfllm.training.signals import stop_flag
 from tfllm.training.state import LoopStats, TrainState
 from tfllm.training.step import check_batch_divisible, create_param_groups, make_train_loop
 from tfllm.training.tasks import LMTask, Task
@@ -110,6 +111,9 @@ class Trainer:
             max_to_keep=int(config.train.max_checkpoints),
             step_counter=self.optimizer.iterations,
         )
+        # Set on SIGINT/SIGTERM; the inner loop reads it to stop within a step (None
+        # under multi_worker / parameter_server: `tfllm.training.signals.stop_flag`).
+        self.stop_flag = stop_flag(strategy)
         # `train_loop(iterator, num_steps)`; an attribute, so tests may wrap it.
         self._train_loop = make_train_loop(
             config,
@@ -119,6 +123,7 @@ class Trainer:
             self.param_groups,
             self.train_variables,
             self.plugins,
+            stop=self.stop_flag,
         )
         self.controller = Controller(self)
 
@@ -163,7 +168,8 @@ class Trainer:
         return self.task.evaluate(self.model, strategy, self.global_batch)
 
     def run_steps(self, iterator: Iterator, num_steps: int) -> tuple[float, float]:
-        """Runs `num_steps` optimizer steps; returns (mean loss, last grad norm)."""
+        """Runs `num_steps` optimizer steps (fewer once `stop_flag` is set); returns
+        (mean loss, last grad norm)."""
         if self.coordinator is None:
             loss, norm = self._train_loop(iterator, tf.constant(num_steps, tf.int32))
             return float(loss), float(norm)
