@@ -200,6 +200,28 @@ class Tokenizer(tf.Module):
                 f.flush()
                 os.fsync(f.fileno())
 
+    def save_hf(self, directory: str | os.PathLike) -> list[str]:
+        """Writes `tokenizer.model` and a `tokenizer_config.json` under which transformers'
+        `AutoTokenizer` gives our ids (measured on random strings: `legacy` keeps its
+        converter from adding the dummy-prefix space this model does not use)."""
+        with open(os.path.join(directory, MODEL_FILE), "wb") as f:
+            f.write(self._model_proto)
+        processor = spm.SentencePieceProcessor(model_proto=self._model_proto)
+        names = {
+            f"{name}_token": processor.id_to_piece(i) for name, i in self._ids.items() if i >= 0
+        }
+        settings = {
+            "tokenizer_class": "LlamaTokenizer",
+            "add_bos_token": False,
+            "add_eos_token": False,
+            "legacy": True,
+            "add_prefix_space": False,
+            **names,
+        }
+        with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+            json.dump(settings, f, indent=2)
+        return [MODEL_FILE, "tokenizer_config.json"]
+
     @classmethod
     def load(cls, directory: str | os.PathLike) -> Tokenizer:
         """Reads a directory written by `save`, checking that it is complete and intact."""

@@ -31,6 +31,12 @@ from tfllm.utils.io import atomic_directory, atomic_write_json
 
 MAPS: dict[str, ModuleType] = {"gpt": gpt2, "llama": llama, "bert": bert}
 TOLERANCE = 1e-4  # transformers vs Keras, relative to the largest output (issue 25's bar)
+# Texts the exported tokenizer must split as ours does (besides the run's verify prompts).
+TOKENIZER_PROBES = (
+    "Hello, world! It's 2026.",
+    "  leading spaces\tand tabs\n\nnew lines  ",
+    "Accents: café, naïve; CJK: 東京; emoji: 🙂",
+)
 
 
 def hf_dir(workdir: str) -> str:
@@ -50,7 +56,7 @@ def _probe_ids(trained: TrainedModel) -> np.ndarray:
 
 
 def _check_round_trip(trained: TrainedModel, directory: str, ids: np.ndarray, ours: np.ndarray):
-    source = read_hf_directory(directory)
+    source = read_hf_directory(directory, with_tokenizer=False)
     family = MAPS[trained.config.model.name]
     model = build_model(trained.config.model, trained.tokenizer.vocab_size)
     family.load_into(model, source)
@@ -89,7 +95,21 @@ def _check_transformers(
             f"--format=hf: transformers' outputs differ from Keras by {delta:.3g} "
             f"(> {TOLERANCE:g} × {scale:.3g}); nothing was written"
         )
-    return {"transformers": transformers.__version__, "max_abs_diff": delta, "max_abs": scale}
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    texts = [*trained.config.export.verify_prompts, *TOKENIZER_PROBES]
+    for text in texts:
+        theirs_ids = hf_tokenizer(text, add_special_tokens=False)["input_ids"]
+        if theirs_ids != trained.tokenizer.encode(text):
+            raise VerificationError(
+                f"--format=hf: transformers' tokenizer splits {text!r} differently "
+                f"({theirs_ids[:8]}… vs {trained.tokenizer.encode(text)[:8]}…); nothing was written"
+            )
+    return {
+        "transformers": transformers.__version__,
+        "max_abs_diff": delta,
+        "max_abs": scale,
+        "tokenizer_texts_identical": len(texts),
+    }
 
 
 def export_hf(trained: TrainedModel, target: str | None = None) -> dict[str, Any]:

@@ -130,15 +130,31 @@ def _weight_files(directory: str) -> list[str]:
     return paths
 
 
+def _is_byte_level(path: str) -> bool:
+    """Whether a Hugging Face tokenizer.json is a byte-level BPE (GPT-2, Llama 3, SmolLM)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return '"ByteLevel"' in f.read()
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def _tokenizer_source(directory: str, family: str) -> dict[str, Any]:
+    """Where the tokenizer comes from: BERT's vocab.txt; a byte-level tokenizer.json;
+    else a SentencePiece tokenizer.model (Llama 2, TinyLlama, tfllm's own GPTs)."""
     if family == "bert":
         if not os.path.isfile(os.path.join(directory, "vocab.txt")):
             raise DataError(f"--source: {directory} has no vocab.txt (the BERT tokenizer)")
         return {"kind": "wordpiece", "directory": directory}
     path = os.path.join(directory, "tokenizer.json")
-    if not os.path.isfile(path):
-        raise DataError(f"--source: {directory} has no tokenizer.json (the model's tokenizer)")
-    return {"kind": "hf_json", "path": path, "directory": directory}
+    if os.path.isfile(path) and _is_byte_level(path):
+        return {"kind": "hf_json", "path": path, "directory": directory}
+    model = os.path.join(directory, "tokenizer.model")
+    if os.path.isfile(model):
+        return {"kind": "sentencepiece", "path": model}
+    if os.path.isfile(path):
+        return {"kind": "hf_json", "path": path, "directory": directory}  # refused with a reason
+    raise DataError(f"--source: {directory} has no tokenizer (tokenizer.json or tokenizer.model)")
 
 
 def _chat_template(directory: str) -> str | None:
@@ -153,8 +169,11 @@ def _chat_template(directory: str) -> str | None:
     return template if isinstance(template, str) else None
 
 
-def read_hf_directory(directory: str) -> SourceCheckpoint:
-    """A Hugging Face model directory as a `SourceCheckpoint` (float32 tensors, HF names)."""
+def read_hf_directory(directory: str, with_tokenizer: bool = True) -> SourceCheckpoint:
+    """A Hugging Face model directory as a `SourceCheckpoint` (float32 tensors, HF names).
+
+    `with_tokenizer=False` reads the weights only (an export's read-back check).
+    """
     config = _read_config(directory)
     origin = os.path.join(directory, "config.json")
     family = family_of(config.get("model_type"), origin)
@@ -168,7 +187,7 @@ def read_hf_directory(directory: str) -> SourceCheckpoint:
         config=config,
         tensors=tensors,
         origin=directory,
-        tokenizer=_tokenizer_source(directory, family),
+        tokenizer=_tokenizer_source(directory, family) if with_tokenizer else {},
         chat_template=_chat_template(directory),
         format="safetensors",
     )

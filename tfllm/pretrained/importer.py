@@ -24,6 +24,7 @@ import tensorflow as tf
 from tfllm import __version__
 from tfllm.config import base_config, config_to_json, validate
 from tfllm.data.byte_bpe import ByteBPETokenizer
+from tfllm.data.tokenizer import Tokenizer
 from tfllm.data.tokenizer_kinds import CHAT_TEMPLATE_FILE  # inside tokenizer/: init_from copies it
 from tfllm.data.wordpiece import WordPieceTokenizer
 from tfllm.errors import ConfigError, DataError, WorkdirError
@@ -67,7 +68,7 @@ def read_source(path: str) -> SourceCheckpoint:
 
 
 def build_tokenizer(source: SourceCheckpoint):
-    """The model's own tokenizer, in-graph (byte-level BPE or BERT WordPiece)."""
+    """The model's own tokenizer, in-graph (byte-level BPE, SentencePiece or BERT WordPiece)."""
     spec = source.tokenizer
     if spec["kind"] == "gguf":
         return ByteBPETokenizer.from_gguf_fields(
@@ -82,6 +83,12 @@ def build_tokenizer(source: SourceCheckpoint):
         )
     if spec["kind"] == "hf_json":
         return ByteBPETokenizer.from_hf_tokenizer_json(spec["path"])
+    if spec["kind"] == "sentencepiece":
+        with open(spec["path"], "rb") as f:
+            try:
+                return Tokenizer(f.read())
+            except DataError as e:
+                raise DataError(f"{spec['path']}: {e}") from None
     return WordPieceTokenizer.from_hf_directory(spec["directory"])
 
 
