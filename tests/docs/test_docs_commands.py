@@ -26,6 +26,7 @@ COMMANDS = {
     "tfllm-pipeline": "tfllm.cli.pipeline",
     "tfllm-benchmark": "tfllm.cli.benchmark",
     "tfllm-compress": "tfllm.cli.compress",
+    "tfllm-import": "tfllm.cli.import_checkpoint",
 }
 LAUNCH_FLAGS = {
     "workers", "ps", "restart_workers", "norestart_workers", "max_restarts", "stop_timeout"

@@ -6,7 +6,9 @@ the data files the docs name written out). `bin/` wrappers put first on PATH
 route every `tfllm-*` command to a fork server (tests/docs/forkserver.py) that
 adds the tiny settings of tests/docs/tiny.py and runs the real command module;
 `tensorboard` is replaced by a check that the event files it would show exist,
-and `pip install` by a no-op (the suite runs in the installed checkout).
+`pip install` by a no-op (the suite runs in the installed checkout), and
+`../shared/tools/fetch-pretrained` by a stub that lays out the tiny pretrained
+fixtures under the real models' file names (docs/pretrained.md runs on them).
 
 Pages run in two groups (`GROUPS`), one sandbox and one test each, so a
 page reads the runs an earlier page of its group made and a command line that
@@ -68,6 +70,7 @@ GROUPS = {
         "docs/compression.md",
         "docs/distributed.md",
     ],
+    "pretrained": ["docs/pretrained.md"],
 }
 # Where a group reads a run it does not make: the documented command that makes it.
 PROVIDERS = {
@@ -129,8 +132,10 @@ class Sandbox:
             (root / name).symlink_to(ROOT / name)
         self._write_bin(root / "bin")
         self._write_data()
+        self._write_fetch_pretrained_stub()
         self.env = dict(
             os.environ,
+            TFLLM_PRETRAINED=str(root / "pretrained"),
             PATH=f"{root / 'bin'}{os.pathsep}{os.environ['PATH']}",
             TFLLM_FORKSERVER=forkserver,
             TF_CPP_MIN_LOG_LEVEL="2",
@@ -150,6 +155,23 @@ class Sandbox:
         for name, text in scripts.items():
             (bin_dir / name).write_text(text)
             (bin_dir / name).chmod(0o755)
+
+    def _write_fetch_pretrained_stub(self) -> None:
+        """`../shared/tools/fetch-pretrained` as the docs call it, giving the tiny fixtures
+        under the real files' names (a GGUF llama with a ChatML template, a BERT
+        directory): the documented commands run on them in seconds, offline."""
+        tools = self.root.parent / "shared" / "tools"
+        tools.mkdir(parents=True, exist_ok=True)
+        fixtures = ROOT / "tests" / "fixtures" / "pretrained"
+        script = tools / "fetch-pretrained"
+        gguf = "$dest/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+        script.write_text(
+            "#!/usr/bin/env bash\nset -euo pipefail\n"
+            'dest=${1:-$TFLLM_PRETRAINED}\nmkdir -p "$dest/smollm2" "$dest/minilm"\n'
+            f'cp {fixtures}/llama_tiny_gguf/model.gguf "{gguf}"\n'
+            f'cp {fixtures}/bert_tiny/* "$dest/minilm/"\necho "$dest"\n'
+        )
+        script.chmod(0o755)
 
     def _write_data(self) -> None:
         """The files the docs tell users to bring (corpus.txt, tickets_*.jsonl, ...)."""

@@ -10,8 +10,11 @@ never added), so a new recipe gets tiny settings without a change here.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
+
+import ml_collections
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from conftest import tiny_journey_overrides  # noqa: E402  (tests/ is not a package)
@@ -100,6 +103,9 @@ def _is_journey(spec: str) -> bool:
 def _load(spec: str, cwd: str):
     """The ConfigDict of `--config=path[:arg]`, as absl's config_flags would build it."""
     path, _, arg = spec.partition(":")
+    if path.endswith(".json"):  # a workdir's config.json (e.g. an imported model's)
+        with open(os.path.join(cwd, path), encoding="utf-8") as f:
+            return ml_collections.ConfigDict(json.load(f))
     module_spec = importlib.util.spec_from_file_location("_docs_config", os.path.join(cwd, path))
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)

@@ -58,3 +58,7 @@ def main(argv) -> None:
 
 def run() -> None:
     common.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -65,6 +65,16 @@ def rope_inverse_frequencies(
     return np.where(medium, blended, scaled).astype(np.float32)
 
 
+def rotary_angles(
+    inverse_frequencies: np.ndarray, start_index: int | tf.Tensor, length: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """cos/sin [t, head_dim] of positions `start_index … start_index + length - 1`, float32."""
+    positions = tf.cast(tf.cast(start_index, tf.int32) + tf.range(length), tf.float32)
+    angles = positions[:, tf.newaxis] * tf.constant(inverse_frequencies)[tf.newaxis, :]
+    angles = tf.concat([angles, angles], axis=-1)
+    return tf.cos(angles), tf.sin(angles)
+
+
 def apply_rope(x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor) -> tf.Tensor:
     """Rotates `x` [B, t, heads, Dh] by the angles of its positions (`cos`/`sin` [t, Dh])."""
     half = x.shape[-1] // 2
@@ -87,9 +97,17 @@ class LlamaBlock(keras.layers.Layer):
         intermediate_dim: int,
         norm_epsilon: float,
         dropout: float = 0.0,
+        inverse_frequencies: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        # RoPE's frequencies (`rope_inverse_frequencies`; plain RoPE, θ = 10,000, when
+        # None). The angles are computed here from integer positions, in float32:
+        # float arguments of a Keras layer call are cast to its compute dtype, and
+        # bfloat16 angles would rotate by the wrong amount.
+        if inverse_frequencies is None:
+            inverse_frequencies = rope_inverse_frequencies(head_dim, 10000.0)
+        self.inverse_frequencies = np.asarray(inverse_frequencies, np.float32)
         self.hidden_dim, self.num_heads, self.num_kv_heads = hidden_dim, num_heads, num_kv_heads
         self.head_dim, self.intermediate_dim = head_dim, intermediate_dim
         self.norm_epsilon, self.dropout = norm_epsilon, dropout
@@ -128,8 +146,6 @@ class LlamaBlock(keras.layers.Layer):
     def attend(
         self,
         x: tf.Tensor,
-        cos: tf.Tensor,
-        sin: tf.Tensor,
         cache: tuple[tf.Tensor, tf.Tensor] | None,
         index: int | tf.Tensor,
         cache_update: CacheUpdate = "slice",
@@ -140,6 +156,7 @@ class LlamaBlock(keras.layers.Layer):
         as transformers' `repeat_kv` lays them out.
         """
         h = self.attention_norm(x)
+        cos, sin = rotary_angles(self.inverse_frequencies, index, tf.shape(x)[1])
         query = tf.transpose(apply_rope(self.query(h), cos, sin), [0, 2, 1, 3])  # [B, H, t, Dh]
         keys = tf.transpose(apply_rope(self.key(h), cos, sin), [0, 2, 1, 3])  # [B, Hkv, t, Dh]
         values = tf.transpose(self.value(h), [0, 2, 1, 3])
@@ -169,14 +186,12 @@ class LlamaBlock(keras.layers.Layer):
     def call(
         self,
         x: tf.Tensor,
-        cos: tf.Tensor,
-        sin: tf.Tensor,
         cache: tuple[tf.Tensor, tf.Tensor] | None = None,
         index: int | tf.Tensor = 0,
         cache_update: CacheUpdate = "slice",
         training: bool = False,
     ) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor] | None]:
-        attended, cache = self.attend(x, cos, sin, cache, index, cache_update)
+        attended, cache = self.attend(x, cache, index, cache_update)
         x = x + self.residual_dropout(attended, training=training)
         x = x + self.residual_dropout(self.feed_forward(x), training=training)
         return x, cache
@@ -191,6 +206,7 @@ class LlamaBlock(keras.layers.Layer):
             intermediate_dim=self.intermediate_dim,
             norm_epsilon=self.norm_epsilon,
             dropout=self.dropout,
+            inverse_frequencies=self.inverse_frequencies.tolist(),
         )
         return config
 
@@ -260,7 +276,7 @@ class Llama(keras.Model):
         for i in range(num_layers):
             block = LlamaBlock(
                 hidden_dim, num_heads, num_kv_heads, head_dim, intermediate_dim,
-                norm_epsilon, dropout, dtype=policy, name=f"block_{i}",
+                norm_epsilon, dropout, self.inverse_frequencies, dtype=policy, name=f"block_{i}",
             )  # fmt: skip
             setattr(self, f"block_{i}", block)
         self.final_norm = keras.layers.RMSNormalization(
@@ -271,24 +287,14 @@ class Llama(keras.Model):
     def blocks(self) -> list[LlamaBlock]:
         return [getattr(self, f"block_{i}") for i in range(self.num_layers)]
 
-    def rotary(
-        self, start_index: int | tf.Tensor, length: tf.Tensor
-    ) -> tuple[tf.Tensor, tf.Tensor]:
-        """cos/sin [t, head_dim] of positions `start_index … start_index + length - 1`, float32."""
-        positions = tf.cast(tf.cast(start_index, tf.int32) + tf.range(length), tf.float32)
-        angles = positions[:, tf.newaxis] * tf.constant(self.inverse_frequencies)[tf.newaxis, :]
-        angles = tf.concat([angles, angles], axis=-1)
-        return tf.cos(angles), tf.sin(angles)
-
     def _logits(self, x: tf.Tensor) -> tf.Tensor:
         return tf.cast(self.token_embedding(self.final_norm(x), reverse=True), tf.float32)
 
     def call(self, token_ids: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Full causal forward pass: int `[B, T]` ids -> float32 `[B, T, V]`."""
         x = self.token_embedding(token_ids)
-        cos, sin = self.rotary(0, tf.shape(token_ids)[1])
         for block in self.blocks:
-            x, _ = block(x, cos=cos, sin=sin, training=training)
+            x, _ = block(x, training=training)
         return self._logits(x)
 
     def init_cache(self, batch_size: int | tf.Tensor, length: int | None = None) -> KVCache:
@@ -314,11 +320,10 @@ class Llama(keras.Model):
         if not callable(cache_update) and cache_update not in CACHE_UPDATES:
             raise ValueError(f"cache_update must be one of {CACHE_UPDATES}, got {cache_update!r}")
         x = self.token_embedding(token_ids)
-        cos, sin = self.rotary(cache_index, tf.shape(token_ids)[1])
         new_cache = []
         for block, layer_cache in zip(self.blocks, cache, strict=True):
             x, layer_cache = block(
-                x, cos=cos, sin=sin, cache=layer_cache, index=cache_index, cache_update=cache_update
+                x, cache=layer_cache, index=cache_index, cache_update=cache_update
             )
             new_cache.append(layer_cache)
         return self._logits(x), tuple(new_cache)
