@@ -198,3 +198,14 @@ def test_generate_keeps_sentencepiece_logs_off_stderr(trained_workdir):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "precompiled_charsmap" not in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_distillation_temperature_must_be_finite(value):
+    from tfllm.config import base_config, validate
+    from tfllm.errors import ConfigError
+
+    config = base_config()
+    config.compress.temperature = value
+    with pytest.raises(ConfigError, match="config.compress.temperature"):
+        validate(config)

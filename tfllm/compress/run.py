@@ -10,6 +10,7 @@ quantizer ranges included. `compression.json` records what was measured.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from tfllm.compress.keras_quantize import quantize_workdir
 from tfllm.config import (
     CLASSIFIER_NAMES,
     COMPRESS_METHODS,
+    ENCODER_NAMES,
+    LM_NAMES,
     PRUNE_SCHEDULES,
     QUANTIZE_MODES,
     base_config,
@@ -30,6 +33,7 @@ from tfllm.config import (
     validate,
 )
 from tfllm.data.labels import LABELS_FILE
+from tfllm.data.tokenizer_kinds import tokenizer_kind
 from tfllm.errors import ConfigError, WorkdirError
 from tfllm.inference.loading import load_trained
 from tfllm.training.plugins import TrainingPlugin
@@ -125,8 +129,10 @@ def _check_options(options: CompressOptions) -> None:
         raise ConfigError(f"--steps: must be positive (or 0 for the default), got {options.steps}")
     if options.learning_rate < 0:
         raise ConfigError(f"--learning_rate: must be positive, got {options.learning_rate:g}")
-    if options.temperature <= 0:
-        raise ConfigError(f"--temperature: must be positive, got {options.temperature:g}")
+    if not 0 < options.temperature < math.inf:  # nan fails too
+        raise ConfigError(
+            f"--temperature: must be a positive finite number, got {options.temperature:g}"
+        )
     if not 0.0 <= options.alpha <= 1.0:
         raise ConfigError(f"--alpha: must be in [0, 1], got {options.alpha:g}")
     if options.mode not in QUANTIZE_MODES:
@@ -152,10 +158,13 @@ def _student_config(
     path = path or "the student config"
     defaults = base_config().tokenizer
     tokenizer = given.get("tokenizer")
+    # A teacher's imported tokenizer (byte-level BPE, WordPiece) is not learned from a
+    # vocab_size and model_type, so a student recipe's learning settings name nothing.
+    learned = tokenizer_kind(os.path.join(source, "tokenizer")) == "sentencepiece"
     if tokenizer is not None:
         # Keys left at their defaults are inherited; a value that names another
         # tokenizer is a mistake (the student would read different token ids).
-        for key in ("model_type", "vocab_size"):
+        for key in ("model_type", "vocab_size") if learned else ():
             value = tokenizer.get(key, defaults[key])
             if value not in (defaults[key], teacher.tokenizer[key]):
                 raise ConfigError(
@@ -174,8 +183,8 @@ def _student_config(
     config.data = copy.deepcopy(teacher.data)
     config.tokenizer = copy.deepcopy(teacher.tokenizer)
     student, teacher_name = config.model.name, teacher.model.name
-    if (teacher_name == "gpt") != (student == "gpt"):
-        kind = "a 'gpt' language model" if teacher_name == "gpt" else "a classifier"
+    if (teacher_name in LM_NAMES) != (student in LM_NAMES):
+        kind = "a language model" if teacher_name in LM_NAMES else "a classifier"
         raise ConfigError(
             f"--student_config: the teacher in {source} is {kind} ({teacher_name}); the student "
             f"{student!r} must be one too"
@@ -192,6 +201,11 @@ def compress_config(source: str, options: CompressOptions) -> ml_collections.Con
     """The output workdir's config: the source's (prune/qat) or the student's (distill)."""
     _check_options(options)
     teacher = load_workdir_config(source)
+    if teacher.model.name in ENCODER_NAMES:
+        raise ConfigError(
+            f"--workdir: {source} holds a {teacher.model.name} encoder, which tfllm-compress "
+            "does not compress yet (language models and classifiers only)"
+        )
     if not kept_checkpoints(os.path.join(source, "checkpoints")):
         raise WorkdirError(f"--workdir: {source} has no checkpoint (run tfllm-train first)")
     if options.method == "distill":

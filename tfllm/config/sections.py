@@ -170,6 +170,6 @@ class CompressConfig:
     prune_frequency: int = setting(0, non_negative("0 = auto"))  # masks every N steps
     prune_end_fraction: float = setting(0.75, interval(0, 1, lo_open=True))  # ramp ends here
     prune_embeddings: bool = setting(True)  # prune Embedding tables (the GPT's tied LM head)
-    temperature: float = setting(2.0, positive())  # distill: softmax temperature T
+    temperature: float = setting(2.0, interval(0.0, 1e6, lo_open=True))  # distill: softmax T
     alpha: float = setting(0.5, interval(0, 1))  # distill: weight of the hard-label loss
     quantize_mode: str = setting("int8", one_of(QUANTIZE_MODES, "int8 or int4"))
