@@ -288,7 +288,7 @@ def test_bool_is_never_a_number():
         (
             "compress.temperature",
             0.0,
-            "config.compress.temperature: must be a positive number, got 0.0",
+            "config.compress.temperature: must be a positive finite number, got 0.0",
         ),
         (
             "export.prefill_buckets",

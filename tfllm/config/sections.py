@@ -8,6 +8,7 @@ keys' documentation; docs/configuration.md explains them at length. The
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,6 +171,7 @@ class CompressConfig:
     prune_frequency: int = setting(0, non_negative("0 = auto"))  # masks every N steps
     prune_end_fraction: float = setting(0.75, interval(0, 1, lo_open=True))  # ramp ends here
     prune_embeddings: bool = setting(True)  # prune Embedding tables (the GPT's tied LM head)
-    temperature: float = setting(2.0, interval(0.0, 1e6, lo_open=True))  # distill: softmax T
+    # distill: softmax temperature T (inf would flatten every distribution; nan fails too)
+    temperature: float = setting(2.0, Check(lambda v: 0 < v < math.inf, "a positive finite number"))
     alpha: float = setting(0.5, interval(0, 1))  # distill: weight of the hard-label loss
     quantize_mode: str = setting("int8", one_of(QUANTIZE_MODES, "int8 or int4"))
