@@ -107,6 +107,23 @@ def _has_key(config, dotted: str) -> bool:
     return True
 
 
+def _workdir_config(path: str) -> str | None:
+    """The workdir whose config.json `path` names (a run's own config), else None."""
+    file = Path(path)
+    return str(file.parent) if file.name == "config.json" and file.parent != Path() else None
+
+
+@functools.cache
+def _documented_workdirs() -> frozenset[str]:
+    """Every --workdir a documented command writes, so a later --config=W/config.json holds."""
+    return frozenset(
+        arg.partition("=")[2]
+        for _, argv in documented_commands()
+        for arg in argv
+        if arg.startswith("--workdir=")
+    )
+
+
 def check_command(argv: list[str]) -> list[str]:
     """The problems with one documented command line (empty when it is right)."""
     command, args = argv[0], argv[1:]
@@ -138,13 +155,22 @@ def check_command(argv: list[str]) -> list[str]:
             for item in value.split(",") if name == "force" else [value]:
                 if item not in flags[name]:
                     problems.append(f"{command} --{name}={item}: not one of {flags[name]}")
-    if config_path is not None and not (ROOT / config_path.partition(":")[0]).is_file():
+    made_by_a_command = config_path is not None and _workdir_config(config_path)
+    if made_by_a_command:
+        if made_by_a_command not in _documented_workdirs():
+            return problems + [f"{command}: no documented command writes {config_path}"]
+    elif config_path is not None and not (ROOT / config_path.partition(":")[0]).is_file():
         return problems + [f"{command}: no config file {config_path}"]
     if overrides:
         if config_path is None and command != "tfllm-pipeline":
             return problems + [f"{command}: --config.* overrides without --config"]
-        config = load_config(config_path or "configs/pipeline.py")
         from tfllm.config import base_config
+
+        # A workdir's config.json holds every key, as base_config does.
+        if made_by_a_command:
+            config = base_config()
+        else:
+            config = load_config(config_path or "configs/pipeline.py")
 
         if "model" in config:  # a model recipe: base_config fills the keys it omits
             full = base_config()

@@ -85,7 +85,7 @@ def config_overrides(config, train: bool = True) -> list[str]:
         out.append(f"--config.model.max_length={MAX_LENGTH}")
     if train:
         train_overrides = dict(TRAIN)
-        if config.model.name != "gpt":
+        if config.model.name not in ("gpt", "llama"):
             train_overrides["batch_size"] = CLASSIFIER_BATCH_SIZE
         out += [f"--config.train.{key}={value}" for key, value in train_overrides.items()]
         out.append("--config.export.max_new_tokens=8")

@@ -345,6 +345,8 @@ def test_build_model_maps_config_keys_and_defaults() -> None:
 
 
 def test_build_model_lists_every_model_for_an_unknown_name() -> None:
-    assert AVAILABLE == ("gpt", "transformer_classifier", "cnn_classifier", "mlp_classifier")
-    with pytest.raises(ConfigError, match="unknown model 'x'.*mlp_classifier"):
+    assert AVAILABLE == (
+        "gpt", "transformer_classifier", "cnn_classifier", "mlp_classifier", "llama", "bert"
+    )
+    with pytest.raises(ConfigError, match="unknown model 'x'.*mlp_classifier.*llama, bert"):
         build_model(classifier_config("x"), vocab_size=VOCAB, num_classes=2)

@@ -10,7 +10,8 @@ UNSAFE = [
     (re.compile(r"allow_pickle\s*=\s*True"), "numpy allow_pickle"),
     (re.compile(r"safe_mode\s*=\s*False"), "Keras safe_mode=False"),
     (re.compile(r"enable_unsafe_deserialization\("), "Keras unsafe deserialization"),
-    (re.compile(r"\beval\(|\bexec\("), "eval/exec"),
+    # A method such as torch's `model.eval()` is not Python's eval.
+    (re.compile(r"(?<![.\w])(eval|exec)\("), "eval/exec"),
 ]
 
 

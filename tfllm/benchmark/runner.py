@@ -25,6 +25,8 @@ from tfllm.benchmark.peer import KerasHubDecodeBench, build_train_model
 from tfllm.benchmark.stats import summarize_seconds
 from tfllm.benchmark.timing import Timed, interleave
 from tfllm.benchmark.train_bench import TrainBench, build_ours
+from tfllm.config import LM_NAMES
+from tfllm.errors import ConfigError
 
 # The issue's targets ("Training and decoding speed").
 TARGET_TRAIN_SPEEDUP = 1.3
@@ -296,6 +298,17 @@ def _targets(result: dict[str, object]) -> dict[str, bool]:
 
 def run_benchmark(config: ml_collections.ConfigDict, settings: BenchSettings) -> dict[str, object]:
     """Measures the peak, then the requested benchmarks; returns the result dict."""
+    name = config.model.name
+    if name not in LM_NAMES:
+        raise ConfigError(
+            f"config.model.name: tfllm-benchmark times language models ({', '.join(LM_NAMES)}), "
+            f"not {name!r}"
+        )
+    if settings.peer == "keras_hub" and name != "gpt":
+        raise ConfigError(
+            f"--peer=keras_hub: the peer is keras-hub's GPT-2 at the config's dimensions, a "
+            f"like-for-like reference for config.model.name='gpt' only, not {name!r}"
+        )
     result: dict[str, object] = {
         "mode": settings.mode,
         "peer": settings.peer,

@@ -15,13 +15,14 @@ import os
 import sys
 
 from absl import flags
-from ml_collections import config_flags
 
 from tfllm.cli import common
 from tfllm.config import PRECISIONS
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Benchmark config (model dims, batch).")
+common.define_config_flag(
+    "Benchmark config (model dims, batch): configs/bench_*.py, or a workdir's config.json."
+)
 common.define_debug_flag()
 flags.adopt_module_key_flags(common)
 flags.DEFINE_enum(

@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 import ml_collections
 from absl import app, flags
 from absl import logging as absl_logging
+from ml_collections import config_flags
 
-from tfllm.config import INFERENCE_STRATEGIES, load_workdir_config, validate
+from tfllm.config import INFERENCE_STRATEGIES, load_config_file, load_workdir_config, validate
 from tfllm.errors import ConfigError, TfllmError
 from tfllm.utils.argv import command_name  # re-exported: cli.common.command_name
 
@@ -28,6 +29,33 @@ def define_workdir_flag(required: bool = True) -> None:
         "tensorboard/, metrics.json, config.json, export/.",
         required=required,
     )
+
+
+class _ConfigFileParser(flags.ArgumentParser):
+    """`--config=FILE`: a Python config (`get_config()`, ml_collections' own parser), or
+    a `config.json` a run or `tfllm-import` wrote, so a new run can start from its model."""
+
+    def __init__(self, python_parser: flags.ArgumentParser) -> None:
+        self._python = python_parser
+
+    def parse(self, argument):
+        if not str(argument).endswith(".json"):
+            return self._python.parse(argument)
+        try:
+            config = load_config_file(argument)
+        except TfllmError as e:
+            raise ValueError(str(e)) from None  # absl reports a bad flag value in one line
+        config.lock()  # as a Python config is locked: overrides cannot add keys
+        return config
+
+    def flag_type(self) -> str:
+        return self._python.flag_type()
+
+
+def define_config_flag(help_string: str) -> None:
+    """`--config` with `--config.section.key=value` overrides; `.py` or `.json` files."""
+    config_flags.DEFINE_config_file("config", None, help_string)
+    FLAGS["config"].parser = _ConfigFileParser(FLAGS["config"].parser)
 
 
 def define_debug_flag() -> None:

@@ -3,6 +3,9 @@
   tfllm-train --config=configs/gpt_tiny.py --workdir=runs/tiny \
       [--config.data.train_path=corpus.txt --config.data.format=text]
   tfllm-train --config=configs/cnn_sst2.py --workdir=runs/cnn      # a classifier
+  tfllm-train --config=runs/smollm2/config.json --workdir=runs/smollm2_ft \
+      --config.train.init_from=runs/smollm2 --config.data.train_path=corpus.txt \
+      --config.data.format=text                  # fine-tune an imported (or any) LM
 
 Re-running the same command resumes from the last checkpoint.
 """
@@ -12,13 +15,14 @@ from __future__ import annotations
 import os
 
 from absl import flags
-from ml_collections import config_flags
 
 from tfllm.cli import common
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", None, "Config file (configs/*.py); override keys with --config.section.key=value."
+common.define_config_flag(
+    "Config file (configs/*.py, or a run's config.json: --config=W/config.json starts from "
+    "W's model, e.g. to fine-tune with --config.train.init_from=W); override keys with "
+    "--config.section.key=value."
 )
 common.define_workdir_flag()
 common.define_debug_flag()

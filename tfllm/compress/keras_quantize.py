@@ -1,14 +1,15 @@
-"""Weight-only quantization inside Keras (`model.quantize("int8" | "int4")`).
+"""Quantization inside Keras (`model.quantize("int8" | "int4")`).
 
 Keras 3 quantizes Dense / EinsumDense kernels in place (int8: per output
-channel; int4: packed, with a scale per channel), dequantizing on the fly in
-`call`, so the model stays a Keras model: evaluate, generate and resume from
-it as usual. It needs no data and no training — the in-Keras counterpart of
-the TFLite converter's dynamic-range mode. A quantized model's checkpoint
-holds int8 kernels plus scales, so `tfllm.inference.loading.load_trained`
-calls `tfllm.models.quantized.quantize_in_place` on the freshly built model
-*before* restoring
-(`config.compress.method == "quantize"`).
+channel; int4: packed, with a scale per channel) and quantizes each layer's
+inputs to int8 on the fly in `call` (dynamic, per row: W8A8 / W4A8, not
+weight-only, so it costs more accuracy than weight-only int8 would). The
+model stays a Keras model: evaluate, generate and resume from it as usual. It
+needs no data and no training — the in-Keras counterpart of the TFLite
+converter's dynamic-range mode. A quantized model's checkpoint holds int8
+kernels plus scales, so `tfllm.inference.loading.load_trained` calls
+`tfllm.models.quantized.quantize_in_place` on the freshly built model *before*
+restoring (`config.compress.method == "quantize"`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import tensorflow as tf
 
 from tfllm.config import CLASSIFIER_NAMES, config_to_json
 from tfllm.data.labels import LABELS_FILE
-from tfllm.errors import ConfigError
+from tfllm.errors import ConfigError, DataError
 from tfllm.evaluation.workdir import evaluate_workdir
 from tfllm.inference.loading import load_trained
 from tfllm.models.quantized import quantize_in_place, weight_bytes
@@ -59,8 +60,8 @@ def _evaluate(trained) -> dict:
     """The eval split's headline metrics of the quantized Keras model ({} without one)."""
     try:
         evaluation = evaluate_workdir(trained, split="eval", write_png=False)
-    except ConfigError:  # the run has no eval split: nothing to report
-        return {}
+    except (ConfigError, DataError):  # no eval split, or one smaller than a batch of
+        return {}  # windows (an imported model's 2,048-token windows): nothing to report
     metrics = evaluation.metrics
     if evaluation.is_classifier:
         return {("eval_loss" if k == "log_loss" else k): v for k, v in metrics.items()}

@@ -1,4 +1,5 @@
-"""Reading configs: Python config files, and the config.json a run leaves in its workdir."""
+"""Reading configs: Python config files, and the config.json a run (or an import) leaves
+in its workdir, which `--config=` takes too."""
 
 from __future__ import annotations
 
@@ -13,9 +14,17 @@ from tfllm.errors import ConfigError
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-    """Loads a config file outside absl flags (the pipeline uses this)."""
+    """Loads a config file outside absl flags (the pipeline uses this).
+
+    A `.json` file is a config a run or an import wrote (`W/config.json`), so
+    `--config=W/config.json` starts a new run with W's model, e.g. to fine-tune
+    an imported checkpoint (`train.init_from=W`); anything else is a Python
+    file defining `get_config()`.
+    """
     if not os.path.isfile(path):
         raise ConfigError(f"--config: no such file: {path}")
+    if path.endswith(".json"):
+        return read_config_json(path)
     spec = importlib.util.spec_from_file_location("tfllm_user_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -44,11 +53,17 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
         raise ConfigError(
             f"--workdir: {workdir} has no config.json (train there first, or pass --config)"
         )
+    return read_config_json(path)
+
+
+def read_config_json(path: str) -> ml_collections.ConfigDict:
+    """A saved `config.json`, merged onto `base_config()`: a run saved before a
+    key existed loads with that key's default, and every later check finds every key."""
     try:
         with open(path, encoding="utf-8") as f:
             config = config_from_json(f.read())
-    except (OSError, ValueError) as e:
+        merged = base_config()
+        merged.update(config)  # keys added to the schema since the run get their defaults
+    except (OSError, ValueError, TypeError, AttributeError) as e:
         raise ConfigError(f"{path}: unreadable config ({e})") from None
-    merged = base_config()
-    merged.update(config)  # keys added to the schema since the run get their defaults
     return merged

@@ -9,6 +9,8 @@ every target is a real next token and the loss needs no mask.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import tensorflow as tf
 
@@ -28,20 +30,12 @@ def tokenize_documents(tokenizer: Tokenizer, texts: list[str], batch_size: int =
     without separators, so a document's tokens stay contiguous; only document
     boundaries get an eos.
     """
+    by_line = isinstance(tokenizer, Tokenizer)
     pieces: list[str] = []
     pieces_per_doc = np.zeros(len(texts), dtype=np.int64)
     for d, text in enumerate(texts):
         before = len(pieces)
-        for line in text.split("\n"):
-            pieces.append(line + "\n")
-        pieces[-1] = pieces[-1][:-1]  # The last segment had no newline after it.
-        if not pieces[-1]:
-            pieces.pop()
-        pieces[before:] = [
-            p[i : i + _MAX_PIECE_CHARS]
-            for p in pieces[before:]
-            for i in range(0, len(p), _MAX_PIECE_CHARS)
-        ]
+        pieces.extend(_pieces(text, by_line))
         pieces_per_doc[d] = len(pieces) - before
     if not pieces:
         return np.full(len(texts), tokenizer.eos_id, dtype=np.int32)
@@ -69,6 +63,31 @@ def tokenize_documents(tokenizer: Tokenizer, texts: list[str], batch_size: int =
         np.int64
     )
     return np.insert(flat_ids, np.cumsum(doc_lengths), tokenizer.eos_id).astype(np.int32)
+
+
+# Where a byte-level BPE's text may be cut without changing its tokens: after a
+# newline between two non-space characters. The pre-tokenizers (GPT-2's, Llama 3's,
+# Qwen2's) make that newline a word of its own and start afresh after it; a cut
+# elsewhere ("\n\n", " \n": WikiText's line ends) can merge differently.
+_SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)")
+
+
+def _pieces(text: str, by_line: bool) -> list[str]:
+    """A document cut into the strings tokenized separately (each at most
+    `_MAX_PIECE_CHARS`).
+
+    tfllm's SentencePiece runs cut at every line end (each line keeps its
+    "\n"), as they always have; imported byte-level tokenizers only where
+    Hugging Face's whole-document ids stay the same (`_SAFE_CUT`), so
+    perplexity on a file is the one transformers computes.
+    """
+    if by_line:
+        parts = [line + "\n" for line in text.split("\n")]
+        parts[-1] = parts[-1][:-1]  # The last segment had no newline after it.
+    else:
+        parts = _SAFE_CUT.split(text)
+    size = _MAX_PIECE_CHARS
+    return [p[i : i + size] for p in parts if p for i in range(0, len(p), size)]
 
 
 def _flat_with_lengths(tokenizer: Tokenizer, texts: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

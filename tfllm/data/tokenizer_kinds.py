@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Any
 
 from tfllm.data.byte_bpe import ByteBPETokenizer
-from tfllm.data.tokenizer import CONFIG_FILE, Tokenizer
+from tfllm.data.tokenizer import CONFIG_FILE, MODEL_FILE, Tokenizer
 from tfllm.data.wordpiece import WordPieceTokenizer
 from tfllm.errors import DataError
 
@@ -59,3 +60,36 @@ def chat_template(directory: str | os.PathLike) -> str | None:
         return None
     with open(path, encoding="utf-8") as f:
         return f.read()
+
+
+def tokenizer_files(tokenizer: AnyTokenizer) -> dict[str, bytes]:
+    """The files that ship a tokenizer beside an exported artifact (file name -> bytes).
+
+    SentencePiece ships its `tokenizer.model` alone (what the TensorFlow-free
+    runners read, examples/litert_generate.py); the imported kinds ship what
+    their `save` writes, so `load_shipped_tokenizer` rebuilds them whole.
+    """
+    if isinstance(tokenizer, Tokenizer):
+        return {MODEL_FILE: tokenizer.model_proto}
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = os.path.join(scratch, "tokenizer")
+        tokenizer.save(directory)
+        files = {}
+        for name in sorted(os.listdir(directory)):
+            with open(os.path.join(directory, name), "rb") as f:
+                files[name] = f.read()
+        return files
+
+
+def load_shipped_tokenizer(directory: str | os.PathLike) -> AnyTokenizer:
+    """The tokenizer `tokenizer_files` put in `directory` (an export's folder)."""
+    directory = os.fspath(directory)
+    model = os.path.join(directory, MODEL_FILE)
+    if os.path.isfile(model):
+        with open(model, "rb") as f:
+            return Tokenizer(f.read())
+    if not os.path.isfile(os.path.join(directory, CONFIG_FILE)):
+        raise DataError(
+            f"{directory}: no tokenizer beside the export ({MODEL_FILE} or {CONFIG_FILE})"
+        )
+    return load_tokenizer(directory)

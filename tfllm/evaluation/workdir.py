@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from tfllm.config import ENCODER_NAMES
 from tfllm.data.classification_data import load_labelled_splits
 from tfllm.data.corpus import read_documents
 from tfllm.data.lm_data import tokenize_documents
@@ -85,6 +86,12 @@ def evaluate_workdir(
     )  # fmt: skip
     if trained.is_classifier:
         return _evaluate_classifier(trained, options)
+    if trained.config.model.name in ENCODER_NAMES:
+        raise ConfigError(
+            f"--workdir: {trained.workdir} holds a {trained.config.model.name} encoder, which has "
+            "no language-model or classification metric yet (tfllm-evaluate scores LMs and "
+            "classifiers)"
+        )
     return _evaluate_lm(trained, options)
 
 

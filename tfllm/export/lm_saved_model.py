@@ -1,8 +1,9 @@
 """SavedModel export: raw strings in, generated text out, tokenizer in the graph.
 
 Written with `keras.export.ExportArchive` (DESIGN §2: the measured path that
-keeps Keras 3 variables initialised; the SentencePiece resource must be
-tracked explicitly or the save fails with "untracked resource"). Endpoints:
+keeps Keras 3 variables initialised; the tokenizer must be tracked explicitly
+— SentencePiece's resource, or an imported byte-level BPE's lookup tables —
+or the save fails with "untracked resource"). Endpoints:
 
 - `serving_default(prompts: string[None]) -> {"completions": string[None]}`:
   greedy continuation of `export.max_new_tokens` tokens per prompt, the
@@ -26,13 +27,13 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfllm.data.tokenizer import Tokenizer
+from tfllm.data.tokenizer_kinds import AnyTokenizer
 from tfllm.export.verified import VerificationError, write_verified_saved_model
 from tfllm.inference.generate import generate_ids
 from tfllm.inference.sampling import SAMPLERS
 
 
-def _completion_fn(model: keras.Model, tokenizer: Tokenizer, sampler: str):
+def _completion_fn(model: keras.Model, tokenizer: AnyTokenizer, sampler: str):
     """Builds `(prompt, max_new, temperature, top_k, top_p, seed) -> text` for one prompt."""
     max_length = int(model.max_length)
     eos = int(tokenizer.eos_id)
@@ -76,7 +77,7 @@ def _generate_endpoint(complete):
     return generate
 
 
-def _score_endpoint(model: keras.Model, tokenizer: Tokenizer):
+def _score_endpoint(model: keras.Model, tokenizer: AnyTokenizer):
     """`texts -> {log_likelihood, tokens}`, one text at a time (no shared padding)."""
     max_length = int(model.max_length)
     eos = int(tokenizer.eos_id)
@@ -102,7 +103,7 @@ def _score_endpoint(model: keras.Model, tokenizer: Tokenizer):
 
 
 def build_archive(
-    model: keras.Model, tokenizer: Tokenizer, max_new_tokens: int
+    model: keras.Model, tokenizer: AnyTokenizer, max_new_tokens: int
 ) -> keras.export.ExportArchive:
     """The ExportArchive with the serving and generation endpoints."""
     archive = keras.export.ExportArchive()
@@ -146,7 +147,7 @@ def build_archive(
 
 def export_saved_model(
     model: keras.Model,
-    tokenizer: Tokenizer,
+    tokenizer: AnyTokenizer,
     target: str,
     *,
     max_new_tokens: int,
@@ -164,7 +165,8 @@ def export_saved_model(
     def verify(loaded) -> dict:
         serve = loaded.signatures["serving_default"]
         out = serve(prompts=tf.constant(verify_prompts, tf.string))["completions"].numpy()
-        exported = [s.decode("utf-8") for s in out]
+        # As the tokenizers' `decode`: a byte-level BPE may stop inside a character.
+        exported = [s.decode("utf-8", errors="replace") for s in out]
         mismatches = [
             {"prompt": p, "keras": k, "saved_model": e}
             for p, k, e in zip(verify_prompts, reference, exported, strict=True)

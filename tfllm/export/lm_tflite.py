@@ -32,6 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfllm.data.tokenizer_kinds import tokenizer_files
 from tfllm.errors import WorkdirError
 from tfllm.export import litert
 from tfllm.export.verified import VerificationError
@@ -323,7 +324,7 @@ def export_lm_tflite(
             )
         return record
 
-    extra = {"tokenizer.model": tokenizer.model_proto}
+    extra = tokenizer_files(tokenizer)  # SentencePiece's tokenizer.model, or the BPE's files
     return litert.write_verified_tflite(
         target, blob, verify, quantize=quantize, extra_files=extra, notes=notes
     )

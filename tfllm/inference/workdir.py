@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 
 from tfllm.config import LM_NAMES, load_workdir_config
-from tfllm.data.tokenizer import Tokenizer
+from tfllm.data.tokenizer_kinds import load_shipped_tokenizer
 from tfllm.errors import ConfigError, WorkdirError
 from tfllm.export.litert import tflite_path
 from tfllm.export.verified import load_serving
@@ -97,8 +97,7 @@ def _litert_generator(workdir: str, quantize: str):
             f"(run tfllm-export --workdir={workdir} --format=tflite --quantize={quantize})"
         )
     # The tokenizer shipped beside the .tflite, so the file and its vocabulary travel together.
-    with open(os.path.join(os.path.dirname(path), "tokenizer.model"), "rb") as f:
-        tokenizer = Tokenizer(f.read())
+    tokenizer = load_shipped_tokenizer(os.path.dirname(path))
     return LiteRTGenerator(LiteRTLM(path)), tokenizer
 
 
@@ -117,7 +116,8 @@ def _generate_saved_model(
             tf.constant(sampling.top_p, tf.float32),
             tf.constant(sampling.seed + i),
         )
-        texts.append(out["completions"].numpy()[0].decode("utf-8"))
+        # A byte-level tokenizer's text may end inside a character: as `decode`, U+FFFD.
+        texts.append(out["completions"].numpy()[0].decode("utf-8", errors="replace"))
     return texts
 
 

@@ -82,7 +82,7 @@ def build_tokenizer(source: SourceCheckpoint):
             unk_id=spec["unk_id"],
         )
     if spec["kind"] == "hf_json":
-        return ByteBPETokenizer.from_hf_tokenizer_json(spec["path"])
+        return _hf_byte_bpe(source)
     if spec["kind"] == "sentencepiece":
         with open(spec["path"], "rb") as f:
             try:
@@ -90,6 +90,24 @@ def build_tokenizer(source: SourceCheckpoint):
             except DataError as e:
                 raise DataError(f"{spec['path']}: {e}") from None
     return WordPieceTokenizer.from_hf_directory(spec["directory"])
+
+
+def _hf_byte_bpe(source: SourceCheckpoint) -> ByteBPETokenizer:
+    """A `tokenizer.json`'s BPE; BOS/EOS the model's `config.json` names where the
+    tokenizer files do not (GPT-2 names `<|endoftext|>` only there), so documents
+    are separated and generation stops as the model was trained to."""
+    path = source.tokenizer["path"]
+    tokenizer = ByteBPETokenizer.from_hf_tokenizer_json(path)
+    missing = {}
+    for name in ("bos", "eos"):
+        token_id = source.config.get(f"{name}_token_id")
+        if isinstance(token_id, list):  # Llama 3 lists every end-of-turn token; the first is EOS
+            token_id = token_id[0] if token_id else None
+        if getattr(tokenizer, f"{name}_id") < 0 and isinstance(token_id, int):
+            if 0 <= token_id < tokenizer.vocab_size:
+                piece = tokenizer.id_to_piece(tf.constant([token_id])).numpy()[0]
+                missing[f"{name}_token"] = piece.decode("utf-8")
+    return ByteBPETokenizer.from_hf_tokenizer_json(path, **missing) if missing else tokenizer
 
 
 def workdir_config(source: SourceCheckpoint, tokenizer: Any) -> ml_collections.ConfigDict:

@@ -12,7 +12,13 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-from tfllm.config import CLASSIFIER_NAMES, config_to_json, load_workdir_config
+from tfllm.config import (
+    CLASSIFIER_NAMES,
+    ENCODER_NAMES,
+    config_to_json,
+    family_keys,
+    load_workdir_config,
+)
 from tfllm.data.classification_data import class_weights, encode_split, load_labelled_splits
 from tfllm.data.labels import LABELS_FILE, LabelVocab
 from tfllm.data.sources import ensure_tokenizer, lm_token_streams, load_text_splits
@@ -93,6 +99,7 @@ def train_lm(
     they are passed in from above so training never imports the compressors.
     """
 
+    check_init_from_lm(config)
     _check_resume_compatible(config, workdir)
     os.makedirs(workdir, exist_ok=True)
     strategy = create_strategy(config.runtime)
@@ -168,10 +175,48 @@ def train_lm(
     return metrics
 
 
+# Keys an LM fine-tuned from `train.init_from` may change: regularisation, and a
+# Llama's window (RoPE has no position table; a GPT's positions are weights).
+_FREE_LM_KEYS = {"gpt": ("dropout",), "llama": ("dropout", "max_length", "context_length")}
+
+
+def check_init_from_lm(config: ml_collections.ConfigDict) -> None:
+    """`train.init_from` for an LM: the model must be the one the checkpoint holds.
+
+    The natural command starts from the source's own config
+    (`--config=W/config.json --config.train.init_from=W`, an imported
+    checkpoint's included); a model that differs would restore nothing, so the
+    first differing key is named in one line, before any data is read.
+    """
+    init_from = config.train.get("init_from")
+    if not init_from or config.model.name in CLASSIFIER_NAMES:
+        return
+    if not os.path.isfile(os.path.join(init_from, "config.json")):
+        raise ConfigError(
+            f"config.train.init_from: {init_from} has no config.json (a tfllm workdir: a run's "
+            "or tfllm-import's)"
+        )
+    source = load_workdir_config(init_from).model
+    free = _FREE_LM_KEYS.get(config.model.name, ("dropout",))
+    keys = ("name",) if source.name != config.model.name else family_keys(config.model.name)
+    for key in keys:
+        if key not in free and config.model.get(key) != source.get(key):
+            raise ConfigError(
+                f"config.model.{key}: {config.model.get(key)!r} differs from {source.get(key)!r} "
+                f"of the model in config.train.init_from={init_from} (start from its config: "
+                f"--config={os.path.join(init_from, 'config.json')})"
+            )
+
+
 def train(
     config: ml_collections.ConfigDict, workdir: str, plugins: Sequence[TrainingPlugin] = ()
 ) -> dict:
     """Trains whatever `config.model.name` names (the library call behind tfllm-train)."""
+    if config.model.name in ENCODER_NAMES:
+        raise ConfigError(
+            f"config.model.name: {config.model.name!r} is an imported encoder, which has no "
+            "training task yet (tfllm-train trains language models and classifiers)"
+        )
     if config.model.name in CLASSIFIER_NAMES:
         return train_classifier(config, workdir, plugins)
     return train_lm(config, workdir, plugins)

@@ -27,6 +27,7 @@ from tfllm.evaluation.predict import (
     token_cross_entropy,
 )
 from tfllm.inference.loading import load_trained
+from tfllm.utils.checkpoints import restore_weights
 
 
 class Task(abc.ABC):
@@ -63,9 +64,15 @@ class Task(abc.ABC):
         return {}
 
     def initialize_from(self, model: keras.Model, workdir: str, checkpoint: str) -> str:
-        """`train.init_from`: restores the model's weights from another run's checkpoint."""
+        """`train.init_from`: restores the model's weights from another run's checkpoint
+        (or an imported one); every weight must find its value, or one line says so."""
         del workdir
-        tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
+        restore_weights(
+            checkpoint,
+            {"model": model},
+            partial=True,  # the source run's optimizer slots are not wanted
+            mismatch="config.train.init_from: the checkpoint does not match config.model",
+        )
         return f"Initialised model weights from {checkpoint}"
 
 
