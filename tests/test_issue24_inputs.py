@@ -209,3 +209,21 @@ def test_distillation_temperature_must_be_finite(value):
     config.compress.temperature = value
     with pytest.raises(ConfigError, match="config.compress.temperature"):
         validate(config)
+
+
+# ------------------------------- an eval split too small for one batch: before step 1
+def test_an_eval_split_smaller_than_one_batch_is_refused_before_training(corpus_file, tmp_path):
+    workdir = tmp_path / "w"
+    proc = run_cli(
+        "train",
+        "--config=configs/gpt_tiny.py",
+        f"--workdir={workdir}",
+        *tiny_overrides(corpus_file, steps=4),
+        "--config.data.eval_fraction=0.004",
+    )
+    assert proc.returncode != 0
+    line = last_stderr_line(proc)
+    assert "config.data: the eval split (data.eval_fraction=0.004)" in line, proc.stderr[-1500:]
+    assert "fewer than one batch of 8 windows of 32+1 tokens" in line
+    assert "step " not in proc.stdout  # refused before any training step
+    assert not (workdir / "checkpoints").exists()

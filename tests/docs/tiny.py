@@ -61,7 +61,10 @@ def rewrite(module: str, argv: list[str], cwd: str) -> list[str]:
     if command == "pipeline" and _is_journey(flags.get("config", "")):
         return argv + tiny_journey_overrides()
     if command in ("train", "pipeline"):
-        return argv + config_overrides(_load(flags["config"], cwd))
+        extra = config_overrides(_load(flags["config"], cwd))
+        if int(flags.get("config.model.max_length", 0)) > MAX_LENGTH:  # the command's own window
+            extra.append(f"--config.model.max_length={MAX_LENGTH}")
+        return argv + extra
     if command == "benchmark":
         extra = ["--repeats=1", "--warmup=1", "--decode_new_tokens=8"]  # --mode=edge
         if "config" in flags:

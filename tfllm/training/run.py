@@ -21,6 +21,7 @@ from tfllm.config import (
 )
 from tfllm.data.classification_data import class_weights, encode_split, load_labelled_splits
 from tfllm.data.labels import LABELS_FILE, LabelVocab
+from tfllm.data.lm_data import num_windows
 from tfllm.data.sources import ensure_tokenizer, lm_token_streams, load_text_splits
 from tfllm.data.tokenizer_kinds import load_tokenizer
 from tfllm.distribute.strategy import (
@@ -114,6 +115,7 @@ def train_lm(
         f"({strategy.num_replicas_in_sync} replica(s))",
         flush=True,
     )
+    _check_eval_split_fits(config, eval_ids)
     if is_chief(strategy):
         atomic_write_text(os.path.join(workdir, "config.json"), config_to_json(config))
 
@@ -173,6 +175,25 @@ def train_lm(
     if is_chief(strategy):
         atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     return metrics
+
+
+def _check_eval_split_fits(config: ml_collections.ConfigDict, eval_ids) -> None:
+    """The first eval must not fail after minutes of training: one line, before step 1.
+
+    The eval pass reads whole global batches of `model.max_length`-token
+    windows, so a held-out split shorter than one batch (an imported model's
+    2,048-token window on a small file) is refused before any step runs.
+    """
+    if eval_ids is None:
+        return
+    seq_len, batch = int(config.model.max_length), int(config.train.batch_size)
+    if num_windows(len(eval_ids), seq_len) < batch:
+        source = config.data.eval_path or f"data.eval_fraction={config.data.eval_fraction:g}"
+        raise ConfigError(
+            f"config.data: the eval split ({source}) holds {len(eval_ids):,} tokens, fewer than "
+            f"one batch of {batch} windows of {seq_len}+1 tokens ({batch * seq_len + 1:,}); lower "
+            "config.model.max_length or config.train.batch_size, or hold out more text"
+        )
 
 
 # Keys an LM fine-tuned from `train.init_from` may change: regularisation, and a
