@@ -115,6 +115,12 @@ _SERVER: dict = {}  # this test process's plain fork server, started on first us
 _SERVER_LOCK = threading.Lock()  # tests may call run_cli from several threads
 
 
+def _checkout_path() -> str:
+    """PYTHONPATH with this checkout first: a command under test imports this tfllm,
+    not whichever checkout `pip install -e` last pointed the environment at."""
+    return os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def _forkserver() -> str:
     """The socket of a server that has TensorFlow imported and forks each command.
 
@@ -128,7 +134,7 @@ def _forkserver() -> str:
             root = tempfile.mkdtemp(prefix="tfllm-fs-")  # short: a socket path has a limit
             log = open(os.path.join(root, "log"), "w")  # noqa: SIM115 (open while it runs)
             env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-            env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+            env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", PYTHONPATH=_checkout_path())
             server = subprocess.Popen(
                 [sys.executable, str(FORKSERVER), os.path.join(root, "s"), "--plain"],
                 stdin=subprocess.DEVNULL,
@@ -166,7 +172,9 @@ def run_cli(
     unless `fresh` (or TFLLM_TEST_FRESH=1 in the environment): then it starts a
     new interpreter, for a check across separately started processes.
     """
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", PYTHONPATH=_checkout_path()
+    )
     module = f"tfllm.cli.{command}"
     argv = [sys.executable, "-m", module, *args]
     if not fresh and os.environ.get("TFLLM_TEST_FRESH") != "1":

@@ -41,3 +41,27 @@ def test_prompt_longer_than_the_context_is_truncated_not_an_error(serving):
                                  tf.constant(0.8), tf.constant(0), tf.constant(0.9),
                                  tf.constant(3))["completions"]
     assert out.shape == (2,)
+
+
+@pytest.mark.parametrize(
+    "endpoint, temperature, top_k, top_p, max_new, message",
+    [
+        ("generate_temperature", float("inf"), 0, 1.0, 4, "temperature must be > 0 and finite"),
+        ("generate_temperature", float("nan"), 0, 1.0, 4, "temperature must be > 0 and finite"),
+        ("generate_top_p", -1.0, 0, 0.9, 4, "temperature must be > 0 and finite"),
+        ("generate_top_p", 0.8, 0, 0.0, 4, r"top_p must be in \(0, 1\]"),
+        ("generate_top_k", 0.8, 0, 1.0, 4, "top_k must be >= 1 for generate_top_k"),
+        ("generate_greedy", 1.0, -3, 1.0, 4, "top_k must be >= 0"),
+        ("generate_greedy", 1.0, 0, 1.0, 0, "max_new_tokens must be >= 1"),
+    ],
+)
+def test_signature_refuses_bad_sampler_values_by_name(
+    serving, endpoint, temperature, top_k, top_p, max_new, message
+):
+    # A server's client is not the CLI: the graph itself refuses what
+    # check_sampler_args refuses, instead of sampling garbage.
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        getattr(serving, endpoint)(
+            tf.constant(["ROMEO:"]), tf.constant(max_new), tf.constant(temperature),
+            tf.constant(top_k), tf.constant(top_p), tf.constant(1),
+        )

@@ -62,11 +62,41 @@ def _completion_fn(model: keras.Model, tokenizer: AnyTokenizer, sampler: str):
     return complete_one
 
 
-def _generate_endpoint(complete):
+def _checked_sampler_args(sampler, max_new_tokens, temperature, top_k, top_p) -> list:
+    """Assert ops for `check_sampler_args`' rules, inside the graph a server runs.
+
+    A serving client is not the CLI: an infinite or negative temperature or a
+    top_p of 0 would otherwise sample garbage without a word, so the
+    signature fails with InvalidArgumentError naming the input (TF Serving
+    answers it as a 400).
+    """
+    min_top_k = 1 if sampler == "top_k" else 0
+    return [
+        tf.debugging.assert_greater(
+            max_new_tokens, 0, message="max_new_tokens must be >= 1"
+        ),
+        tf.debugging.assert_equal(
+            tf.math.is_finite(temperature) & (temperature > 0.0),
+            True,
+            message="temperature must be > 0 and finite",
+        ),
+        tf.debugging.assert_greater_equal(
+            top_k, min_top_k, message=f"top_k must be >= {min_top_k} for generate_{sampler}"
+        ),
+        tf.debugging.assert_equal(
+            (top_p > 0.0) & (top_p <= 1.0), True, message="top_p must be in (0, 1]"
+        ),
+    ]
+
+
+def _generate_endpoint(complete, sampler: str):
     """A batch endpoint over `complete` (a closure per sampler, not a default arg:
     default args would become part of the exported signature)."""
 
     def generate(prompts, max_new_tokens, temperature, top_k, top_p, seed):
+        checks = _checked_sampler_args(sampler, max_new_tokens, temperature, top_k, top_p)
+        with tf.control_dependencies(checks):
+            prompts = tf.identity(prompts)
         completions = tf.map_fn(
             lambda p: complete(p, max_new_tokens, temperature, top_k, top_p, seed),
             prompts,
@@ -132,7 +162,7 @@ def build_archive(
     for sampler in SAMPLERS:
         archive.add_endpoint(
             f"generate_{sampler}",
-            _generate_endpoint(_completion_fn(model, tokenizer, sampler)),
+            _generate_endpoint(_completion_fn(model, tokenizer, sampler), sampler),
             input_signature=[
                 prompts_spec,
                 tf.TensorSpec([], tf.int32, name="max_new_tokens"),
