@@ -217,6 +217,25 @@ def test_restart_workers_gives_up_after_max_restarts_with_backoff():
     assert "[chief 0] chief saved" in lines
 
 
+def test_a_worker_that_ran_healthy_before_dying_gets_a_fresh_restart_count():
+    """Four failures with --max_restarts=1 are no reason to give up when each
+    came after a healthy run (a preempted worker of a long job); the count
+    resets, and a quick failure after that still counts."""
+    body = (
+        "if t['type'] == 'chief': time.sleep(9); sys.exit(0)\n"
+        "if t['type'] == 'worker': print('up', flush=True); time.sleep(1.0); sys.exit(3)\n"
+        "time.sleep(600)"
+    )
+    status, lines = launch(
+        task_script(body), 1, ps=1, restart_workers=True, max_restarts=1,
+        restart_backoff=0.2, healthy_seconds=0.5,
+    )
+    assert status == 0, lines  # the chief's: the job was never given up on
+    assert sum(line == "[worker 0] up" for line in lines) >= 4
+    assert not [x for x in lines if "giving up" in x]
+    assert any("its restart count starts again" in x for x in lines)
+
+
 def test_killed_task_reports_the_shell_status():
     body = "os.kill(os.getpid(), 9)"
     status, lines = launch(task_script(body), 1)

@@ -20,7 +20,10 @@ When the cluster ends:
   `--restart_workers` starts it again, as a cluster manager would, at most
   `--max_restarts` times with a doubling pause (1 s, 2 s, 4 s, ...); then the
   launcher gives up, says why in one line, stops the job as on SIGTERM and
-  exits with the worker's last status.
+  exits with the worker's last status. A worker that had run for
+  `HEALTHY_SECONDS` before it died starts its count afresh (as Kubernetes
+  resets a pod's crash back-off after 10 minutes of running): a preempted
+  worker in a days-long job is not given up on for its third preemption.
 
 Stopping (SIGTERM or Ctrl-C to the launcher; docs/distributed.md): the first
 signal asks each task once to save and stop: all tasks of a synchronous job,
@@ -52,6 +55,7 @@ STOP_NOW_SECONDS = 5.0  # after "stop now" (the second SIGTERM), before SIGKILL
 SERVER_STOP_SECONDS = 10.0  # parameter-server workers and ps after the chief exited
 MAX_RESTARTS = 3  # default of --max_restarts
 RESTART_BACKOFF_SECONDS = 1.0  # first pause before a restart; doubles each time
+HEALTHY_SECONDS = 600.0  # a worker up this long before it died gets a fresh restart count
 
 RUNNING, ASKED, STOP_NOW, KILLED = range(4)  # how far a task has been asked to stop
 
@@ -66,6 +70,7 @@ class Task:
     restarts: int = 0
     reported: bool = False  # its exit has been handled
     restart_at: float | None = None  # when a pending restart is due
+    started_at: float = 0.0  # when its current process started
     stop_level: int = RUNNING  # RUNNING, ASKED, STOP_NOW or KILLED
     stop_deadline: float | None = None  # when to escalate if it is still alive
     pump: threading.Thread | None = field(default=None, repr=False)
@@ -118,6 +123,7 @@ class Launcher:
         out=None,
         max_restarts: int = MAX_RESTARTS,
         restart_backoff: float = RESTART_BACKOFF_SECONDS,
+        healthy_seconds: float = HEALTHY_SECONDS,
         stop_timeout: float = STOP_TIMEOUT_SECONDS,
     ) -> None:
         self.command = command
@@ -127,6 +133,7 @@ class Launcher:
         self.restart_workers = restart_workers
         self.max_restarts = max_restarts
         self.restart_backoff = restart_backoff
+        self.healthy_seconds = healthy_seconds
         self.stop_timeout = stop_timeout
         self.out = out or sys.stdout
         self._print_lock = threading.Lock()
@@ -149,6 +156,7 @@ class Launcher:
         )
         task.reported = False
         task.restart_at = None
+        task.started_at = time.time()
         task.pump = threading.Thread(target=self._pump, args=(task, task.process), daemon=True)
         task.pump.start()
         self._say(f"[launch] {task.label}: pid {task.process.pid}")
@@ -329,6 +337,12 @@ class Launcher:
                 "carries on with the other workers"
             )
             return
+        if task.restarts and time.time() - task.started_at >= self.healthy_seconds:
+            self._say(
+                f"[launch] {task.label} had run {time.time() - task.started_at:.0f} s before it "
+                f"exited: its restart count starts again"
+            )
+            task.restarts = 0
         if task.restarts >= self.max_restarts:
             self._say(
                 f"[launch] giving up on {task.label}: it exited with status {status} after "
