@@ -68,6 +68,30 @@ def test_parameter_server_job_ends_with_the_chief_and_tolerates_a_dead_worker():
     assert "[launch] chief exited with status 0; stopping the cluster" in lines
 
 
+def test_parameter_server_job_stops_when_its_last_worker_dies():
+    """Without --restart_workers, the chief's coordinator would wait forever for
+    a worker: the launcher asks the chief to save and stop, and says why."""
+    body = (
+        "if t['type'] == 'chief':\n"
+        "    import signal\n"
+        "    signal.signal(signal.SIGTERM, lambda *a: (print('chief saved', flush=True), "
+        "sys.exit(130)))\n"
+        "    time.sleep(600)\n"
+        "if t['type'] == 'worker': time.sleep(0.5 + t['index']); sys.exit(4 + t['index'])\n"
+        "time.sleep(600)"
+    )
+    started = time.time()
+    status, lines = launch(task_script(body), 2, ps=1)
+    assert time.time() - started < 30
+    assert status == 5  # the last worker's status, not the chief's 130
+    assert any("worker 0 exited (4); the chief's coordinator carries on" in x for x in lines)
+    assert (
+        "[launch] worker 1 exited (5) and it was the last worker (--restart_workers is off): "
+        "no step can run; stopping the job"
+    ) in lines
+    assert "[chief 0] chief saved" in lines
+
+
 def test_restart_workers_restarts_a_dead_worker():
     body = (
         "if t['type'] == 'chief': time.sleep(4); sys.exit(0)\n"

@@ -16,7 +16,9 @@ When the cluster ends:
 - parameter-server jobs (`--ps=M`, which adds the chief): the chief is the job.
   Workers and parameter servers serve until the chief exits, then are
   stopped; the launcher exits with the chief's status. A worker that dies is
-  reported and left dead (the chief's ClusterCoordinator reschedules its work);
+  reported and left dead (the chief's ClusterCoordinator reschedules its work;
+  when the last worker is gone, nothing can run, so the job is stopped as on
+  SIGTERM with the worker's status);
   `--restart_workers` starts it again, as a cluster manager would, at most
   `--max_restarts` times with a doubling pause (1 s, 2 s, 4 s, ...); then the
   launcher gives up, says why in one line, stops the job as on SIGTERM and
@@ -332,10 +334,18 @@ class Launcher:
     def _on_worker_exit(self, task: Task, status: int) -> None:
         """A parameter-server worker died: leave it, restart it (bounded), or give up."""
         if not self.restart_workers:
+            if any(t.alive() for t in self.tasks if t.type == "worker"):
+                self._say(
+                    f"[launch] {task.label} exited ({status}); the chief's coordinator "
+                    "carries on with the other workers"
+                )
+                return
+            # The coordinator would wait for a worker forever: stop the job instead.
             self._say(
-                f"[launch] {task.label} exited ({status}); the chief's coordinator "
-                "carries on with the other workers"
+                f"[launch] {task.label} exited ({status}) and it was the last worker "
+                "(--restart_workers is off): no step can run; stopping the job"
             )
+            self._stop_job_for(status)
             return
         if task.restarts and time.time() - task.started_at >= self.healthy_seconds:
             self._say(
@@ -349,11 +359,7 @@ class Launcher:
                 f"{task.restarts} restart{'s' if task.restarts != 1 else ''} "
                 f"(--max_restarts={self.max_restarts}); stopping the job"
             )
-            self._finish(status or 1)
-            self._stopping = True
-            for chief in self.tasks:
-                if chief.type == "chief":
-                    self._ask(chief, self.stop_timeout)  # it saves; the rest stop after it
+            self._stop_job_for(status)
             return
         delay = self.restart_backoff * 2**task.restarts
         task.restarts += 1
@@ -362,6 +368,16 @@ class Launcher:
             f"[launch] {task.label} exited ({status}); restarting it in {delay:g} s "
             f"(restart {task.restarts} of {self.max_restarts})"
         )
+
+    def _stop_job_for(self, status: int) -> None:
+        """Ends a parameter-server job a worker failure has doomed, as SIGTERM would:
+        the chief is asked to save (its variables live on the ps tasks), the rest
+        stop after it; the job's status is the worker's."""
+        self._finish(status or 1)
+        self._stopping = True
+        for chief in self.tasks:
+            if chief.type == "chief":
+                self._ask(chief, self.stop_timeout)
 
     def _restart_due(self) -> None:
         now = time.time()
