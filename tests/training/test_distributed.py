@@ -10,6 +10,7 @@ embedding, survives a dead worker and stops cleanly on a dead ps.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import time
@@ -163,6 +164,34 @@ def test_sigterm_to_a_parameter_server_launcher_saves_then_stops_the_cluster(
     index = (workdir / "checkpoints" / "checkpoint").read_text()
     assert f'model_checkpoint_path: "ckpt-{saved}"' in index
     assert "[launch] chief exited with status 130; stopping the cluster" in cluster.output()
+
+
+def test_sigterm_to_every_task_at_once_still_saves(corpus_file, tmp_path):
+    """Kubernetes deleting a job signals every pod at once, not the chief first.
+    The workers and ps keep serving until the chief has saved and exited (then
+    exit 130 themselves), so the step the chief stopped at is in a checkpoint."""
+    workdir = tmp_path / "ps"
+    never = "100000"
+    args = train_args(corpus_file, workdir, "parameter_server", 100000,
+                      f"--config.train.checkpoint_every={never}",
+                      f"--config.train.eval_every={never}")
+    cluster = train_cluster(2, 1, args)
+    try:
+        cluster.wait_for(r"\[chief 0\] step 20/")
+        pids = [int(cluster.wait_for(rf"\[launch\] {task}: pid (\d+)").group(1))
+                for task in ("chief 0", "worker 0", "worker 1", "ps 0")]
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        status = cluster.proc.wait(timeout=90)
+    finally:
+        if cluster.proc.poll() is None:
+            cluster.proc.kill()
+    time.sleep(0.2)
+    assert status == 130, cluster.output()[-3000:]
+    saved = int(cluster.wait_for(r"\[chief 0\] .*interrupted at step (\d+)").group(1))
+    index = (workdir / "checkpoints" / "checkpoint").read_text()
+    assert f'model_checkpoint_path: "ckpt-{saved}"' in index
+    assert "[worker 0] worker 0: asked to stop; serving until the chief has saved" in cluster.lines
 
 
 def test_parameter_server_without_a_ps_job_is_one_clear_line(corpus_file, tmp_path, monkeypatch):

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import time
 from collections.abc import Callable
 
 import keras
@@ -133,8 +135,57 @@ def serve_cluster_task(runtime: ml_collections.ConfigDict) -> bool:
         start=True,
     )
     print(f"{task_type} {task_id}: serving at {server.target}", flush=True)
-    server.join()
+    chief = resolver.cluster_spec().as_dict()["chief"][0]
+    _serve_until_the_chief_is_done(f"{task_type} {task_id}", chief)  # `server` stays alive
     return True
+
+
+# How long a signalled worker/ps keeps serving for a chief that is still saving:
+# under Kubernetes' default 30 s grace period, which then sends SIGKILL anyway.
+STOP_GRACE_SECONDS = 25.0
+
+
+def _serve_until_the_chief_is_done(label: str, chief: str) -> None:
+    """`server.join()`, except that SIGTERM lets the chief save first.
+
+    A cluster manager (Kubernetes deleting a job) signals every task at once.
+    Dying at once, the workers and ps take the chief's save with them: its
+    coordinator waits for closures nobody runs, or its variables are gone. So
+    the first SIGTERM (or Ctrl-C) only starts a grace period: this task keeps
+    serving until the chief's address stops answering (it has saved and
+    exited) or `STOP_GRACE_SECONDS` pass, then exits 130; a second signal
+    exits at once. `server.join()` would block signals in C++, hence the
+    Python loop (the server runs on its own threads).
+    """
+    asked: list[float] = []
+
+    def on_signal(signum: int, frame) -> None:
+        del frame
+        if asked:
+            os._exit(128 + signum)  # a second signal: stop now
+        asked.append(time.monotonic())
+        print(f"{label}: asked to stop; serving until the chief has saved", flush=True)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    host, _, port = chief.rpartition(":")
+    while True:
+        time.sleep(0.2)
+        if not asked:
+            continue
+        waited = time.monotonic() - asked[0]
+        if waited > STOP_GRACE_SECONDS or not _answers(host, int(port)):
+            print(f"{label}: stopping ({waited:.1f} s after the signal)", flush=True)
+            os._exit(130)  # TF's server has no clean shutdown; nothing of ours to flush
+
+
+def _answers(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections at host:port (the chief's server)."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def create_strategy(runtime: ml_collections.ConfigDict) -> tf.distribute.Strategy:
