@@ -159,6 +159,7 @@ def test_cli_export_and_litert_generate(trained_workdir):
         litert_out = run_cli("generate", *args, *extra, "--backend=litert")
         assert litert_out.returncode == 0, litert_out.stderr[-2000:]
         assert keras_out.stdout == litert_out.stdout
+        assert "XNNPACK" not in litert_out.stderr  # LiteRT's INFO line stays out (issue 24)
 
     # tfllm-evaluate through the .tflite: the same windows, the same perplexity.
     window_args = [f"--workdir={trained_workdir}", "--max_batches=1", "--batch_size=2"]

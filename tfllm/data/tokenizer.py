@@ -17,9 +17,6 @@ import json
 import os
 import random
 import re
-import sys
-import tempfile
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -30,6 +27,7 @@ import tensorflow_text as tf_text
 from tfllm.config import TOKENIZER_MODEL_TYPES
 from tfllm.errors import DataError
 from tfllm.utils.io import atomic_directory
+from tfllm.utils.native_stderr import filtered_native_stderr
 
 MODEL_FILE = "tokenizer.model"
 CONFIG_FILE = "tokenizer.json"
@@ -314,37 +312,13 @@ def _training_error(error: RuntimeError, vocab_size: int) -> DataError:
 # flag or environment variable reaches it (the `sentencepiece` package's
 # `minloglevel` sets only its own copy's).
 _SENTENCEPIECE_INFO = re.compile(rb"^[\w.]+\.cc\(\d+\) LOG\(INFO\) ")
-_STDERR_LOCK = threading.RLock()  # one capture of fd 2 at a time (restored in order)
 
 
 @contextlib.contextmanager
 def quiet_sentencepiece_logs() -> Iterator[None]:
-    """Runs the body with file descriptor 2 captured, then passes on everything
-    written there except SentencePiece's INFO lines.
-
-    Native code writes to the descriptor, not to `sys.stderr`, so only
-    redirecting the descriptor keeps that chatter out of a command's output;
-    other lines (a warning, an error) still reach stderr, just after the body.
-    """
-    with _STDERR_LOCK, tempfile.TemporaryFile() as capture:
-        sys.stderr.flush()
-        try:
-            saved = os.dup(2)
-        except OSError:  # no stderr at all: nothing to keep clean
-            yield
-            return
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            lines = capture.read().splitlines(keepends=True)
-            kept = b"".join(line for line in lines if not _SENTENCEPIECE_INFO.match(line))
-            while kept:
-                kept = kept[os.write(2, kept) :]
+    """Runs the body with SentencePiece's INFO lines kept off stderr (all else passes)."""
+    with filtered_native_stderr(_SENTENCEPIECE_INFO):
+        yield
 
 
 def _one_line(error: BaseException) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -32,6 +33,7 @@ import tensorflow as tf
 from tfllm.errors import TfllmError
 from tfllm.export.verified import versions as base_versions
 from tfllm.utils.io import atomic_directory, atomic_write_bytes, atomic_write_json
+from tfllm.utils.native_stderr import filtered_native_stderr
 
 QUANTIZE_MODES = ("none", "dynamic", "float16", "int8")
 TFLITE_FILE = "model.tflite"
@@ -155,6 +157,9 @@ def one_line(error: BaseException, limit: int = 300) -> str:
     return (lines[0] if lines else type(error).__name__)[:limit]
 
 
+_XNNPACK_INFO = re.compile(rb"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.")
+
+
 def interpreter(
     model: str | bytes, num_threads: int | None = None, *, default_delegates: bool = True
 ):
@@ -168,13 +173,14 @@ def interpreter(
     kwargs: dict[str, Any] = {"num_threads": num_threads or os.cpu_count() or 1}
     if not default_delegates:
         kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    if isinstance(model, bytes):
-        interp = Interpreter(model_content=model, **kwargs)
-    else:
-        if not os.path.isfile(model):
-            raise TfllmError(f"{model}: no .tflite file here (run tfllm-export --format=tflite)")
-        interp = Interpreter(model_path=model, **kwargs)
-    interp.allocate_tensors()
+    if not isinstance(model, bytes) and not os.path.isfile(model):
+        raise TfllmError(f"{model}: no .tflite file here (run tfllm-export --format=tflite)")
+    with filtered_native_stderr(_XNNPACK_INFO):  # printed once per interpreter
+        if isinstance(model, bytes):
+            interp = Interpreter(model_content=model, **kwargs)
+        else:
+            interp = Interpreter(model_path=model, **kwargs)
+        interp.allocate_tensors()
     return interp
 
 
