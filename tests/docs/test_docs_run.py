@@ -8,9 +8,10 @@ adds the tiny settings of tests/docs/tiny.py and runs the real command module;
 `tensorboard` is replaced by a check that the event files it would show exist,
 `pip install` by a no-op (the suite runs in the installed checkout), and
 `../shared/tools/fetch-pretrained` by a stub that lays out the tiny pretrained
-fixtures under the real models' file names (docs/pretrained.md runs on them).
+fixtures under the real models' file names (docs/pretrained.md and
+docs/finetuning.md run on them).
 
-Pages run in two groups (`GROUPS`), one sandbox and one test each, so a
+Pages run in groups (`GROUPS`), one sandbox and one test each, so a
 page reads the runs an earlier page of its group made and a command line that
 already ran in the group is not repeated. The LM guides follow the journey
 pages, which make the runs they read (`runs/shakespeare`, `runs/tiny`,
@@ -71,6 +72,7 @@ GROUPS = {
         "docs/distributed.md",
     ],
     "pretrained": ["docs/pretrained.md"],
+    "finetuning": ["docs/finetuning.md"],
 }
 # Where a group reads a run it does not make: the documented command that makes it.
 PROVIDERS = {
@@ -108,8 +110,11 @@ def forkserver(tmp_path_factory):
     """One fork server per test worker (TF imported once for all the docs commands)."""
     sock = str(tmp_path_factory.mktemp("fs") / "s")
     log = open(Path(sock).with_suffix(".log"), "w")  # noqa: SIM115 (kept open while it runs)
+    # This checkout's tfllm first, whichever checkout `pip install -e` points at.
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     server = subprocess.Popen(
-        [sys.executable, str(HERE / "forkserver.py"), sock], stdout=log, stderr=log, cwd=ROOT
+        [sys.executable, str(HERE / "forkserver.py"), sock], stdout=log, stderr=log, cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=path),
     )
     deadline = time.time() + 120
     while not os.path.exists(sock):
