@@ -45,14 +45,25 @@ def client(module: str) -> None:
         sys.argv[0] = module
         runpy.run_module(module, run_name="__main__", alter_sys=True)
         return
-    request = json.dumps(
-        dict(module=module, argv=sys.argv[1:], cwd=os.getcwd(), env=dict(os.environ))
-    ).encode()
+    _request(dict(module=module, argv=sys.argv[1:], cwd=os.getcwd(), env=dict(os.environ)))
+
+
+def _request(fields: dict) -> None:
+    """Sends one run to the server with this process's stdio; exits with its status."""
+    request = json.dumps(fields).encode()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.connect(path)
+        conn.connect(os.environ[ENV])
         socket.send_fds(conn, [struct.pack("!I", len(request)) + request], [0, 1, 2])
         reply = _recv_exact(conn, 4)
     sys.exit(struct.unpack("!i", reply)[0] if reply else 1)
+
+
+def client_file(path: str) -> None:
+    """Runs the Python file `path` as `python path` would, in the server when it is up."""
+    if not os.environ.get(ENV):
+        runpy.run_path(path, run_name="__main__")
+        return
+    _request(dict(path=path, module="", argv=[], cwd=os.getcwd(), env=dict(os.environ)))
 
 
 def _recv_exact(conn: socket.socket, n: int) -> bytes:
@@ -138,8 +149,12 @@ def _child(request: dict, argv: list[str], fds: list[int]) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         os.environ.pop(ENV, None)  # its own subprocesses start from scratch
-        sys.argv = [request["module"], *argv]
-        runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+        if request.get("path"):  # a Python file (a docs page's ```python block)
+            sys.argv = [request["path"]]
+            runpy.run_path(request["path"], run_name="__main__")
+        else:
+            sys.argv = [request["module"], *argv]
+            runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as e:
         if e.code is None or isinstance(e.code, int):

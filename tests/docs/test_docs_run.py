@@ -22,6 +22,11 @@ first, each on its own xdist worker (the `longest` marker). Blocks that need
 real infrastructure are skipped, each with its reason (`SKIPPED`); their
 commands are still checked statically by test_docs_commands.py.
 
+After a page's shell blocks, its ```python blocks run too (as `python
+block.py` in the sandbox), so the snippets users paste cannot rot either; one
+that needs a package tfllm does not install (`PYTHON_NEEDS`) is skipped when
+it is absent.
+
 Besides exit statuses, the run checks what some commands made: the journey
 (`_check_journey`), the one-LM pipeline and its resume (`_check_lm_pipeline`,
 once tests/pipeline/test_lm_pipeline.py's own run) and `tfllm-benchmark`'s
@@ -30,6 +35,7 @@ output contract (`_check_benchmark`, once tests/benchmark's smoke run).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -92,6 +98,9 @@ SKIPPED = {
     "TF_CONFIG=": "needs other hosts",
     "gpu_train_throughput_jax.py": "needs a GPU and JAX (docs/benchmarks.md, GPT-2 on an H100)",
 }
+# ```python blocks that need what the suite does not install.
+PYTHON_NEEDS = {"import transformers": "transformers"}
+_PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 _RUN = re.compile(r"\bruns/[\w.-]+")
 _PRODUCES = re.compile(
     r"tfllm-(?:train|pipeline)\b[^\n]*?--workdir=(runs/[\w.-]+)|--output=(runs/[\w.-]+)"
@@ -191,6 +200,17 @@ class Sandbox:
                     queue = queues[i % 3]
                     body = f"{lines[i % len(lines)]} (about {queue})"
                     f.write(json.dumps(dict(body=body, queue=queue)) + "\n")
+
+    def run_python(self, code: str, name: str, timeout: int = 300) -> subprocess.CompletedProcess:
+        """A page's ```python block as `python block.py` in the sandbox (through the
+        fork server: TensorFlow is imported already)."""
+        path = self.root / f"{name}.py"
+        path.write_text(code)
+        launcher = f"import sys; sys.path.insert(0, {str(HERE)!r}); import forkserver; "
+        return subprocess.run(
+            [sys.executable, "-c", launcher + f"forkserver.client_file({str(path)!r})"],
+            cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout,
+        )
 
     def run(self, script: str, timeout: int = 900) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -442,6 +462,19 @@ def test_documented_shell_blocks_run(group, tmp_path, forkserver, provided):
                 except AssertionError as e:
                     failures.append(f"{where}: what it made:\n{e}")
             ran.update(commands)
+        # The page's Python snippets, against the runs its shell blocks made.
+        for number, code in enumerate(_PYTHON_BLOCK.findall((ROOT / page).read_text()), 1):
+            where = f"{page} python block {number}"
+            missing = [m for needle, m in PYTHON_NEEDS.items()
+                       if needle in code and importlib.util.find_spec(m) is None]
+            if missing:
+                skipped.append(f"{where}: needs {', '.join(missing)} (not a tfllm dependency)")
+                continue
+            start = time.time()
+            proc = sandbox.run_python(code, f"{page.replace('/', '_')}_{number}")
+            print(f"{where}: exit {proc.returncode} in {time.time() - start:.0f}s")
+            if proc.returncode:
+                failures.append(_failure(where, code, proc))
     print("skipped:", *skipped, sep="\n  ")
     assert not failures, "\n\n".join(failures)
     assert ran

@@ -200,3 +200,45 @@ def test_to_hf_round_trips_through_transformers(tmp_path):
     with torch.no_grad():
         logits = hf(torch.tensor(ref["ids"].astype(np.int64))).logits.numpy()
     _assert_logits_close(logits, ref["logits"])
+
+
+LLAMA3_POST_PROCESSOR = {
+    "type": "Sequence",
+    "processors": [
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False},
+        {
+            "type": "TemplateProcessing",
+            "single": [
+                {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+            ],
+            "pair": [],
+            "special_tokens": {},
+        },
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "post_processor, tokenizer_config, expected",
+    [
+        (None, {}, False),  # SmolLM2 / the fixture: no BOS
+        (LLAMA3_POST_PROCESSOR, {}, True),  # Llama 3's tokenizer.json
+        (LLAMA3_POST_PROCESSOR, {"add_bos_token": False}, False),  # the config's word wins
+        ({"type": "ByteLevel"}, {}, False),  # GPT-2
+    ],
+)
+def test_a_tokenizer_that_adds_bos_is_detected(tmp_path, post_processor, tokenizer_config,
+                                               expected):
+    """tfllm does not prepend BOS yet; the importer must know when the source does,
+    to say so (tfllm-import's warning line) instead of drifting in silence."""
+    from tfllm.pretrained.importer import adds_bos
+
+    source = tmp_path / "src"
+    shutil.copytree(os.path.join(FIXTURES, "llama_tiny"), source)
+    tokenizer = json.loads((source / "tokenizer.json").read_text())
+    tokenizer["post_processor"] = post_processor
+    (source / "tokenizer.json").write_text(json.dumps(tokenizer))
+    config = json.loads((source / "tokenizer_config.json").read_text())
+    (source / "tokenizer_config.json").write_text(json.dumps({**config, **tokenizer_config}))
+    assert adds_bos(read_hf_directory(str(source))) is expected

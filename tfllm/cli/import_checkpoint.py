@@ -16,6 +16,7 @@ is one line naming it, and no workdir is left behind.
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import flags
 
@@ -54,6 +55,13 @@ def main(argv) -> None:
             ("workdir", report.workdir),
         ],
     )
+    if report.adds_bos:
+        print(
+            f"{common.command_name()}: warning: this model's tokenizer starts every text with "
+            "its BOS token and tfllm does not add it yet: prompts and evaluated text start "
+            "without it, so outputs can differ from transformers' (docs/pretrained.md#not-yet)",
+            file=sys.stderr,
+        )
 
 
 def run() -> None:

@@ -10,6 +10,7 @@ directory and renamed into place: a failed import leaves nothing behind.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import time
@@ -51,6 +52,7 @@ class ImportReport:
     vocab_size: int
     seconds: float
     peak_rss_mb: float
+    adds_bos: bool = False  # the source tokenizer starts every text with BOS (tfllm does not)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -108,6 +110,38 @@ def _hf_byte_bpe(source: SourceCheckpoint) -> ByteBPETokenizer:
                 piece = tokenizer.id_to_piece(tf.constant([token_id])).numpy()[0]
                 missing[f"{name}_token"] = piece.decode("utf-8")
     return ByteBPETokenizer.from_hf_tokenizer_json(path, **missing) if missing else tokenizer
+
+
+def adds_bos(source: SourceCheckpoint) -> bool:
+    """Whether the source's own tokenizer starts every text with its BOS token.
+
+    Llama 2 / TinyLlama (SentencePiece, `add_bos_token` defaults to true) and
+    Llama 3 (a `TemplateProcessing` post-processor in tokenizer.json) do;
+    SmolLM2 and GPT-2 do not. tfllm does not prepend BOS yet, so the importer
+    says so rather than letting outputs drift from transformers' in silence.
+    """
+    spec = source.tokenizer
+    if spec.get("kind") == "gguf":
+        return bool(spec.get("add_bos"))
+    directory = spec.get("directory") or os.path.dirname(spec.get("path", ""))
+    config_path = os.path.join(directory, "tokenizer_config.json")
+    tokenizer_config: dict[str, Any] = {}
+    if os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as f:
+            tokenizer_config = json.load(f)
+    if "add_bos_token" in tokenizer_config:
+        return bool(tokenizer_config["add_bos_token"])
+    if spec.get("kind") == "sentencepiece":
+        return True  # LlamaTokenizer's default
+    if spec.get("kind") == "hf_json":
+        with open(spec["path"], encoding="utf-8") as f:
+            processor = json.load(f).get("post_processor") or {}
+        processors = processor.get("processors", [processor])
+        for step in processors:
+            single = step.get("single") or []
+            if step.get("type") == "TemplateProcessing" and single and "SpecialToken" in single[0]:
+                return True
+    return False
 
 
 def workdir_config(source: SourceCheckpoint, tokenizer: Any) -> ml_collections.ConfigDict:
@@ -179,6 +213,7 @@ def import_checkpoint(source_path: str, workdir: str) -> ImportReport:
             num_params=num_params,
             vocab_size=int(tokenizer.vocab_size),
             seconds=round(time.perf_counter() - started, 2),
+            adds_bos=adds_bos(source) if source.family != "bert" else False,
             # ru_maxrss is KiB on Linux: the process's peak, reading and converting included.
             peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         )
