@@ -22,10 +22,8 @@ When the cluster ends:
   `--restart_workers` starts it again, as a cluster manager would, at most
   `--max_restarts` times with a doubling pause (1 s, 2 s, 4 s, ...); then the
   launcher gives up, says why in one line, stops the job as on SIGTERM and
-  exits with the worker's last status. A worker that had run for
-  `HEALTHY_SECONDS` before it died starts its count afresh (as Kubernetes
-  resets a pod's crash back-off after 10 minutes of running): a preempted
-  worker in a days-long job is not given up on for its third preemption.
+  exits with the worker's last status. A worker up `HEALTHY_SECONDS` before
+  it died starts its count afresh (Kubernetes' back-off reset).
 
 Stopping (SIGTERM or Ctrl-C to the launcher; docs/distributed.md): the first
 signal asks each task once to save and stop: all tasks of a synchronous job,
@@ -44,12 +42,13 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+
+from tfllm.utils.local_cluster import cluster_spec, tf_config
 
 STOP_TIMEOUT_SECONDS = 120.0  # to save and exit once asked (default of --stop_timeout)
 PEER_FAILED_SECONDS = 10.0  # a synchronous job's tasks after a peer failed: they cannot save
@@ -85,34 +84,6 @@ class Task:
         return self.process is not None and self.process.poll() is None
 
 
-def free_ports(n: int) -> list[int]:
-    """`n` distinct free localhost ports (bound together, so none repeats)."""
-    sockets = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("localhost", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def cluster_spec(workers: int, ps: int, chief: bool) -> dict[str, list[str]]:
-    """The `cluster` part of TF_CONFIG on localhost."""
-    names = (["chief"] if chief else []) + ["worker"] * workers + ["ps"] * ps
-    ports = iter(free_ports(len(names)))
-    cluster: dict[str, list[str]] = {}
-    for name in names:
-        cluster.setdefault(name, []).append(f"localhost:{next(ports)}")
-    return cluster
-
-
-def tf_config(cluster: dict[str, list[str]], task: Task) -> str:
-    return json.dumps({"cluster": cluster, "task": {"type": task.type, "index": task.index}})
-
-
 class Launcher:
     """Starts, watches and stops the processes of one local cluster."""
 
@@ -146,7 +117,8 @@ class Launcher:
 
     # ----------------------------------------------------------- processes
     def _start(self, task: Task) -> None:
-        env = dict(os.environ, TF_CONFIG=tf_config(self.cluster, task), PYTHONUNBUFFERED="1")
+        config = tf_config(self.cluster, task.type, task.index)
+        env = dict(os.environ, TF_CONFIG=config, PYTHONUNBUFFERED="1")
         task.process = subprocess.Popen(
             self.command,
             env=env,
@@ -370,9 +342,8 @@ class Launcher:
         )
 
     def _stop_job_for(self, status: int) -> None:
-        """Ends a parameter-server job a worker failure has doomed, as SIGTERM would:
-        the chief is asked to save (its variables live on the ps tasks), the rest
-        stop after it; the job's status is the worker's."""
+        """Ends a job a worker failure doomed, as SIGTERM would (the chief saves:
+        its variables live on the ps tasks); the job's status is the worker's."""
         self._finish(status or 1)
         self._stopping = True
         for chief in self.tasks:
