@@ -28,6 +28,8 @@ MODEL = {
     "transformer_classifier": _TRANSFORMER,
     "cnn_classifier": dict(embedding_dim=16, conv_filters=8),
     "mlp_classifier": dict(embedding_dim=16),
+    # An imported encoder's architecture is its own; the tiny BERT fixture has 64 positions.
+    "bert_classifier": dict(max_length=64),
 }
 TRAIN = dict(
     num_steps=STEPS,

@@ -23,11 +23,13 @@ from harness import ModelTests
 from tfllm.errors import ConfigError
 from tfllm.models import (
     AVAILABLE,
+    BertClassifier,
     CNNClassifier,
     MLPClassifier,
     TransformerClassifier,
     build_model,
 )
+from tfllm.models.bert import BertEncoder
 from tfllm.models.gpt import GPT
 
 VOCAB = 30
@@ -53,6 +55,7 @@ FAMILIES: dict[str, tuple[type[keras.Model], dict[str, Any]]] = {
         },
     ),
     "mlp": (MLPClassifier, {**SHAPE, "embedding_dim": 16, "hidden_dims": [32, 32]}),
+    "bert": (BertClassifier, {**SHAPE, **TINY_TRANSFORMER, "dropout": 0.0, "pooling": "mean"}),
 }
 
 
@@ -285,6 +288,72 @@ class TestMLPClassifierHarness(ClassifierTests):
     family = "mlp"
 
 
+# ---- BertClassifier -----------------------------------------------------------------------
+
+
+class TestBertClassifierHarness(ClassifierTests):
+    family = "bert"
+
+
+def tiny_encoder(max_length: int = 64, **overrides: object) -> BertEncoder:
+    keras.utils.set_random_seed(7)
+    encoder = BertEncoder(VOCAB, max_length, **{**TINY_TRANSFORMER, **overrides})
+    encoder(tf.zeros([1, 8], tf.int32))
+    return encoder
+
+
+def test_bert_load_backbone_from_reproduces_the_encoder_exactly() -> None:
+    encoder = tiny_encoder()
+    model = make("bert")
+    head = [w.numpy() for w in model.head.weights]
+    model.load_backbone_from(encoder)
+    ids = tf.constant(rows([3, 7, 12], 12))
+    np.testing.assert_array_equal(model.encoder(ids).numpy(), encoder(ids).numpy())
+    for before, after in zip(head, model.head.weights, strict=True):
+        np.testing.assert_array_equal(before, after.numpy())
+    np.testing.assert_array_equal(
+        model.encoder.position_embedding.weights[0].numpy(),
+        encoder.position_embedding.weights[0].numpy()[:MAX_LENGTH],
+    )
+    # Every encoder weight (the unused pooler's too) was copied; the pooler stays frozen.
+    for ours, theirs in zip(model.encoder.weights, encoder.weights, strict=True):
+        if "position_embedding" not in ours.path:
+            np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
+    trainable = {id(v) for v in model.trainable_variables}
+    assert not any(id(w) in trainable for w in model.encoder.pooler.weights)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(hidden_dim=32), "hidden_dim differs: the classifier has 16, the encoder 32"),
+        (dict(num_layers=3), "num_layers differs"),
+        (dict(activation="relu"), "activation differs"),
+        (dict(layer_norm_epsilon=1e-5), "layer_norm_epsilon differs"),
+        (dict(max_length=20), "max_length 40 exceeds the encoder's 20"),
+    ],
+)
+def test_bert_load_backbone_rejects_a_mismatching_encoder(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make("bert").load_backbone_from(tiny_encoder(**overrides))
+
+
+def test_bert_poolings_differ_and_freezing_covers_the_encoder() -> None:
+    ids = tf.constant(rows([4, 9, 12], 12))
+    logits = {p: make("bert", pooling=p)(ids).numpy() for p in ("mean", "cls", "last")}
+    assert np.abs(logits["mean"] - logits["cls"]).max() > 1e-5
+    assert np.abs(logits["cls"] - logits["last"]).max() > 1e-5
+    model = make("bert")
+    model.freeze_backbone(1, embeddings=True)
+    trainable = {v.path for v in model.trainable_variables}
+    encoder = model.encoder
+    for layer in (encoder.token_embedding, encoder.segment_embedding, encoder.block_0):
+        assert not {w.path for w in layer.weights} & trainable, layer.name
+    assert {w.path for w in encoder.block_1.weights} <= trainable
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        make("bert", pooling="max")
+
+
 # ---- build_model --------------------------------------------------------------------------
 
 
@@ -315,6 +384,7 @@ def classifier_config(name: str, **overrides: object) -> ml_collections.ConfigDi
         ("transformer_classifier", TransformerClassifier),
         ("cnn_classifier", CNNClassifier),
         ("mlp_classifier", MLPClassifier),
+        ("bert_classifier", BertClassifier),
     ],
 )
 def test_build_model_builds_each_classifier(name: str, cls: type) -> None:
@@ -346,7 +416,8 @@ def test_build_model_maps_config_keys_and_defaults() -> None:
 
 def test_build_model_lists_every_model_for_an_unknown_name() -> None:
     assert AVAILABLE == (
-        "gpt", "transformer_classifier", "cnn_classifier", "mlp_classifier", "llama", "bert"
-    )
+        "gpt", "transformer_classifier", "cnn_classifier", "mlp_classifier", "llama", "bert",
+        "bert_classifier",
+    )  # fmt: skip
     with pytest.raises(ConfigError, match="unknown model 'x'.*mlp_classifier.*llama, bert"):
         build_model(classifier_config("x"), vocab_size=VOCAB, num_classes=2)

@@ -36,6 +36,7 @@ from tfllm.data.labels import LABELS_FILE
 from tfllm.data.tokenizer_kinds import tokenizer_kind
 from tfllm.errors import ConfigError, WorkdirError
 from tfllm.inference.loading import load_trained
+from tfllm.models.lora import copy_weights, lora_settings
 from tfllm.training.plugins import TrainingPlugin
 from tfllm.training.run import train
 from tfllm.utils.checkpoints import kept_checkpoints, restore_newest
@@ -76,6 +77,14 @@ class StartFromSource(TrainingPlugin):
         self.workdir = workdir
 
     def initialize(self, model):
+        if lora_settings(load_workdir_config(self.workdir).train).rank:
+            # A LoRA source: its adapters merged into the kernels, then copied whole.
+            source = load_trained(self.workdir)
+            try:
+                copy_weights(model, source.model)
+            except ValueError as e:
+                raise WorkdirError(f"--workdir: {self.workdir}: {e}") from None
+            return f"Starting from {source.checkpoint} (LoRA adapters merged)"
         latest = restore_newest(  # the newest readable one
             os.path.join(self.workdir, "checkpoints"),
             {"model": model},
@@ -223,6 +232,7 @@ def compress_config(source: str, options: CompressOptions) -> ml_collections.Con
         config.train.freeze_blocks = 0
         config.train.freeze_embeddings = False
         config.train.backbone_lr_scale = 1.0
+        config.train.lora_rank = 0  # a LoRA source is merged: the whole model is compressed
     config.tokenizer.path = source
     if options.method != "quantize":  # quantize does not train: the source's settings stay
         config.train.num_steps = int(steps)

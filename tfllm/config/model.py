@@ -77,10 +77,16 @@ class BertConfig:
 
 
 @dataclass(frozen=True)
-class TransformerClassifierConfig:
-    """How the transformer classifier turns token states into one vector."""
+class PoolingConfig:
+    """How a transformer classifier (tfllm's or BERT's) turns token states into one vector."""
 
     pooling: str = setting("mean", one_of(POOLINGS))  # mean | cls (bos) | last (last real token)
+
+
+@dataclass(frozen=True)
+class TransformerClassifierConfig:
+    """The attention mask of tfllm's transformer classifier."""
+
     causal: bool = setting(False)  # keep the causal mask (e.g. when fine-tuning a GPT)
 
 
@@ -115,11 +121,12 @@ class MLPConfig:
 
 MODEL_FAMILIES: dict[str, tuple[type, ...]] = {
     "gpt": (ModelCommon, GPTConfig, BlockMathConfig),
-    "transformer_classifier": (ModelCommon, GPTConfig, TransformerClassifierConfig),
+    "transformer_classifier": (ModelCommon, GPTConfig, PoolingConfig, TransformerClassifierConfig),
     "cnn_classifier": (ModelCommon, EmbeddingConfig, CNNConfig),
     "mlp_classifier": (ModelCommon, EmbeddingConfig, MLPConfig),
     "llama": (ModelCommon, GPTConfig, BlockMathConfig, LlamaConfig),
     "bert": (ModelCommon, GPTConfig, BlockMathConfig, BertConfig),
+    "bert_classifier": (ModelCommon, GPTConfig, BlockMathConfig, BertConfig, PoolingConfig),
 }
 assert tuple(MODEL_FAMILIES) == MODEL_NAMES, "every model name needs a family row"
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 # The model families; `tfllm.config.model.MODEL_FAMILIES` says which keys each reads.
 MODEL_NAMES = (
     "gpt", "transformer_classifier", "cnn_classifier", "mlp_classifier", "llama", "bert",
+    "bert_classifier",
 )  # fmt: skip
-CLASSIFIER_NAMES = ("transformer_classifier", "cnn_classifier", "mlp_classifier")
+CLASSIFIER_NAMES = ("transformer_classifier", "cnn_classifier", "mlp_classifier", "bert_classifier")
+# Classifiers on an imported backbone: `train.init_from` names a workdir of this family.
+PRETRAINED_CLASSIFIERS = {"bert_classifier": "bert"}
 LM_NAMES = ("gpt", "llama")  # causal LMs: tfllm-generate, perplexity, LM exports
 ENCODER_NAMES = ("bert",)  # imported encoders (hidden states and embeddings; no LM head)
 ACTIVATIONS = ("gelu", "gelu_approximate", "relu", "silu")  # MLP activation of a block
-POOLINGS = ("mean", "cls", "last")  # transformer_classifier
+POOLINGS = ("mean", "cls", "last")  # transformer_classifier, bert_classifier
 CNN_POOLINGS = ("global_max", "max_pool_flatten")  # cnn_classifier
 CLASS_WEIGHTS = ("none", "balanced")
 COLLECTIVES = ("auto", "ring", "nccl")
@@ -36,3 +39,18 @@ TOKENIZER_MODEL_TYPES = ("bpe", "unigram")
 # Not a config key (tfllm-generate's --sampler), kept here so inference and
 # export share one list with the CLIs.
 SAMPLERS = ("greedy", "temperature", "top_k", "top_p")
+# LoRA (`config.train.lora_targets`): the Dense/EinsumDense layers adapters go on,
+# by a layer's own name. The attention projections of the GPT, transformer and
+# bert (classifier) blocks and of Llama are named query/key/value/attention_output;
+# the MLP is feedforward_intermediate_dense/feedforward_output_dense (GPT, bert)
+# or gate/up/down (Llama). A target is a group or one of these layer names.
+LORA_ATTENTION_LAYERS = ("query", "key", "value", "attention_output")
+LORA_MLP_LAYERS = (
+    "feedforward_intermediate_dense", "feedforward_output_dense", "gate", "up", "down",
+)  # fmt: skip
+LORA_TARGET_GROUPS = {
+    "attention": LORA_ATTENTION_LAYERS,
+    "mlp": LORA_MLP_LAYERS,
+    "all": LORA_ATTENTION_LAYERS + LORA_MLP_LAYERS,
+}
+LORA_TARGETS = (*LORA_TARGET_GROUPS, *LORA_ATTENTION_LAYERS, *LORA_MLP_LAYERS)

@@ -72,6 +72,35 @@ def check_relations(config: ml_collections.ConfigDict) -> None:
             )
     check_tensor_parallel(config)
     check_pipeline(config)
+    check_lora(config)
+
+
+def check_lora(config: ml_collections.ConfigDict) -> None:
+    """LoRA adapts the transformer families' kernels, on one host's strategies.
+
+    The CNN and MLP classifiers have no attention or MLP blocks to adapt; the
+    parameter-server, tensor-parallel and pipeline layouts place or shard the
+    kernels themselves and were not built (nor tested) with adapters beside them.
+    """
+    rank, runtime = config.train.lora_rank, config.runtime
+    if not rank:
+        return
+    if config.model.name in ("cnn_classifier", "mlp_classifier"):
+        raise ConfigError(
+            f"config.train.lora_rank: {rank} needs a transformer model; {config.model.name} "
+            "has no attention or MLP blocks to adapt (set it to 0)"
+        )
+    layout = (
+        f"strategy {runtime.strategy!r}" if runtime.strategy == "parameter_server"
+        else f"tensor_parallel={runtime.tensor_parallel}" if runtime.tensor_parallel > 1
+        else f"pipeline_stages={runtime.pipeline_stages}" if runtime.pipeline_stages > 1
+        else ""
+    )  # fmt: skip
+    if layout:
+        raise ConfigError(
+            f"config.train.lora_rank: {rank} is not supported with {layout} (LoRA runs on the "
+            "default, one_device, mirrored, multi_worker and tpu strategies)"
+        )
 
 
 def fit_warmup(train: ml_collections.ConfigDict) -> None:

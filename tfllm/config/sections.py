@@ -30,6 +30,8 @@ from tfllm.config.names import (
     COLLECTIVES,
     COMPRESS_METHODS,
     DATA_FORMATS,
+    LORA_TARGET_GROUPS,
+    LORA_TARGETS,
     LR_SCHEDULES,
     OPTIMIZERS,
     PRECISIONS,
@@ -73,6 +75,11 @@ class TokenizerConfig:
     )
 
 
+def _lora_targets_ok(v: str) -> bool:
+    names = [name.strip() for name in v.split(",")]
+    return all(name in LORA_TARGETS for name in names)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """`config.train`: the optimisation, its schedule, and when to eval/checkpoint."""
@@ -109,6 +116,17 @@ class TrainConfig:
     freeze_embeddings: bool = setting(False)
     backbone_lr_scale: float = setting(1.0, interval(0, 1, lo_open=True))  # x learning_rate
     class_weights: str = setting("none", one_of(CLASS_WEIGHTS))  # balanced: ~ 1 / frequency
+    # LoRA (docs/finetuning.md): adapters of this rank on the target kernels, base frozen.
+    lora_rank: int = setting(0, interval(0, 4096, note="0 = off"))
+    lora_alpha: float = setting(0.0, non_negative("0 = lora_rank, a scale of 1"))  # x A.B/rank
+    lora_targets: str = setting(  # comma-separated groups or layer names
+        "attention",
+        Check(
+            _lora_targets_ok,
+            f"a comma-separated list of {', '.join(LORA_TARGET_GROUPS)} or layer names "
+            f"({', '.join(LORA_TARGETS[len(LORA_TARGET_GROUPS) :])})",
+        ),
+    )
     sample_prompts: list[str] = setting(["ROMEO:", "To be, or not"], validated=False)
     sample_tokens: int = setting(48, non_negative())
     weight_histograms: bool = setting(False)  # TensorBoard histograms of every weight per eval

@@ -2,8 +2,11 @@
 
 Every example is `[bos] + tokens`, cut to `model.max_length`. The bos token is
 the [CLS]-style first token a `pooling="cls"` transformer reads; the other
-models simply see one more token. Training and the exported SavedModel encode
-text with the same `encode_texts`, so serving sees exactly the training ids.
+models simply see one more token. A WordPiece tokenizer (an imported BERT's)
+gets the rows BERT was trained on instead: `[CLS] tokens [SEP]`, the tokens
+cut to `max_length - 2` so that [SEP] always ends the row. Training and the
+exported SavedModel encode text with the same `encode_texts`, so serving sees
+exactly the training ids.
 
 Batches are padded with id 0 to their own longest row, with rows grouped into
 length buckets (`tf.data`'s `bucket_by_sequence_length`): SST-2 sentences
@@ -98,15 +101,31 @@ def load_labelled_splits(data: ml_collections.ConfigDict) -> LabelledSplits:
     return LabelledSplits(train, evaluation, read("test"), train_source, eval_source)
 
 
+def ends_with_sep(tokenizer: Tokenizer) -> bool:
+    """Whether rows end with [SEP]: WordPiece (BERT) tokenizers, whose models expect it."""
+    return getattr(tokenizer, "TYPE", "") == "wordpiece"
+
+
+def wrap_pieces(tokenizer: Tokenizer, pieces: tf.RaggedTensor, max_length: int) -> tf.RaggedTensor:
+    """Ragged piece ids -> model rows of at most `max_length`: `[bos] + pieces`, or
+    `[CLS] + pieces + [SEP]` for a WordPiece tokenizer (pieces cut first, [SEP] kept)."""
+    pieces = tf.cast(pieces, tf.int32)
+    rows = pieces.nrows()
+    bos = tf.RaggedTensor.from_tensor(tf.fill([rows, 1], tf.constant(tokenizer.bos_id, tf.int32)))
+    if not ends_with_sep(tokenizer):
+        return tf.concat([bos, pieces], axis=1)[:, :max_length]
+    if max_length < 2:
+        raise ValueError(f"max_length must be >= 2 ([CLS] and [SEP]), got {max_length}")
+    sep = tf.RaggedTensor.from_tensor(tf.fill([rows, 1], tf.constant(tokenizer.eos_id, tf.int32)))
+    return tf.concat([bos, pieces[:, : max_length - 2], sep], axis=1)
+
+
 def encode_texts(tokenizer: Tokenizer, texts: tf.Tensor, max_length: int) -> tf.RaggedTensor:
-    """Strings [B] -> ragged int32 ids `[bos] + tokens`, at most `max_length` per row.
+    """Strings [B] -> ragged int32 ids (`wrap_pieces`), at most `max_length` per row.
 
     Runs in the graph: the SavedModel calls it on raw request strings.
     """
-    ids = tf.cast(tokenizer.tokenize(texts), tf.int32)
-    bos = tf.fill([ids.nrows(), 1], tf.constant(tokenizer.bos_id, tf.int32))
-    ids = tf.concat([tf.RaggedTensor.from_tensor(bos), ids], axis=1)
-    return ids[:, :max_length]
+    return wrap_pieces(tokenizer, tokenizer.tokenize(texts), max_length)
 
 
 def pad_ids(ids: tf.RaggedTensor) -> tf.Tensor:
@@ -143,9 +162,11 @@ def encode_split(
     parts, truncated = [], 0
     for start in range(0, len(corpus.texts), chunk):
         batch = tf.constant(corpus.texts[start : start + chunk], tf.string)
-        full = encode_texts(tokenizer, batch, max_length + 1)  # one extra: detect truncation
-        truncated += int(tf.reduce_sum(tf.cast(full.row_lengths() > max_length, tf.int32)))
-        parts.append(full[:, :max_length])
+        pieces = tf.cast(tokenizer.tokenize(batch), tf.int32)
+        specials = 2 if ends_with_sep(tokenizer) else 1
+        too_long = pieces.row_lengths() + specials > max_length
+        truncated += int(tf.reduce_sum(tf.cast(too_long, tf.int32)))
+        parts.append(wrap_pieces(tokenizer, pieces, max_length))
     if truncated:
         logging.warning(
             "%s: %d of %d rows are longer than config.model.max_length=%d tokens and were cut",

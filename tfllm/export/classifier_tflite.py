@@ -9,7 +9,9 @@ classifier reads only real positions, so the fixed length changes no logit
 the input per call). Next to `model.tflite` the export directory holds what a
 runner needs: `tokenizer.model`, `labels.json` and `classifier.json`;
 `tfllm.inference.classifier_tflite_runner.LiteRTClassifier` is that runner, using
-numpy + sentencepiece + ai_edge_litert only.
+numpy + sentencepiece + ai_edge_litert only. A classifier on an imported BERT
+ships its WordPiece files (`vocab.txt`, `tokenizer.json`) in place of
+`tokenizer.model`; its rows are `[CLS] pieces [SEP]` (see the runner).
 
 Why the tokenizer is not inside the .tflite (measured with tensorflow-text
 2.21.1, TF 2.21, ai-edge-litert 2.3.0, on the SST-2 run's BPE tokenizer):
@@ -79,13 +81,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfllm.data.classification_data import encode_texts, load_labelled_splits, pad_ids
+from tfllm.data.classification_data import (
+    encode_texts,
+    ends_with_sep,
+    load_labelled_splits,
+    pad_ids,
+)
+from tfllm.data.tokenizer_kinds import tokenizer_files
 from tfllm.export import litert
 from tfllm.export.verified import VerificationError
 from tfllm.inference.classifier_tflite_runner import (
     CONFIG_FILE,
     LABELS_FILE,
-    TOKENIZER_FILE,
     LiteRTClassifier,
 )
 
@@ -110,7 +117,10 @@ FLOAT_TOLERANCE = 1e-4
 ACCURACY_DROP_TOLERANCE = {"none": 0.0, "float16": 0.5, "dynamic": 2.0, "int8": 2.0}
 REPRESENTATIVE_ROWS = 128
 # Op types kept in float by the int8 export, per model (see the module docstring).
-INT8_FLOAT_OPS = {"transformer_classifier": litert.INT8_ATTENTION_FLOAT_OPS}
+INT8_FLOAT_OPS = {
+    "transformer_classifier": litert.INT8_ATTENTION_FLOAT_OPS,
+    "bert_classifier": litert.INT8_ATTENTION_FLOAT_OPS,
+}
 KERAS_BATCH = 64
 
 
@@ -248,7 +258,7 @@ def make_verify(
         }
         problems = []
         if tokenizer_mismatches:
-            problems.append(f"{tokenizer_mismatches} row(s) tokenized differently by sentencepiece")
+            problems.append(f"{tokenizer_mismatches} row(s) tokenized differently by the runner")
         if padding_diff > FLOAT_TOLERANCE:
             problems.append(f"Keras output depends on padding (max |Δp| {padding_diff:.3g})")
         if diff_tolerance is not None and diff > diff_tolerance:
@@ -324,10 +334,15 @@ def export_classifier_tflite(
         "pad_id": int(tokenizer.pad_id),
         "bos_id": int(tokenizer.bos_id),
         "num_classes": trained.labels.num_classes,
-        "encoding": "[bos] + sentencepiece ids, cut to max_length, right-padded with pad_id",
+        "encoding": (
+            "[CLS] + wordpiece ids + [SEP], cut to max_length, right-padded with pad_id"
+            if ends_with_sep(tokenizer)
+            else "[bos] + sentencepiece ids, cut to max_length, right-padded with pad_id"
+        ),
     }
     extra_files = {
-        TOKENIZER_FILE: tokenizer.model_proto,
+        # SentencePiece: TOKENIZER_FILE alone; an imported WordPiece: vocab.txt + tokenizer.json.
+        **tokenizer_files(tokenizer),
         LABELS_FILE: _json_bytes({"names": list(trained.labels.names)}),
         CONFIG_FILE: _json_bytes(runner_config),
     }

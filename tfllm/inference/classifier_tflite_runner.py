@@ -21,6 +21,13 @@ changes no logit). The Python `sentencepiece` package and the
 `tensorflow_text` op used in training wrap the same C++ library with the same
 defaults (no sampling, no bos/eos, the model's own normalizer), so the ids
 are identical; the export re-checks this on its verification rows.
+
+A classifier on an imported BERT (`bert_classifier`) ships its WordPiece
+tokenizer instead (`vocab.txt` + `tokenizer.json`, no `tokenizer.model`).
+There is no TensorFlow-free WordPiece with Hugging Face's normalization to
+use, so for such an export `encode` imports tfllm's in-graph tokenizer
+(TensorFlow and tensorflow_text) and builds `[CLS] pieces [SEP]` rows with
+training's own `encode_texts`; the model itself still runs on LiteRT only.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ except ImportError:  # Copied out of tfllm: a plain exception.
 
 MODEL_FILE = "model.tflite"
 TOKENIZER_FILE = "tokenizer.model"
+TFLLM_TOKENIZER_FILE = "tokenizer.json"  # an imported (WordPiece) tokenizer's, see above
 LABELS_FILE = "labels.json"
 CONFIG_FILE = "classifier.json"
 
@@ -55,12 +63,17 @@ class LiteRTClassifier:
     """
 
     def __init__(self, export_dir: str, num_threads: int | None = None) -> None:
-        import sentencepiece as spm
         from ai_edge_litert.interpreter import Interpreter
 
+        tokenizer_file = (
+            TFLLM_TOKENIZER_FILE
+            if not os.path.isfile(os.path.join(export_dir, TOKENIZER_FILE))
+            and os.path.isfile(os.path.join(export_dir, TFLLM_TOKENIZER_FILE))
+            else TOKENIZER_FILE
+        )
         paths = {
             name: os.path.join(export_dir, name)
-            for name in (MODEL_FILE, TOKENIZER_FILE, LABELS_FILE, CONFIG_FILE)
+            for name in (MODEL_FILE, tokenizer_file, LABELS_FILE, CONFIG_FILE)
         }
         missing = [name for name, path in paths.items() if not os.path.isfile(path)]
         if missing:
@@ -72,8 +85,18 @@ class LiteRTClassifier:
             self.config: dict = json.load(f)
         with open(paths[LABELS_FILE], encoding="utf-8") as f:
             self.labels: list[str] = list(json.load(f)["names"])
-        with open(paths[TOKENIZER_FILE], "rb") as f:
-            self._sp = spm.SentencePieceProcessor(model_proto=f.read())
+        self._sp = None
+        self._tokenizer = None  # tfllm's (TensorFlow) tokenizer, for a WordPiece export
+        if tokenizer_file == TOKENIZER_FILE:
+            import sentencepiece as spm
+
+            with open(paths[TOKENIZER_FILE], "rb") as f:
+                self._sp = spm.SentencePieceProcessor(model_proto=f.read())
+        else:
+            # WordPiece needs TensorFlow: imported only for such an export (module docstring).
+            from tfllm.data.tokenizer_kinds import load_shipped_tokenizer
+
+            self._tokenizer = load_shipped_tokenizer(export_dir)
         self.max_length = int(self.config["max_length"])
         self.pad_id = int(self.config["pad_id"])
         self.bos_id = int(self.config["bos_id"])
@@ -104,10 +127,20 @@ class LiteRTClassifier:
         }
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Strings -> int32 ids [N, max_length]: `[bos] + pieces`, cut, right-padded."""
+        """Strings -> int32 ids [N, max_length]: `[bos] + pieces` (WordPiece:
+        `[CLS] pieces [SEP]`), cut, right-padded."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         ids = np.full((len(texts), self.max_length), self.pad_id, dtype=np.int32)
         if not texts:
+            return ids
+        if self._tokenizer is not None:
+            import tensorflow as tf  # a WordPiece export only: TF-free runners never get here
+
+            from tfllm.data.classification_data import encode_texts  # as training encodes
+
+            rows = encode_texts(self._tokenizer, tf.constant(texts, tf.string), self.max_length)
+            for i, row in enumerate(rows.to_list()):
+                ids[i, : len(row)] = row
             return ids
         for i, pieces in enumerate(self._sp.encode(texts, out_type=int)):
             row = [self.bos_id, *pieces][: self.max_length]

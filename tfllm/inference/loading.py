@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from tfllm.data.labels import LabelVocab
 from tfllm.data.tokenizer_kinds import AnyTokenizer, load_tokenizer
 from tfllm.errors import WorkdirError
 from tfllm.models import build_model
+from tfllm.models.lora import apply_lora, lora_settings, merge_lora
 from tfllm.models.quantized import quantize_in_place
 from tfllm.utils.checkpoints import kept_checkpoints, restore_newest
 
@@ -38,7 +40,9 @@ def load_trained(workdir: str, strategy: tf.distribute.Strategy | None = None) -
     """Loads the newest readable checkpoint's weights into a freshly built model.
 
     Only the model is restored (the optimizer slots in the checkpoint are
-    skipped with `expect_partial`), so inference needs no training state.
+    skipped with `expect_partial`), so inference needs no training state. A
+    LoRA run's model is rebuilt with its adapters, restored, then merged
+    (`tfllm.models.lora.merge_lora`): callers get the plain model.
     Nothing here unpickles or executes files from the workdir.
 
     With `strategy`, the model is built under its scope (mirrored variables,
@@ -61,8 +65,12 @@ def load_trained(workdir: str, strategy: tf.distribute.Strategy | None = None) -
     tokenizer = load_tokenizer(tokenizer_dir)
     labels = LabelVocab.load(workdir) if config.model.name in CLASSIFIER_NAMES else None
 
+    lora = lora_settings(config.train)
+
     def build() -> keras.Model:
-        return build_model(config.model, tokenizer.vocab_size, labels and labels.num_classes)
+        model = build_model(config.model, tokenizer.vocab_size, labels and labels.num_classes)
+        apply_lora(model, lora)  # a LoRA run's checkpoint holds the adapters too
+        return model
 
     if strategy is None:
         model = build()
@@ -80,5 +88,10 @@ def load_trained(workdir: str, strategy: tf.distribute.Strategy | None = None) -
         partial=True,
         mismatch="checkpoint does not match the model in config.json",
     )
+    if lora.rank:
+        # Adapters folded into the kernels: evaluation, generation and every export
+        # see the plain family model (nothing new at run time).
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            merge_lora(model)
     step = int(latest.rsplit("-", 1)[-1]) if latest.rsplit("-", 1)[-1].isdigit() else -1
     return TrainedModel(config, model, tokenizer, latest, step, labels, workdir)

@@ -9,6 +9,7 @@ import tensorflow as tf
 from tfllm.config import MODEL_NAMES
 from tfllm.errors import ConfigError
 from tfllm.models.bert import BertEncoder
+from tfllm.models.bert_classifier import BertClassifier
 from tfllm.models.classifier import TransformerClassifier
 from tfllm.models.cnn import CNNClassifier
 from tfllm.models.gpt import GPT
@@ -19,6 +20,7 @@ AVAILABLE = MODEL_NAMES  # defined once, in tfllm.config
 
 __all__ = [
     "AVAILABLE",
+    "BertClassifier",
     "BertEncoder",
     "CNNClassifier",
     "GPT",
@@ -85,6 +87,21 @@ def build_model(
                 dropout=get("dropout", 0.1),
                 pooling=get("pooling", "mean"),
                 causal=get("causal", False),
+            )
+        elif name == "bert_classifier":
+            model = BertClassifier(
+                vocab_size=vocab_size,
+                num_classes=num_classes,
+                max_length=max_length,
+                num_layers=model_config.num_layers,
+                num_heads=model_config.num_heads,
+                hidden_dim=model_config.hidden_dim,
+                intermediate_dim=model_config.intermediate_dim,
+                type_vocab_size=get("type_vocab_size", 2),
+                layer_norm_epsilon=get("layer_norm_epsilon", 1e-12),
+                activation=get("activation", "gelu"),
+                dropout=get("dropout", 0.1),
+                pooling=get("pooling", "cls"),
             )
         elif name == "cnn_classifier":
             model = CNNClassifier(

@@ -208,7 +208,10 @@ def trained_config_mismatch(config: ml_collections.ConfigDict, workdir: str) -> 
     saved = read_json(os.path.join(workdir, "config.json"))
     if not saved:
         return None
-    if config.train.get("init_from") and config.model.name == "transformer_classifier":
+    if config.train.get("init_from") and config.model.name in (
+        "transformer_classifier",
+        "bert_classifier",
+    ):
         from tfllm.training.run import adopt_backbone_architecture
 
         config = copy.deepcopy(config)

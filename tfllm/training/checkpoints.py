@@ -25,6 +25,7 @@ import ml_collections
 import tensorflow as tf
 
 from tfllm.errors import ConfigError
+from tfllm.models.lora import base_weights_only
 from tfllm.training.plugins import TrainingPlugin
 from tfllm.training.step import ParamGroups
 from tfllm.training.tasks import Task
@@ -85,7 +86,9 @@ def initialize_weights(
         source = tf.train.latest_checkpoint(os.path.join(init_from, "checkpoints"))
         if not source:
             raise ConfigError(f"config.train.init_from: no checkpoint in {init_from}/checkpoints")
-        message = task.initialize_from(model, init_from, source)
+        # A LoRA run's adapters are not in the source: restore the base model only.
+        with base_weights_only(model):
+            message = task.initialize_from(model, init_from, source)
         print(message, flush=True)
     for plugin in plugins:
         with strategy.scope():  # cross-replica: assignments reach every replica

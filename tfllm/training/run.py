@@ -11,10 +11,12 @@ from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
+import tensorflow as tf
 
 from tfllm.config import (
     CLASSIFIER_NAMES,
     ENCODER_NAMES,
+    PRETRAINED_CLASSIFIERS,
     config_to_json,
     family_keys,
     load_workdir_config,
@@ -37,7 +39,13 @@ from tfllm.errors import ConfigError
 from tfllm.evaluation.classifier_eval import evaluate_encoded
 from tfllm.inference.generate import Generator, generate_text
 from tfllm.models import build_model
+from tfllm.models.lora import apply_lora, lora_settings, trainable_summary
 from tfllm.training.plugins import TrainingPlugin
+from tfllm.training.pretrained_classifier import (
+    adopt_pretrained_architecture,
+    check_backbone_tokenizer,
+    check_tokenizer_ids,
+)
 from tfllm.training.tasks import ClassificationTask
 from tfllm.training.trainer import LMTrainer, Trainer, check_batch_divisible
 from tfllm.utils.io import atomic_write_json, atomic_write_text
@@ -70,6 +78,8 @@ _OPTIMIZER_STATE_KEYS = {
     "freeze_blocks": 0,
     "freeze_embeddings": False,
     "backbone_lr_scale": 1.0,
+    "lora_rank": 0,  # adapters (and their slots) exist or not, of this shape
+    "lora_targets": "attention",
 }
 
 
@@ -77,6 +87,32 @@ def _cannot_resume(key: str, value: object, saved: object, workdir: str) -> None
     raise ConfigError(
         f"config.{key}: {value!r} differs from {saved!r} in {workdir}/config.json; the "
         "checkpoints there cannot be resumed with it (use a new --workdir)"
+    )
+
+
+def parameter_metrics(trainer: Trainer) -> dict[str, int]:
+    """What a run trains and what its optimizer keeps (LoRA vs full fine-tuning)."""
+    state = sum(  # from shapes: no copy of the state itself
+        int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size
+        for optimizer, _ in trainer.param_groups
+        for v in optimizer.variables
+    )
+    return {**trainable_summary(trainer.model), "optimizer_state_bytes": state}
+
+
+def report_trainable(config: ml_collections.ConfigDict, trainer: Trainer) -> None:
+    """One line on what a LoRA run adapts and trains (nothing for a full run)."""
+    lora = lora_settings(config.train)
+    if not lora.rank:
+        return
+    counts = parameter_metrics(trainer)
+    share = counts["trainable_params"] / max(1, counts["total_params"])
+    print(
+        f"LoRA: rank {lora.rank}, alpha {lora.alpha:g} on {','.join(lora.targets)}; training "
+        f"{counts['trainable_params']:,} of {counts['total_params']:,} parameters "
+        f"({100 * share:.2f}%: {counts['lora_params']:,} in adapters); optimizer state "
+        f"{counts['optimizer_state_bytes'] / 2**20:.2f} MiB",
+        flush=True,
     )
 
 
@@ -123,7 +159,9 @@ def train_lm(
     sample_tokens = int(config.train.sample_tokens)
 
     def build() -> object:
-        return build_model(config.model, tokenizer.vocab_size)
+        model = build_model(config.model, tokenizer.vocab_size)
+        apply_lora(model, lora_settings(config.train))
+        return model
 
     # Samples come from the eager generation loop, which needs host weights.
     host = host_copy(strategy, build)
@@ -168,7 +206,9 @@ def train_lm(
     per_device = placed.parameters_per_device(trainer.model) if placed is not None else None
     if per_device is not None:
         print(f"{placed.describe()}; parameters per device {per_device}", flush=True)
+    report_trainable(config, trainer)
     metrics = trainer.train()
+    metrics.update(parameter_metrics(trainer))
     metrics["train_tokens"] = int(len(train_ids))
     if per_device is not None:
         metrics["parameters_per_device"] = placed.parameters_per_device(trainer.model)
@@ -252,14 +292,19 @@ def adopt_backbone_architecture(config: ml_collections.ConfigDict) -> None:
 
     Like keras-hub's `from_preset`, the pretrained model decides its own
     architecture; a recipe need not repeat it. A longer context than the LM
-    learned positions for is an error.
+    learned positions for is an error. A classifier on an imported backbone
+    (`bert_classifier`) takes it from that workdir instead.
     """
+    if config.model.name in PRETRAINED_CLASSIFIERS:
+        adopt_pretrained_architecture(config)
+        return
     init_from = config.train.init_from
     if not init_from or config.model.name != "transformer_classifier":
         if init_from and config.model.name in CLASSIFIER_NAMES:
             raise ConfigError(
-                f"config.train.init_from: only transformer_classifier can be initialised from "
-                f"an LM, not {config.model.name}"
+                f"config.train.init_from: only transformer_classifier (from a 'gpt' LM) and "
+                f"{', '.join(PRETRAINED_CLASSIFIERS)} can be initialised from another workdir, "
+                f"not {config.model.name}"
             )
         return
     lm = load_workdir_config(init_from)
@@ -292,6 +337,7 @@ def train_classifier(
     """Trains (or resumes) a text classifier on labelled rows (`plugins` as `train_lm`)."""
 
     adopt_backbone_architecture(config)
+    check_backbone_tokenizer(config, workdir)
     _check_resume_compatible(config, workdir)
     os.makedirs(workdir, exist_ok=True)
     strategy = create_strategy(config.runtime)
@@ -302,6 +348,7 @@ def train_classifier(
     else:
         vocab = LabelVocab.learn(splits.train.labels, what=splits.train_source)
     tokenizer = shared_tokenizer(config, workdir, splits.train.texts, strategy)
+    check_tokenizer_ids(config, tokenizer)
     max_length = int(config.model.max_length)
     train_split = encode_split(tokenizer, splits.train, vocab, max_length, splits.train_source)
     eval_split = (
@@ -351,12 +398,15 @@ def train_classifier(
             model.freeze_backbone(
                 int(config.train.freeze_blocks), bool(config.train.freeze_embeddings)
             )
+        apply_lora(model, lora_settings(config.train))
         return model
 
     trainer = Trainer(
         config, workdir, strategy, build_model=build, task=task, plugins=tuple(plugins)
     )
+    report_trainable(config, trainer)
     metrics = trainer.train()
+    metrics.update(parameter_metrics(trainer))
     metrics["train_examples"] = len(train_split)
     if eval_split is not None:
         # The full report (per class, confusion matrix, ROC-AUC) once, at the end.

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfllm.config import load_workdir_config
 from tfllm.data.classification_data import EncodedSplit, make_classification_dataset
 from tfllm.data.lm_data import make_lm_dataset
 from tfllm.distribute.strategy import takes_sharded_inputs
@@ -27,6 +28,7 @@ from tfllm.evaluation.predict import (
     token_cross_entropy,
 )
 from tfllm.inference.loading import load_trained
+from tfllm.models.lora import copy_weights, lora_settings
 from tfllm.utils.checkpoints import restore_weights
 
 
@@ -65,8 +67,17 @@ class Task(abc.ABC):
 
     def initialize_from(self, model: keras.Model, workdir: str, checkpoint: str) -> str:
         """`train.init_from`: restores the model's weights from another run's checkpoint
-        (or an imported one); every weight must find its value, or one line says so."""
-        del workdir
+        (or an imported one); every weight must find its value, or one line says so.
+
+        A LoRA source is loaded merged (its adapters folded into the kernels) and
+        copied weight by weight: restoring its checkpoint would read the base only."""
+        if lora_settings(load_workdir_config(workdir).train).rank:
+            source = load_trained(workdir)
+            try:
+                copy_weights(model, source.model)
+            except ValueError as e:
+                raise ConfigError(f"config.train.init_from: {e}") from None
+            return f"Initialised model weights from {source.checkpoint} (LoRA adapters merged)"
         restore_weights(
             checkpoint,
             {"model": model},
@@ -251,21 +262,24 @@ class ClassificationTask(Task):
         )
 
     def initialize_from(self, model, workdir, checkpoint):
-        """Copies embeddings and blocks from a tfllm GPT workdir into the classifier."""
+        """Copies the backbone from another workdir into the classifier: a tfllm GPT's
+        embeddings and blocks, or (`backbone_family = "bert"`) an imported BERT encoder."""
 
         if not hasattr(model, "load_backbone_from"):
             raise ConfigError(
                 f"config.train.init_from: {type(model).__name__} has no transformer backbone to "
-                "initialise (use model.name=transformer_classifier)"
+                "initialise (use model.name=transformer_classifier or bert_classifier)"
             )
-        lm = load_trained(workdir)
-        if lm.config.model.name != "gpt":
+        family = getattr(model, "backbone_family", "gpt")
+        source = load_trained(workdir)
+        if source.config.model.name != family:
             raise ConfigError(
-                f"config.train.init_from: {workdir} holds a {lm.config.model.name!r} model; "
-                "a classifier is initialised from a 'gpt' language model"
+                f"config.train.init_from: {workdir} holds a {source.config.model.name!r} model; "
+                f"a {type(model).__name__} is initialised from a {family!r} model"
             )
         try:
-            model.load_backbone_from(lm.model)
+            model.load_backbone_from(source.model)
         except ValueError as e:
             raise ConfigError(f"config.train.init_from: {e}") from None
-        return f"Initialised the backbone from the LM in {workdir} ({lm.checkpoint})"
+        what = "the LM" if family == "gpt" else f"the {family} encoder"
+        return f"Initialised the backbone from {what} in {workdir} ({source.checkpoint})"
