@@ -83,6 +83,8 @@ from unittest import mock
 
 import numpy as np
 
+from tfllm.utils.machine import cpu_model
+
 ALL_ENGINES = ("tfllm", "transformers", "llamacpp", "tfllm_int8", "tfllm_int8_wo")
 GREEDY_COMPARE = 32
 
@@ -132,17 +134,6 @@ def read_bandwidth(gib: float = 1.0, repeats: int = 9, warmup: int = 3) -> dict[
         out[f"gb_per_s_median_{name}"] = array.nbytes / statistics.median(times) / 1e9
     out["gb_per_s_median"] = max(out["gb_per_s_median_1_thread"], out["gb_per_s_median_2_threads"])
     return out
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def git_commit() -> str | None:

@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 
+from tfllm.utils.machine import cpu_model
+
 
 def _run(command: list[str]) -> dict:
     """Runs one command, echoing its stdout, and returns command, exit code, wall time, stdout."""
@@ -39,17 +41,6 @@ def _run(command: list[str]) -> dict:
         "wall_s": round(wall, 1),
         "stdout": proc.stdout,
     }
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _versions() -> dict:
@@ -120,7 +111,7 @@ def main() -> None:
         "test_examples": test.get("num_examples"),
         "train_metrics": train_metrics,
         "stages": stages,
-        "machine": f"{_cpu_model()}, {os.cpu_count()} cores ({platform.machine()})",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores ({platform.machine()})",
         "load_average_at_start": load_at_start,
         "load_average_at_end": os.getloadavg(),
         "versions": _versions(),

@@ -27,6 +27,7 @@ from tfllm.benchmark.timing import Timed, interleave
 from tfllm.benchmark.train_bench import TrainBench, build_ours
 from tfllm.config import LM_NAMES
 from tfllm.errors import ConfigError
+from tfllm.utils.machine import cpu_model
 
 # The issue's targets ("Training and decoding speed").
 TARGET_TRAIN_SPEEDUP = 1.3
@@ -48,16 +49,6 @@ class BenchSettings:
     decode_new_tokens: int
     # Also time training under these precisions, interleaved with the config's.
     compare_precisions: tuple[str, ...] = ()
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name, for telling result files of different machines apart."""
-    if os.path.isfile("/proc/cpuinfo"):  # Linux; elsewhere fall back to platform
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def cpu_has_native_bfloat16() -> bool:
