@@ -163,3 +163,51 @@ def sample_next(
         threshold = tf.cast(top_p, tf.float32) - _TOP_P_SLACK
         keep = tf.logical_or(mass_before < threshold, rank == 0)
     return _sample_sorted(sorted_logits, sorted_ids, keep, seed)
+
+
+def sample_rows(
+    logits: tf.Tensor,
+    samplers: tf.Tensor,
+    temperature: tf.Tensor,
+    top_k: tf.Tensor,
+    top_p: tf.Tensor,
+    seeds: tf.Tensor,
+) -> tf.Tensor:
+    """`sample_next` with a sampler and settings per row; returns int32 [B].
+
+    `samplers` [B] int32 indexes `SAMPLERS`; `temperature`, `top_k`, `top_p`
+    are [B], `seeds` [B, 2]. Row i picks exactly what `sample_next` picks for
+    that row alone with `SAMPLERS[samplers[i]]` and `seeds[i]` (the same ops
+    per row, the same Philox bits), so requests with different settings share
+    one batch of a server and still give `tfllm-generate`'s text. The sort
+    that top-k / top-p need runs only when some row uses one of them.
+    """
+    logits = tf.convert_to_tensor(logits, tf.float32)
+    samplers = tf.cast(samplers, tf.int32)
+    greedy_rows = tf.equal(samplers, SAMPLERS.index("greedy"))
+    # A greedy row's temperature is unused (and may be 0): keep its other draws finite.
+    temperature = tf.where(greedy_rows, 1.0, tf.cast(temperature, tf.float32))
+    scaled = logits / temperature[:, tf.newaxis]
+    greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    free = _categorical(scaled, seeds)
+
+    def truncated() -> tf.Tensor:
+        sorted_ids = tf.argsort(scaled, axis=-1, direction="DESCENDING", stable=True)
+        sorted_logits = tf.gather(scaled, sorted_ids, batch_dims=1)
+        rank = tf.range(tf.shape(scaled)[-1])[tf.newaxis, :]
+        keep_k = rank < tf.cast(top_k, tf.int32)[:, tf.newaxis]
+        mass_before = tf.cumsum(tf.nn.softmax(sorted_logits, axis=-1), axis=-1, exclusive=True)
+        threshold = tf.cast(top_p, tf.float32)[:, tf.newaxis] - _TOP_P_SLACK
+        keep_p = tf.logical_or(mass_before < threshold, rank == 0)
+        top_k_rows = tf.equal(samplers, SAMPLERS.index("top_k"))[:, tf.newaxis]
+        return _sample_sorted(
+            sorted_logits, sorted_ids, tf.where(top_k_rows, keep_k, keep_p), seeds
+        )
+
+    sorted_rows = tf.logical_or(
+        tf.equal(samplers, SAMPLERS.index("top_k")), tf.equal(samplers, SAMPLERS.index("top_p"))
+    )
+    needs_sort = tf.reduce_any(sorted_rows)
+    picked = tf.cond(needs_sort, truncated, lambda: free)
+    picked = tf.where(tf.equal(samplers, SAMPLERS.index("temperature")), free, picked)
+    return tf.where(greedy_rows, greedy, picked)

@@ -27,6 +27,12 @@ XLA copied each out of a stacked `[2, ...]` cache in every step (measured
 in the optimized HLO). All have static shapes, so a decode loop carries them
 through `tf.while_loop` and XLA; the TFLite export stacks each layer's pair
 into its `kv_cache_<i>` signature tensor.
+
+Left-padded batches (`pad`, int32 `[B]`): row b's first `pad[b]` cache slots
+hold padding, so its token in slot s sits at position `s - pad[b]` and its
+queries never see slots before `pad[b]`. Prompts of different lengths then
+share one batch and one scalar cache index, and each row computes what it
+would alone (the batched SavedModel and `tfllm-serve` decode this way).
 """
 
 from __future__ import annotations
@@ -128,19 +134,55 @@ def write_cache(
     return cache * keep + placed
 
 
+def token_positions(
+    index: int | tf.Tensor, length: tf.Tensor | int, pad: tf.Tensor | None = None
+) -> tf.Tensor:
+    """Positions of the `length` tokens written at cache slots `index…`: `[t]`, or
+    `[B, t]` with a left `pad` per row (slots inside the padding get position 0)."""
+    slots = tf.cast(index, tf.int32) + tf.range(length)
+    if pad is None:
+        return slots
+    return tf.maximum(slots[tf.newaxis, :] - tf.cast(pad, tf.int32)[:, tf.newaxis], 0)
+
+
+def visible_slots(
+    index: int | tf.Tensor,
+    length: tf.Tensor | int,
+    cache_length: tf.Tensor | int,
+    pad: tf.Tensor | None = None,
+) -> tf.Tensor:
+    """Which cache slots each of the `length` queries at `index…` attends to.
+
+    Causal: slots up to the query's own. `[t, S]`; with `pad`, `[B, 1, t, S]`
+    (broadcast over heads) and slots before a row's `pad` hidden. A padding
+    query still sees its own slot, so its softmax never divides by zero: a NaN
+    there would reach real rows through `0 * NaN` in the values matmul.
+    """
+    query = tf.cast(index, tf.int32) + tf.range(length)
+    slots = tf.range(cache_length)
+    causal = slots[tf.newaxis, :] <= query[:, tf.newaxis]
+    if pad is None:
+        return causal
+    real = slots[tf.newaxis, tf.newaxis, :] >= tf.cast(pad, tf.int32)[:, tf.newaxis, tf.newaxis]
+    own = tf.equal(slots[tf.newaxis, :], query[:, tf.newaxis])
+    return tf.logical_and(causal, tf.logical_or(real, own))[:, tf.newaxis]
+
+
 def cached_block(
     block: keras_hub.layers.TransformerDecoder,
     x: tf.Tensor,
     cache: tuple[tf.Tensor, tf.Tensor],
     index: int | tf.Tensor,
     cache_update: CacheUpdate = "slice",
+    pad: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor]]:
-    """One pre-LayerNorm decoder block on `x` [B, t, d] at positions `index…index+t-1`.
+    """One pre-LayerNorm decoder block on `x` [B, t, d] at cache slots `index…index+t-1`.
 
     Uses the block's own sublayers, so its weights and math are those of
     `block(x)` (tested against the full forward pass). `cache` is the layer's
     (keys, values); returns `(x, cache)` with the new keys/values written.
-    Each position attends to every cached position up to itself.
+    Each position attends to every cached position up to itself (after the
+    row's left `pad`, see `visible_slots`).
     """
     attention = block._self_attention_layer
     h = block._self_attention_layer_norm(x)
@@ -157,8 +199,8 @@ def cached_block(
 
     query = query * tf.cast(attention._key_dim**-0.5, query.dtype)
     scores = tf.einsum("bhtd,bhsd->bhts", query, keys)
-    query_positions = tf.cast(index, tf.int32) + tf.range(tf.shape(x)[1])
-    visible = tf.range(keys.shape[2])[tf.newaxis, :] <= query_positions[:, tf.newaxis]
+    slots = keys.shape[2] if keys.shape[2] is not None else tf.shape(keys)[2]
+    visible = visible_slots(index, tf.shape(x)[1], slots, pad)
     # Softmax in float32 (as keras' MHA does under mixed precision); a row always
     # sees its own position, so the -inf entries never make a NaN.
     scores = tf.where(visible, tf.cast(scores, tf.float32), float("-inf"))
@@ -225,7 +267,11 @@ class GPT(keras.Model):
         return [getattr(self, f"block_{i}") for i in range(self.num_layers)]
 
     def _embed(
-        self, token_ids: tf.Tensor, start_index: int | tf.Tensor, training: bool
+        self,
+        token_ids: tf.Tensor,
+        start_index: int | tf.Tensor,
+        training: bool,
+        pad: tf.Tensor | None = None,
     ) -> tf.Tensor:
         """Token + position embeddings; positions start at `start_index`.
 
@@ -233,10 +279,14 @@ class GPT(keras.Model):
         gather: keras-hub's default `slice` makes XLA treat the start as a
         compile-time constant, so the jit-compiled decode loop recompiled for
         every prompt length (~1-2 s each on 2 cores, measured). The rows are
-        the same either way, so the logits are bit-identical.
+        the same either way, so the logits are bit-identical. With a left `pad`
+        per row, positions are per row (`token_positions`).
         """
         tokens = self.token_embedding(token_ids)
-        if isinstance(start_index, int):
+        if pad is not None:
+            index = token_positions(start_index, tf.shape(token_ids)[-1], pad)
+            positions = self.position_embedding(tokens, positions=index)
+        elif isinstance(start_index, int):
             positions = self.position_embedding(tokens, start_index=start_index)
         else:
             index = tf.cast(start_index, tf.int32) + tf.range(tf.shape(token_ids)[-1])
@@ -277,21 +327,23 @@ class GPT(keras.Model):
         cache: KVCache,
         cache_index: int | tf.Tensor,
         cache_update: CacheUpdate = "slice",
+        pad: tf.Tensor | None = None,
     ) -> tuple[tf.Tensor, KVCache]:
-        """Run positions `cache_index .. cache_index + t - 1` against the cache.
+        """Run cache slots `cache_index .. cache_index + t - 1` against the cache.
 
         Writes the new tokens' keys/values into each layer's cache and lets
         each of them attend causally to every cached position before it.
         Serves both the prefill (`t` = prompt length, `cache_index` = 0) and
         one-token decode steps (`t` = 1). `cache_update` is how the cache is
-        written (`write_cache`). Returns `(logits [B, t, V] float32, new_cache)`.
+        written (`write_cache`); `pad` (int32 `[B]`) is each row's left padding
+        (module docstring). Returns `(logits [B, t, V] float32, new_cache)`.
         """
         if not callable(cache_update) and cache_update not in CACHE_UPDATES:
             raise ValueError(f"cache_update must be one of {CACHE_UPDATES}, got {cache_update!r}")
-        x = self._embed(token_ids, cache_index, training=False)
+        x = self._embed(token_ids, cache_index, training=False, pad=pad)
         new_cache = []
         for block, layer_cache in zip(self.blocks, cache, strict=True):
-            x, layer_cache = cached_block(block, x, layer_cache, cache_index, cache_update)
+            x, layer_cache = cached_block(block, x, layer_cache, cache_index, cache_update, pad)
             new_cache.append(layer_cache)
         return self._logits(x), tuple(new_cache)
 

@@ -34,7 +34,14 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
-from tfllm.models.gpt import CACHE_UPDATES, CacheUpdate, KVCache, write_cache
+from tfllm.models.gpt import (
+    CACHE_UPDATES,
+    CacheUpdate,
+    KVCache,
+    token_positions,
+    visible_slots,
+    write_cache,
+)
 
 
 def rope_inverse_frequencies(
@@ -66,21 +73,25 @@ def rope_inverse_frequencies(
 
 
 def rotary_angles(
-    inverse_frequencies: np.ndarray, start_index: int | tf.Tensor, length: tf.Tensor
+    inverse_frequencies: np.ndarray,
+    start_index: int | tf.Tensor,
+    length: tf.Tensor,
+    pad: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """cos/sin [t, head_dim] of positions `start_index … start_index + length - 1`, float32."""
-    positions = tf.cast(tf.cast(start_index, tf.int32) + tf.range(length), tf.float32)
-    angles = positions[:, tf.newaxis] * tf.constant(inverse_frequencies)[tf.newaxis, :]
+    """cos/sin of positions `start_index … start_index + length - 1`, float32:
+    `[t, head_dim]`, or `[B, t, head_dim]` with a left `pad` per row."""
+    positions = tf.cast(token_positions(start_index, length, pad), tf.float32)
+    angles = positions[..., tf.newaxis] * tf.constant(inverse_frequencies)
     angles = tf.concat([angles, angles], axis=-1)
     return tf.cos(angles), tf.sin(angles)
 
 
 def apply_rope(x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor) -> tf.Tensor:
-    """Rotates `x` [B, t, heads, Dh] by the angles of its positions (`cos`/`sin` [t, Dh])."""
+    """Rotates `x` [B, t, heads, Dh] by its positions' angles (`cos`/`sin` [t or B×t, Dh])."""
     half = x.shape[-1] // 2
     x32 = tf.cast(x, tf.float32)
     rotated = tf.concat([-x32[..., half:], x32[..., :half]], axis=-1)
-    cos, sin = cos[:, tf.newaxis, :], sin[:, tf.newaxis, :]
+    cos, sin = cos[..., tf.newaxis, :], sin[..., tf.newaxis, :]
     return tf.cast(x32 * cos + rotated * sin, x.dtype)
 
 
@@ -149,14 +160,16 @@ class LlamaBlock(keras.layers.Layer):
         cache: tuple[tf.Tensor, tf.Tensor] | None,
         index: int | tf.Tensor,
         cache_update: CacheUpdate = "slice",
+        pad: tf.Tensor | None = None,
     ) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor] | None]:
-        """Causal attention of `x`'s positions (`index…`) over the cache (or over `x` alone).
+        """Causal attention of `x`'s slots (`index…`) over the cache (or over `x` alone).
 
         Query head `h` reads key/value head `h // (num_heads // num_kv_heads)`,
-        as transformers' `repeat_kv` lays them out.
+        as transformers' `repeat_kv` lays them out. `pad`: each row's left
+        padding (`tfllm.models.gpt.visible_slots`).
         """
         h = self.attention_norm(x)
-        cos, sin = rotary_angles(self.inverse_frequencies, index, tf.shape(x)[1])
+        cos, sin = rotary_angles(self.inverse_frequencies, index, tf.shape(x)[1], pad)
         query = tf.transpose(apply_rope(self.query(h), cos, sin), [0, 2, 1, 3])  # [B, H, t, Dh]
         keys = tf.transpose(apply_rope(self.key(h), cos, sin), [0, 2, 1, 3])  # [B, Hkv, t, Dh]
         values = tf.transpose(self.value(h), [0, 2, 1, 3])
@@ -169,8 +182,9 @@ class LlamaBlock(keras.layers.Layer):
         query = tf.reshape(query, [batch, self.num_kv_heads, groups, t, self.head_dim])
         query = query * tf.cast(self.head_dim**-0.5, query.dtype)
         scores = tf.cast(tf.einsum("bkgtd,bksd->bkgts", query, keys), tf.float32)
-        query_positions = tf.cast(index, tf.int32) + tf.range(t)
-        visible = tf.range(tf.shape(keys)[2])[tf.newaxis, :] <= query_positions[:, tf.newaxis]
+        visible = visible_slots(index, t, tf.shape(keys)[2], pad)
+        if pad is not None:
+            visible = visible[:, tf.newaxis]  # [B, 1, 1, t, S] against [B, Hkv, G, t, S]
         # A row always sees its own position, so the -inf entries never make a NaN.
         scores = tf.where(visible, scores, float("-inf"))
         probs = tf.cast(tf.nn.softmax(scores, axis=-1), values.dtype)
@@ -190,8 +204,9 @@ class LlamaBlock(keras.layers.Layer):
         index: int | tf.Tensor = 0,
         cache_update: CacheUpdate = "slice",
         training: bool = False,
+        pad: tf.Tensor | None = None,
     ) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor] | None]:
-        attended, cache = self.attend(x, cache, index, cache_update)
+        attended, cache = self.attend(x, cache, index, cache_update, pad)
         x = x + self.residual_dropout(attended, training=training)
         x = x + self.residual_dropout(self.feed_forward(x), training=training)
         return x, cache
@@ -312,10 +327,12 @@ class Llama(keras.Model):
         cache: KVCache,
         cache_index: int | tf.Tensor,
         cache_update: CacheUpdate = "slice",
+        pad: tf.Tensor | None = None,
     ) -> tuple[tf.Tensor, KVCache]:
-        """Positions `cache_index … cache_index + t - 1` against the cache (prefill or decode).
+        """Slots `cache_index … cache_index + t - 1` against the cache (prefill or decode).
 
-        The same contract as `GPT.call_with_cache`: returns `(logits [B, t, V], new_cache)`.
+        The same contract as `GPT.call_with_cache` (`pad`: left padding per row):
+        returns `(logits [B, t, V], new_cache)`.
         """
         if not callable(cache_update) and cache_update not in CACHE_UPDATES:
             raise ValueError(f"cache_update must be one of {CACHE_UPDATES}, got {cache_update!r}")
@@ -323,7 +340,7 @@ class Llama(keras.Model):
         new_cache = []
         for block, layer_cache in zip(self.blocks, cache, strict=True):
             x, layer_cache = block(
-                x, cache=layer_cache, index=cache_index, cache_update=cache_update
+                x, cache=layer_cache, index=cache_index, cache_update=cache_update, pad=pad
             )
             new_cache.append(layer_cache)
         return self._logits(x), tuple(new_cache)
