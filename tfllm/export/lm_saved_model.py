@@ -11,14 +11,18 @@ or the save fails with "untracked resource"). Endpoints:
 - `generate_<sampler>(prompts, max_new_tokens, temperature, top_k, top_p, seed)`
   for sampler in greedy / temperature / top_k / top_p: the same decode loop as
   `tfllm-generate --backend=keras`, so a seed gives the same text on both.
+- `generate(prompts, max_new_tokens, sampler, temperature, top_k, top_p, seed)`,
+  every input one value per prompt (`sampler` a name): unrelated requests in
+  one call, TF Serving's row format; returns `completions` and `num_tokens`.
 - `score(texts: string[None]) -> {"log_likelihood": float32[None], "tokens": int32[None]}`:
   each text's log-likelihood as a document (its tokens after an eos, the
   document separator training saw), summed over its first `max_length` tokens;
   `tokens` says how many were scored (0 for an empty text). For ranking
   candidates, filtering data, or perplexity outside Python.
 
-Prompts are generated one at a time (`tf.map_fn`): rows of different lengths
-never share padding, so each continuation equals the Keras one exactly.
+Every endpoint decodes its prompts together, left-padded with each row's
+padding masked (`tfllm.inference.row_decode`): a row's continuation equals
+the one `tfllm-generate` gives for it alone (verified below on a batch).
 Loaders must `import tensorflow_text` first (its ops live in that package).
 """
 
@@ -29,80 +33,140 @@ import tensorflow as tf
 
 from tfllm.data.tokenizer_kinds import AnyTokenizer
 from tfllm.export.verified import VerificationError, write_verified_saved_model
-from tfllm.inference.generate import generate_ids
+from tfllm.inference.row_decode import RowSettings, generate_rows
 from tfllm.inference.sampling import SAMPLERS
 
 
-def _completion_fn(model: keras.Model, tokenizer: AnyTokenizer, sampler: str):
-    """Builds `(prompt, max_new, temperature, top_k, top_p, seed) -> text` for one prompt."""
+def _fitted_rows(
+    tokenizer: AnyTokenizer, prompts: tf.Tensor, max_new: tf.Tensor, max_length: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Prompts `[N]` -> left-padded ids `[N, W]` and each row's padding `[N]`.
+
+    As `tfllm-generate` fits one prompt: an empty prompt is `[eos]` (training
+    separates documents with eos) and a row keeps only its last
+    `max_length - max_new` tokens (the most recent context matters most).
+    """
+    eos = int(tokenizer.eos_id)
+    ragged = tf.cast(tokenizer.tokenize(prompts), tf.int32)
+    lengths = tf.cast(ragged.row_lengths(), tf.int32)
+    # An empty row reads the eos column appended here: it becomes [eos].
+    dense = tf.concat(
+        [ragged.to_tensor(default_value=eos), tf.fill([tf.shape(prompts)[0], 1], eos)], axis=1
+    )
+    lengths = tf.maximum(lengths, 1)
+    kept = tf.minimum(lengths, max_length - max_new)
+    width = tf.reduce_max(kept)
+    column = tf.range(width)[tf.newaxis, :]
+    pad = width - kept
+    # Output column w of row i holds the row's token lengths_i - (width - w).
+    source = lengths[:, tf.newaxis] - (width - column)
+    ids = tf.gather(dense, tf.maximum(source, 0), batch_dims=1)
+    return tf.where(column >= pad[:, tf.newaxis], ids, eos), pad
+
+
+def _rows_fn(model: keras.Model, tokenizer: AnyTokenizer):
+    """`(prompts, max_new, samplers, temperature, top_k, top_p, seeds) -> (texts, counts)`.
+
+    Every input but `prompts` is one value per row. The whole batch decodes
+    together (`tfllm.inference.row_decode`); row i's text is the one
+    `tfllm-generate` gives for it alone with seed i (the same Philox stream,
+    the pair `[seed, 0]`).
+    """
     max_length = int(model.max_length)
     eos = int(tokenizer.eos_id)
 
-    def complete_one(prompt, max_new_tokens, temperature, top_k, top_p, seed):
-        max_new = tf.clip_by_value(max_new_tokens, 1, max_length - 1)
-        ids = tf.cast(tokenizer.tokenize(prompt), tf.int32)
-        # An empty prompt starts a new document: training separates them with eos.
-        ids = tf.cond(tf.size(ids) > 0, lambda: ids, lambda: tf.constant([eos], tf.int32))
-        ids = ids[-(max_length - max_new) :]  # truncate from the left to fit the context
-        # The same [seed, 0] int64 seed `Generator.generate` uses, so text matches Keras.
-        seed_pair = tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)])
-        new = generate_ids(
-            model,
-            ids[tf.newaxis, :],
-            max_new,
-            sampler=sampler,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed_pair,
-            eos_id=eos,
-        )[0]
-        return tokenizer.detokenize(tf.boolean_mask(new, tf.not_equal(new, eos)))
+    def complete(prompts, max_new, samplers, temperature, top_k, top_p, seeds):
+        max_new = tf.clip_by_value(max_new, 1, max_length - 1)
+        ids, pad = _fitted_rows(tokenizer, prompts, max_new, max_length)
+        seed_pairs = tf.stack([tf.cast(seeds, tf.int64), tf.zeros_like(seeds, tf.int64)], axis=1)
+        settings = RowSettings(samplers, temperature, top_k, top_p, seed_pairs, max_new)
+        new = generate_rows(model, ids, pad, settings, eos)
+        kept = tf.ragged.boolean_mask(new, tf.not_equal(new, eos))
+        return tokenizer.detokenize(kept), tf.cast(kept.row_lengths(), tf.int32)
 
-    return complete_one
+    return complete
 
 
-def _checked_sampler_args(sampler, max_new_tokens, temperature, top_k, top_p) -> list:
-    """Assert ops for `check_sampler_args`' rules, inside the graph a server runs.
+def _rows(prompts: tf.Tensor, value, dtype) -> tf.Tensor:
+    """One scalar setting repeated for every prompt."""
+    return tf.fill([tf.shape(prompts)[0]], tf.cast(value, dtype))
+
+
+def _checked_row_args(samplers, max_new_tokens, temperature, top_k, top_p, where="") -> list:
+    """Assert ops for `check_sampler_args`' rules on per-row settings, inside the
+    graph a server runs.
 
     A serving client is not the CLI: an infinite or negative temperature or a
     top_p of 0 would otherwise sample garbage without a word, so the
     signature fails with InvalidArgumentError naming the input (TF Serving
-    answers it as a 400).
+    answers it as a 400). `where` names the endpoint in the top_k message.
     """
-    min_top_k = 1 if sampler == "top_k" else 0
+    top_k_rows = tf.equal(samplers, SAMPLERS.index("top_k"))
     return [
-        tf.debugging.assert_greater(
-            max_new_tokens, 0, message="max_new_tokens must be >= 1"
+        tf.debugging.assert_equal(
+            tf.reduce_all(max_new_tokens > 0), True, message="max_new_tokens must be >= 1"
         ),
         tf.debugging.assert_equal(
-            tf.math.is_finite(temperature) & (temperature > 0.0),
+            tf.reduce_all(tf.math.is_finite(temperature) & (temperature > 0.0)),
             True,
             message="temperature must be > 0 and finite",
         ),
-        tf.debugging.assert_greater_equal(
-            top_k, min_top_k, message=f"top_k must be >= {min_top_k} for generate_{sampler}"
+        tf.debugging.assert_equal(tf.reduce_all(top_k >= 0), True, message="top_k must be >= 0"),
+        tf.debugging.assert_equal(
+            tf.reduce_all(tf.logical_not(top_k_rows) | (top_k >= 1)),
+            True,
+            message=f"top_k must be >= 1 for {where or 'sampler top_k'}",
         ),
         tf.debugging.assert_equal(
-            (top_p > 0.0) & (top_p <= 1.0), True, message="top_p must be in (0, 1]"
+            tf.reduce_all((top_p > 0.0) & (top_p <= 1.0)), True, message="top_p must be in (0, 1]"
         ),
     ]
 
 
 def _generate_endpoint(complete, sampler: str):
-    """A batch endpoint over `complete` (a closure per sampler, not a default arg:
-    default args would become part of the exported signature)."""
+    """`generate_<sampler>`: one setting for the whole batch (a closure per
+    sampler, not a default arg: default args would become part of the exported
+    signature)."""
 
     def generate(prompts, max_new_tokens, temperature, top_k, top_p, seed):
-        checks = _checked_sampler_args(sampler, max_new_tokens, temperature, top_k, top_p)
+        samplers = _rows(prompts, SAMPLERS.index(sampler), tf.int32)
+        checks = _checked_row_args(
+            samplers[:1], max_new_tokens, temperature, top_k, top_p, f"generate_{sampler}"
+        )
         with tf.control_dependencies(checks):
             prompts = tf.identity(prompts)
-        completions = tf.map_fn(
-            lambda p: complete(p, max_new_tokens, temperature, top_k, top_p, seed),
+        texts, _ = complete(
             prompts,
-            fn_output_signature=tf.string,
+            _rows(prompts, max_new_tokens, tf.int32),
+            samplers,
+            _rows(prompts, temperature, tf.float32),
+            _rows(prompts, top_k, tf.int32),
+            _rows(prompts, top_p, tf.float32),
+            _rows(prompts, seed, tf.int32),
         )
-        return {"completions": completions}
+        return {"completions": texts}
+
+    return generate
+
+
+def _per_row_endpoint(complete):
+    """`generate`: every setting per row, so unrelated requests share one batch
+    (TF Serving's row format: every input has the batch dimension)."""
+    names = tf.constant(list(SAMPLERS))
+
+    def generate(prompts, max_new_tokens, sampler, temperature, top_k, top_p, seed):
+        matches = tf.equal(sampler[:, tf.newaxis], names[tf.newaxis, :])
+        known = tf.debugging.assert_equal(
+            tf.reduce_all(tf.reduce_any(matches, axis=1)),
+            True,
+            message=f"sampler must be one of {', '.join(SAMPLERS)}",
+        )
+        samplers = tf.argmax(tf.cast(matches, tf.int32), axis=1, output_type=tf.int32)
+        checks = [known] + _checked_row_args(samplers, max_new_tokens, temperature, top_k, top_p)
+        with tf.control_dependencies(checks):
+            prompts = tf.identity(prompts)
+        texts, counts = complete(prompts, max_new_tokens, samplers, temperature, top_k, top_p, seed)
+        return {"completions": texts, "num_tokens": counts}
 
     return generate
 
@@ -140,16 +204,19 @@ def build_archive(
     archive.track(model)
     archive.track(tokenizer)
     prompts_spec = tf.TensorSpec([None], tf.string, name="prompts")
-    greedy = _completion_fn(model, tokenizer, "greedy")
-    default_max_new = tf.constant(int(max_new_tokens), tf.int32)
+    complete = _rows_fn(model, tokenizer)
 
     def serving_default(prompts):
-        completions = tf.map_fn(
-            lambda p: greedy(p, default_max_new, 1.0, 0, 1.0, tf.constant(0, tf.int32)),
+        texts, _ = complete(
             prompts,
-            fn_output_signature=tf.string,
+            _rows(prompts, int(max_new_tokens), tf.int32),
+            _rows(prompts, SAMPLERS.index("greedy"), tf.int32),
+            _rows(prompts, 1.0, tf.float32),
+            _rows(prompts, 0, tf.int32),
+            _rows(prompts, 1.0, tf.float32),
+            _rows(prompts, 0, tf.int32),
         )
-        return {"completions": completions}
+        return {"completions": texts}
 
     archive.add_endpoint("serving_default", serving_default, input_signature=[prompts_spec])
 
@@ -159,19 +226,35 @@ def build_archive(
         input_signature=[tf.TensorSpec([None], tf.string, name="texts")],
     )
 
+    def spec(dtype: tf.DType, name: str, rows: bool) -> tf.TensorSpec:
+        return tf.TensorSpec([None] if rows else [], dtype, name=name)
+
     for sampler in SAMPLERS:
         archive.add_endpoint(
             f"generate_{sampler}",
-            _generate_endpoint(_completion_fn(model, tokenizer, sampler), sampler),
+            _generate_endpoint(complete, sampler),
             input_signature=[
                 prompts_spec,
-                tf.TensorSpec([], tf.int32, name="max_new_tokens"),
-                tf.TensorSpec([], tf.float32, name="temperature"),
-                tf.TensorSpec([], tf.int32, name="top_k"),
-                tf.TensorSpec([], tf.float32, name="top_p"),
-                tf.TensorSpec([], tf.int32, name="seed"),
+                spec(tf.int32, "max_new_tokens", False),
+                spec(tf.float32, "temperature", False),
+                spec(tf.int32, "top_k", False),
+                spec(tf.float32, "top_p", False),
+                spec(tf.int32, "seed", False),
             ],
         )
+    archive.add_endpoint(
+        "generate",
+        _per_row_endpoint(complete),
+        input_signature=[
+            prompts_spec,
+            spec(tf.int32, "max_new_tokens", True),
+            spec(tf.string, "sampler", True),
+            spec(tf.float32, "temperature", True),
+            spec(tf.int32, "top_k", True),
+            spec(tf.float32, "top_p", True),
+            spec(tf.int32, "seed", True),
+        ],
+    )
     return archive
 
 

@@ -29,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfllm.inference.generate import cache_length, fold_in_step
+from tfllm.inference.generate import CACHE_BUCKET, fold_in_step
 from tfllm.inference.sampling import sample_rows
 from tfllm.models.gpt import KVCache
 
@@ -227,10 +227,13 @@ class RowDecoder:
 
     def stream(self, prompts: Sequence[Sequence[int]], settings: RowSettings):
         """Yields `[B, n]` int32 arrays of new tokens (first the prefill's one, then
-        chunks) until every row is finished. Rows must fit: prompt + budget ≤ max_length."""
+        chunks) until every row is finished. Each row must fit on its own:
+        its prompt + budget ≤ max_length."""
         ids, pad = left_pad(prompts, self.eos_id)
         budget = int(np.max(settings.max_new_tokens.numpy()))
-        length = cache_length(ids.shape[1] + budget, self.model.max_length)
+        # Not capped at max_length: a row with a small budget may keep a longer
+        # prompt than the row with the largest budget (each row fits alone).
+        length = -(-(ids.shape[1] + budget) // CACHE_BUCKET) * CACHE_BUCKET
         row_settings = settings.as_tuple()
         token, done, cache = self._prefill(
             tf.constant(ids), tf.constant(pad), length, *row_settings

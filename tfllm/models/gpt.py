@@ -284,7 +284,11 @@ class GPT(keras.Model):
         """
         tokens = self.token_embedding(token_ids)
         if pad is not None:
-            index = token_positions(start_index, tf.shape(token_ids)[-1], pad)
+            # Clamped: in a batch, a row that has used its budget keeps decoding
+            # (its tokens are discarded) past the learned positions.
+            index = tf.minimum(
+                token_positions(start_index, tf.shape(token_ids)[-1], pad), self.max_length - 1
+            )
             positions = self.position_embedding(tokens, positions=index)
         elif isinstance(start_index, int):
             positions = self.position_embedding(tokens, start_index=start_index)
