@@ -2,6 +2,8 @@
 
 from setuptools import find_packages, setup
 
+LITERTLM = ["litert-lm-api==0.18.1", "litert-lm-builder==0.18.1", "litert-quantizer==0.11.0"]
+
 setup(
     name="tfllm",
     version="0.1.0",
@@ -31,14 +33,24 @@ setup(
         "gguf>=0.17,<1",  # reads and dequantizes GGUF files (tfllm-import)
         "safetensors>=0.4",  # writes Hugging Face exports (tfllm-export --format=hf)
         "jinja2>=3.1",  # renders imported instruct models' chat templates (tfllm-generate --chat)
+        # tfllm-serve: the ASGI app, its server, and server-sent events (docs/serving.md)
+        "starlette>=1.10,<2",
+        "uvicorn>=0.54,<1",
+        "sse-starlette>=3.7,<4",
     ],
     extras_require={
+        # Google's LiteRT-LM engine, its bundler and LiteRT's int4/int8 weight quantizer
+        # (tfllm-export --format=litertlm). Pinned: the engine finds tensors by names
+        # that change between releases.
+        "litertlm": LITERTLM,
         "dev": [
+            *LITERTLM,
             "pytest>=8",
             "pytest-xdist>=3.5",
             "ruff>=0.6",
             "hypothesis>=6.100",
             "tokenizers>=0.20",  # the reference byte-level BPE tests compare ids against
+            "httpx>=0.28",  # the HTTP client of the tfllm-serve tests and benchmark
         ],
     },
     entry_points={
@@ -52,6 +64,7 @@ setup(
             "tfllm-compress=tfllm.cli.compress:run",
             "tfllm-launch=tfllm.launch:run",
             "tfllm-import=tfllm.cli.import_checkpoint:run",
+            "tfllm-serve=tfllm.cli.serve:run",
         ],
     },
 )

@@ -3,6 +3,7 @@
   tfllm-export --workdir=runs/tiny --format=saved_model
   tfllm-export --workdir=runs/tiny --format=tflite --quantize=dynamic
   tfllm-export --workdir=runs/smollm2 --format=hf
+  tfllm-export --workdir=runs/tiny --format=litertlm --quantize=int4
 
 Every artifact is built in a temp dir, loaded back and compared with the Keras
 model; only then is it renamed into place with its `verification.json`.
@@ -16,6 +17,12 @@ model; only then is it renamed into place with its `verification.json`.
   gets a `classify` signature and is checked on eval rows (probabilities,
   accuracy). Float exports must match Keras; quantized ones must stay within
   the mode's perplexity/accuracy budget (override with the tolerance flags).
+- LiteRT-LM (`W/export/litertlm_<quantize>/model.litertlm`: the `.tflite`
+  under LiteRT-LM's prefill/decode contract, the tokenizer and LlmMetadata,
+  for Google's on-device LLM engine): loaded by `litert_lm.Engine` and
+  greedy-decoded on the verification prompts (incl. a chunked prefill and a
+  two-turn continuation); float text must equal Keras', quantized files
+  (dynamic, int8, int4 weights) must keep perplexity within budget.
 - Hugging Face (`W/export/hf/`: config.json, model.safetensors, tokenizer files)
   for gpt (as GPT-2), llama and bert models: read back into a fresh model with
   identical outputs, and, where transformers is installed, loaded by it with
@@ -37,15 +44,17 @@ flags.adopt_module_key_flags(common)  # --helpshort lists --workdir and --debug 
 flags.DEFINE_enum(
     "format",
     "saved_model",
-    ["saved_model", "tflite", "hf"],
-    "Artifact format; hf: config.json + model.safetensors + tokenizer for transformers.",
+    ["saved_model", "tflite", "hf", "litertlm"],
+    "Artifact format; hf: config.json + model.safetensors + tokenizer for transformers; "
+    "litertlm: a .litertlm bundle for Google's LiteRT-LM engine.",
 )
 flags.DEFINE_enum(
     "quantize",
     "none",
-    ["none", "dynamic", "float16", "int8"],
+    ["none", "dynamic", "float16", "int8", "int4"],
     "TFLite post-training quantization: dynamic (int8 weights), float16 (fp16 weights), "
-    "int8 (full integer, calibrated on training data). SavedModel: none only.",
+    "int8 (full integer, calibrated on training data). litertlm: none, dynamic, int8 "
+    "(int8 weights per channel), int4 (blockwise int4 weights). SavedModel: none only.",
 )
 flags.DEFINE_integer(
     "max_new_tokens", None, "Tokens serving_default generates per prompt (default: config.export)."
@@ -53,7 +62,8 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "verify_examples",
     None,
-    "Eval rows (classifiers, default 256) or eval windows (LM TFLite, default 4) to verify on.",
+    "Eval rows (classifiers, default 256) or eval windows (LM TFLite, default 4; "
+    "litertlm, default 2) to verify on.",
 )
 flags.DEFINE_float(
     "max_abs_diff",
@@ -88,6 +98,10 @@ def main(argv) -> None:
         common.fail(
             f"--quantize: {FLAGS.format} export is float only; use --format=tflite to quantize"
         )
+    if FLAGS.format == "litertlm" and FLAGS.quantize == "float16":
+        common.fail("--quantize=float16: --format=litertlm takes none, dynamic, int8, int4")
+    if FLAGS.format != "litertlm" and FLAGS.quantize == "int4":
+        common.fail("--quantize=int4: only with --format=litertlm (LiteRT's blockwise int4)")
     for name in ("max_abs_diff", "max_perplexity_increase", "max_accuracy_drop"):
         value = getattr(FLAGS, name)
         if value is not None and not value >= 0:
@@ -124,6 +138,22 @@ def _summary(export) -> list[tuple[str, object]]:
                 else f"{check['transformers']}: max |Δ| {check['max_abs_diff']:.2g}",
             ),
         ]
+    if export.format == "litertlm":
+        greedy = record["greedy"]
+        return [
+            ("litertlm", os.path.join(target, record["file"])),
+            ("checkpoint", trained.checkpoint),
+            ("quantize", record["quantize"]),
+            ("prefill_buckets", ", ".join(str(b) for b in record["prefill_buckets"])),
+            ("verified", f"{len(greedy)} prompts/turns in LiteRT-LM, "
+                         f"{record['windows']} eval windows ({record['tokens']} tokens)"),
+            ("greedy_identical", record["greedy_identical"]),
+            ("max_abs_diff", record["max_abs_diff"]),
+            ("perplexity", f"{record['perplexity']:.4g} (Keras {record['keras_perplexity']:.4g})"),
+            ("decode_tokens_per_second", record["engine_decode_tokens_per_second_median"]),
+            ("size_bytes", record["size_bytes"]),
+            ("verification", export.verification),
+        ]  # fmt: skip
     if export.format == "tflite":
         tflite = os.path.join(target, record["file"])
         rows = [("tflite", tflite), ("checkpoint", trained.checkpoint)]

@@ -12,8 +12,11 @@ line per prompt in input order (tfllm.inference.prompts); prompt i samples
 with seed --seed + i, so each line equals `--prompt=<prompt i> --seed=<seed + i>`.
 
 Backends: `keras` (the checkpoint), `saved_model` (W/export/saved_model, the
-artifact TF Serving would run) or `litert` (W/export/tflite_<quantize>/model.tflite
-through its prefill/decode signatures, as on a phone). All three share one
+artifact TF Serving would run), `litert` (W/export/tflite_<quantize>/model.tflite
+through its prefill/decode signatures, as on a phone) or `litertlm`
+(W/export/litertlm_<quantize>/model.litertlm in Google's LiteRT-LM engine,
+streamed to stdout token by token as the engine produces them; greedy text
+equals Keras' for a float export, its random samplers are the engine's own). All three share one
 sampling rule, so a seed gives the same text on each (a float export's greedy
 text is identical to Keras'; a quantized one may drift).
 Prompts longer than the context are truncated from the left.
@@ -49,14 +52,16 @@ flags.DEFINE_integer("seed", 0, "Sampling seed; the same seed gives the same tex
 flags.DEFINE_enum(
     "backend",
     "keras",
-    ["keras", "saved_model", "litert"],
-    "keras: the checkpoint; saved_model: W/export/saved_model; litert: the TFLite export.",
+    ["keras", "saved_model", "litert", "litertlm"],
+    "keras: the checkpoint; saved_model: W/export/saved_model; litert: the TFLite export; "
+    "litertlm: the .litertlm export in LiteRT-LM (streams).",
 )
 flags.DEFINE_enum(
     "quantize",
     "none",
-    ["none", "dynamic", "float16", "int8"],
-    "--backend=litert: which export, W/export/tflite_<quantize>/model.tflite.",
+    ["none", "dynamic", "float16", "int8", "int4"],
+    "--backend=litert|litertlm: which export, W/export/tflite_<quantize>/model.tflite "
+    "or W/export/litertlm_<quantize>/model.litertlm.",
 )
 flags.DEFINE_integer("num_samples", 1, "Independent samples (seeds seed, seed+1, ...).")
 flags.DEFINE_string(
@@ -95,13 +100,18 @@ def main(argv) -> None:
         return
     if FLAGS.strategy != "default" or FLAGS.logical_cpus or (FLAGS.tensor_parallel or 1) > 1:
         common.fail("--strategy/--logical_cpus/--tensor_parallel: only with --input_file")
-    from tfllm.inference.workdir import generate
-
     prompt = FLAGS.prompt
     if FLAGS.chat:
         from tfllm.inference.chat import chat_prompt
 
         prompt = chat_prompt(FLAGS.workdir, FLAGS.prompt, FLAGS.system)
+    if FLAGS.backend == "litertlm":
+        _stream_litertlm(prompt)
+        return
+    if FLAGS.quantize == "int4":
+        common.fail("--quantize=int4: only with --backend=litertlm")
+    from tfllm.inference.workdir import generate
+
     texts = generate(
         FLAGS.workdir,
         prompt,
@@ -115,6 +125,43 @@ def main(argv) -> None:
             print(f"--- sample {i + 1} (seed {FLAGS.seed + i}) ---")
         sys.stdout.write((text if FLAGS.chat else FLAGS.prompt + text) + "\n")
     sys.stdout.flush()
+
+
+def _stream_litertlm(prompt: str) -> None:
+    """Prints each token's text as LiteRT-LM produces it (one engine, a session per sample)."""
+    from tfllm.inference.litertlm_runner import EngineSampling, LiteRTLMEngine, litertlm_path
+
+    if FLAGS.quantize == "float16":
+        common.fail("--quantize=float16: the litertlm exports are none, dynamic, int8, int4")
+    if not prompt:
+        common.fail(
+            "--prompt: --backend=litertlm needs a non-empty prompt (the engine starts "
+            "from the prompt's tokens; tfllm's own loop starts an empty one at eos)"
+        )
+    path = litertlm_path(FLAGS.workdir, FLAGS.quantize)
+    if not os.path.isfile(path):
+        common.fail(
+            f"--backend=litertlm: {path} not found (run tfllm-export --workdir={FLAGS.workdir} "
+            f"--format=litertlm --quantize={FLAGS.quantize})"
+        )
+    with LiteRTLMEngine(path) as engine:
+        for i in range(FLAGS.num_samples):
+            if FLAGS.num_samples > 1:
+                print(f"--- sample {i + 1} (seed {FLAGS.seed + i}) ---")
+            sampling = EngineSampling(
+                FLAGS.sampler, FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.seed + i
+            )
+            session = engine.session(FLAGS.max_new_tokens, sampling)
+            try:
+                if not FLAGS.chat:
+                    sys.stdout.write(FLAGS.prompt)
+                for piece in engine.stream(session, prompt):
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+            finally:
+                session.close()
+            sys.stdout.write("\n")
+            sys.stdout.flush()
 
 
 def _check_file_flags() -> None:

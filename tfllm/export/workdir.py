@@ -19,12 +19,16 @@ from tfllm.export.classifier_saved_model import export_trained_classifier
 from tfllm.export.classifier_tflite import export_classifier_tflite
 from tfllm.export.hf import export_hf, hf_dir
 from tfllm.export.litert import tflite_dir
+from tfllm.export.litertlm import DEFAULT_VERIFY_WINDOWS as LITERTLM_VERIFY_WINDOWS
+from tfllm.export.litertlm import export_litertlm
+from tfllm.export.litertlm_model import LITERTLM_QUANTIZE
 from tfllm.export.lm_saved_model import export_saved_model
 from tfllm.export.lm_tflite import DEFAULT_VERIFY_WINDOWS, export_lm_tflite
 from tfllm.inference.generate import Generator, generate_text
+from tfllm.inference.litertlm_runner import litertlm_dir
 from tfllm.inference.loading import TrainedModel, load_trained
 
-FORMATS = ("saved_model", "tflite", "hf")
+FORMATS = ("saved_model", "tflite", "hf", "litertlm")
 # Eval rows a classifier's exports are checked on by default.
 DEFAULT_VERIFY_EXAMPLES = 256
 
@@ -44,11 +48,14 @@ class Export:
 
 
 def export_dir(workdir: str, fmt: str, quantize: str = "none") -> str:
-    """`W/export/saved_model`, `W/export/hf` or `W/export/tflite_<quantize>`."""
+    """`W/export/saved_model`, `W/export/hf`, `W/export/tflite_<quantize>` or
+    `W/export/litertlm_<quantize>`."""
     if fmt == "saved_model":
         return os.path.join(workdir, "export", "saved_model")
     if fmt == "hf":
         return hf_dir(workdir)
+    if fmt == "litertlm":
+        return litertlm_dir(workdir, quantize)
     return tflite_dir(workdir, quantize)
 
 
@@ -75,17 +82,26 @@ def export_workdir(
         raise ConfigError(
             f"--quantize: {fmt} export is float only; use --format=tflite to quantize"
         )
+    if fmt == "litertlm" and quantize not in LITERTLM_QUANTIZE:
+        raise ConfigError(
+            f"--quantize: --format=litertlm takes {', '.join(LITERTLM_QUANTIZE)}, got {quantize!r}"
+        )
+    if fmt == "tflite" and quantize == "int4":
+        raise ConfigError("--quantize=int4: only with --format=litertlm (LiteRT's blockwise int4)")
     trained = workdir if isinstance(workdir, TrainedModel) else load_trained(workdir)
     if fmt == "hf":
         return Export(trained, fmt, hf_dir(trained.workdir), export_hf(trained))
+    if fmt == "litertlm" and trained.is_classifier:
+        raise ConfigError("--format=litertlm: language models only (gpt, llama); "
+                          "export a classifier with --format=tflite")  # fmt: skip
     if trained.config.model.name == "bert":
         raise ConfigError(
             f"--format={fmt}: bert encoders export to Hugging Face layout only (--format=hf) "
             "until the encoder tasks land"
         )
-    if fmt == "tflite" and trained.config.compress.method == "quantize":
+    if fmt in ("tflite", "litertlm") and trained.config.compress.method == "quantize":
         raise ConfigError(
-            f"--format=tflite: {trained.workdir} holds Keras-quantized "
+            f"--format={fmt}: {trained.workdir} holds Keras-quantized "
             f"({trained.config.compress.quantize_mode}) kernels, which the TFLite converter "
             "rejects ('tfl.fully_connected' op operand #0 must be … but got i8); export the "
             "float source workdir with --quantize=dynamic|int8 instead (docs/compression.md)"
@@ -96,6 +112,9 @@ def export_workdir(
         record = export_trained_classifier(trained, target, examples)
     elif fmt == "saved_model":
         record = _lm_saved_model(trained, target, max_new_tokens)
+    elif fmt == "litertlm":
+        record = _lm_litertlm(trained, target, quantize, verify_examples, max_abs_diff,
+                              max_perplexity_increase)  # fmt: skip
     elif trained.is_classifier:
         record = export_classifier_tflite(
             trained,
@@ -145,6 +164,29 @@ def _lm_tflite(
         eval_ids=train_ids if eval_ids is None else eval_ids,
         train_ids=train_ids,
         verify_windows=verify_windows or DEFAULT_VERIFY_WINDOWS,
+        max_abs_diff=max_abs_diff,
+        max_perplexity_increase=max_perplexity_increase,
+    )
+
+
+def _lm_litertlm(
+    trained: TrainedModel,
+    target: str,
+    quantize: str,
+    verify_windows: int | None,
+    max_abs_diff: float | None,
+    max_perplexity_increase: float | None,
+) -> dict:
+    """The LiteRT-LM bundle, verified in the engine on the run's eval text."""
+    train_ids, eval_ids = lm_token_streams(
+        trained.config, trained.tokenizer, load_text_splits(trained.config.data)
+    )
+    return export_litertlm(
+        trained,
+        target,
+        quantize,
+        eval_ids=train_ids if eval_ids is None else eval_ids,
+        verify_windows=verify_windows or LITERTLM_VERIFY_WINDOWS,
         max_abs_diff=max_abs_diff,
         max_perplexity_increase=max_perplexity_increase,
     )
