@@ -26,6 +26,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"cli", "launch"}),
     frozenset({"pipeline"}),
     frozenset({"benchmark"}),
+    frozenset({"serving"}),
     frozenset({"compress"}),
     frozenset({"training"}),
     frozenset({"evaluation", "inference", "export"}),
