@@ -89,3 +89,22 @@ def test_padding_never_changes_a_rows_logits(model) -> None:
     alone, _ = model.call_with_cache(tf.constant([[5, 9, 11]]), model.init_cache(1, 16), 0)
     np.testing.assert_allclose(batched[0, 3:].numpy(), alone[0].numpy(), atol=1e-5)
     assert np.isfinite(batched.numpy()).all()  # padding queries never make a NaN
+
+
+def test_a_request_that_joins_a_running_batch_gets_its_own_text(model) -> None:
+    """Continuous batching: row 1 finishes early, a new prompt takes its row mid-way."""
+    decoder = RowDecoder(model, EOS, chunk=3)
+    rows = [ROWS[1], ("greedy", 1.0, 0, 1.0, 0, 2)]  # row 1 is done after 2 tokens
+    batch, first = decoder.start([PROMPTS[0], PROMPTS[2]], _settings(rows), 64)
+    streamed = [[int(first[0])], [int(first[1])]]
+    for _ in range(2):
+        chunk = decoder.advance(batch)
+        streamed[0] += chunk[0].tolist()
+    assert batch.done[1] and batch.fits(len(PROMPTS[3]), ROWS[3][-1])
+    joined = [decoder.join(batch, 1, PROMPTS[3], _settings([ROWS[3]]))]
+    while not batch.done.all():
+        chunk = decoder.advance(batch)
+        streamed[0] += chunk[0].tolist()
+        joined += chunk[1].tolist()
+    assert _cut(streamed[0], ROWS[1][-1]) == _cut(_alone(model, PROMPTS[0], ROWS[1]), ROWS[1][-1])
+    assert _cut(joined, ROWS[3][-1]) == _cut(_alone(model, PROMPTS[3], ROWS[3]), ROWS[3][-1])

@@ -16,10 +16,10 @@ import httpx
 import numpy as np
 import pytest
 from conftest import run_cli
-from server_process import Server
 
 from tfllm.inference.generate import Generator, generate_text
 from tfllm.inference.loading import load_trained
+from tfllm.serving.process import Server
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +28,10 @@ REQUESTS = [  # prompt, settings
     ("", {"max_new_tokens": 5, "sampler": "temperature", "temperature": 0.7, "seed": 4}),
     ("First Citizen: hear me speak.", {"max_new_tokens": 12, "sampler": "top_p", "seed": 2}),
     ("To", {"max_new_tokens": 7, "sampler": "top_k", "top_k": 5, "seed": 9}),
-    ("O Romeo, Romeo! wherefore art thou", {"max_new_tokens": 3, "sampler": "top_p",
-                                            "top_p": 0.5, "seed": 1}),  # fmt: skip
+    (
+        "O Romeo, Romeo! wherefore art thou",
+        {"max_new_tokens": 3, "sampler": "top_p", "top_p": 0.5, "seed": 1},
+    ),  # fmt: skip
     ("KING", {"max_new_tokens": 12, "sampler": "temperature", "temperature": 1.3, "seed": 7}),
 ]
 

@@ -29,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfllm.inference.generate import CACHE_BUCKET, fold_in_step
+from tfllm.inference.generate import CACHE_BUCKET
 from tfllm.inference.sampling import sample_rows
 from tfllm.models.gpt import KVCache
 
@@ -100,6 +100,20 @@ def prefill_rows(
     return logits[:, -1, :], cache
 
 
+def fold_in_rows(seeds: tf.Tensor, steps: tf.Tensor) -> tf.Tensor:
+    """`fold_in(seed_i, step_i)` for every row (`[B, 2]`, `[B]` int32): rows that
+    joined a running batch at different times are at different steps."""
+
+    def one(seed: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
+        return tf.random.experimental.stateless_fold_in(seed, step, alg="philox")
+
+    if seeds.shape[0] is not None:
+        return tf.stack([one(seeds[i], steps[i]) for i in range(seeds.shape[0])])
+    return tf.map_fn(
+        lambda pair: one(*pair), (seeds, steps), fn_output_signature=tf.TensorSpec([2], tf.int32)
+    )
+
+
 def pick_tokens(
     step: tf.Tensor,
     logits: tf.Tensor,
@@ -107,13 +121,13 @@ def pick_tokens(
     settings: RowSettings,
     eos_id: int,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """New token `step` of every row and which rows are finished after it.
+    """New token `step[i]` of every row i and which rows are finished after it.
 
     The rule of `tfllm.inference.generate.sample_step` (seed `fold_in(seed, step)`,
     finished rows repeat eos), with each row's sampler; a row is also finished
     once it has its `max_new_tokens`.
     """
-    step_seeds = fold_in_step(settings.seeds, step)
+    step_seeds = fold_in_rows(settings.seeds, step)
     token = sample_rows(
         logits,
         settings.samplers,
@@ -139,7 +153,8 @@ def decode_rows(
     num_steps: tf.Tensor | int,
     eos_id: int,
 ) -> tuple[tf.Tensor, tf.Tensor, KVCache, tf.Tensor, tf.Tensor]:
-    """Up to `num_steps` more tokens after `token` (new token `step - 1`, at cache `slot`).
+    """Up to `num_steps` more tokens after `token` (row i's new token `step[i] - 1`,
+    all written at cache `slot`).
 
     Returns `(tokens [B, num_steps], token, cache, step, done)`: the state to
     continue from. Unproduced slots (every row finished early) hold eos.
@@ -178,37 +193,130 @@ def generate_rows(
     width = tf.shape(ids)[1]
     most = tf.reduce_max(settings.max_new_tokens)
     logits, cache = prefill_rows(model, ids, pad, width + most)
-    done = tf.zeros([tf.shape(ids)[0]], tf.bool)
-    first, done = pick_tokens(tf.constant(0, tf.int32), logits, done, settings, eos_id)
-    rest, *_ = decode_rows(
-        model, first, cache, width, pad, tf.constant(1, tf.int32), done, settings, most - 1, eos_id
-    )
+    batch = tf.shape(ids)[0]
+    done = tf.zeros([batch], tf.bool)
+    first, done = pick_tokens(tf.zeros([batch], tf.int32), logits, done, settings, eos_id)
+    ones = tf.ones([batch], tf.int32)
+    rest, *_ = decode_rows(model, first, cache, width, pad, ones, done, settings, most - 1, eos_id)
     return tf.concat([first[:, tf.newaxis], rest], axis=1)
 
 
-class RowDecoder:
-    """Compiled prefill and chunked decode for a server's batches.
+def cache_slots(needed: int) -> int:
+    """Cache length for a batch that needs `needed` slots: a power of two ≥ CACHE_BUCKET.
 
-    Traced once per (batch size, cache length): callers pad the batch to a
-    few sizes and `cache_length` rounds lengths to CACHE_BUCKET, so a warm
-    server does not compile while it serves. The prefill is a plain graph
-    (its prompt width varies; see `tfllm.inference.generate` for why it stays
-    out of XLA); the chunk of decode steps is XLA-compiled.
+    Powers of two rather than multiples of CACHE_BUCKET: every distinct length
+    is one more XLA compile of the decode chunk per batch size, and a server
+    compiles them before it serves (`RowDecoder.compile`).
+    """
+    slots = CACHE_BUCKET
+    while slots < needed:
+        slots *= 2
+    return slots
+
+
+def _settings_spec() -> list[tf.TensorSpec]:
+    return [
+        tf.TensorSpec([None], tf.int32),
+        tf.TensorSpec([None], tf.float32),
+        tf.TensorSpec([None], tf.int32),
+        tf.TensorSpec([None], tf.float32),
+        tf.TensorSpec([None, 2], tf.int64),
+        tf.TensorSpec([None], tf.int32),
+    ]
+
+
+@dataclass
+class RunningBatch:
+    """A batch being decoded, which rows can leave and join (continuous batching).
+
+    Every row writes its next token at the shared cache `slot`; a row that
+    joins at slot g with a P-token prompt puts the prompt at slots g-P…g-1
+    (its `pad` is g-P), so it computes what it would alone. Per-row values
+    are NumPy (cheap to edit between chunks); the cache stays on device.
+    """
+
+    cache: KVCache
+    length: int
+    slot: int
+    token: np.ndarray
+    done: np.ndarray
+    step: np.ndarray
+    pad: np.ndarray
+    settings: dict[str, np.ndarray]
+
+    def fits(self, prompt_tokens: int, budget: int) -> bool:
+        """Whether a new row can join now: its prompt before `slot`, its budget after."""
+        return prompt_tokens <= self.slot and self.slot + budget <= self.length
+
+    def row_settings(self) -> RowSettings:
+        return RowSettings(*(tf.constant(self.settings[name]) for name in SETTING_DTYPES))
+
+
+SETTING_DTYPES = {"samplers": np.int32, "temperature": np.float32, "top_k": np.int32,
+                  "top_p": np.float32, "seeds": np.int64, "max_new_tokens": np.int32}  # fmt: skip
+
+
+def settings_arrays(settings: RowSettings) -> dict[str, np.ndarray]:
+    """`settings` as NumPy arrays by field name (`RowSettings`' order)."""
+    values = zip(SETTING_DTYPES.items(), settings.as_tuple(), strict=True)
+    return {name: np.asarray(t.numpy(), dtype) for (name, dtype), t in values}
+
+
+def _settings_spec() -> list[tf.TensorSpec]:
+    return [
+        tf.TensorSpec([None], tf.int32),
+        tf.TensorSpec([None], tf.float32),
+        tf.TensorSpec([None], tf.int32),
+        tf.TensorSpec([None], tf.float32),
+        tf.TensorSpec([None, 2], tf.int64),
+        tf.TensorSpec([None], tf.int32),
+    ]
+
+
+class RowDecoder:
+    """Compiled prefill, join and chunked decode for a server's batches.
+
+    The prefills are plain graphs, one trace for every shape (the prompt
+    width varies; see `tfllm.inference.generate` for why they stay out of
+    XLA). The chunk of decode steps and the cache-row write of a joining
+    request are XLA-compiled once per (batch size, cache length): servers
+    keep the batch size fixed, lengths are powers of two (`cache_slots`),
+    and `compile` builds the likely ones ahead of time.
     """
 
     def __init__(self, model: keras.Model, eos_id: int, chunk: int = 4, use_xla: bool = True):
         self.model = model
         self.eos_id = eos_id
         self.chunk = chunk
-        # Traced per shape (no reduce_retracing): the cache length must stay static.
-        self._prefill = tf.function(self._prefill_and_pick)
+        ids = tf.TensorSpec([None, None], tf.int32)
+        rows = tf.TensorSpec([None], tf.int32)
+        scalar = tf.TensorSpec([], tf.int32)
+        self._prefill = tf.function(
+            self._prefill_and_pick, input_signature=[ids, rows, scalar, *_settings_spec()]
+        )
+        self._prefill_one = tf.function(
+            self._prefill_row, input_signature=[ids, scalar, scalar, *_settings_spec()]
+        )
+        # Traced per shape: XLA needs the cache length static.
         self._decode = tf.function(self._decode_chunk, jit_compile=use_xla)
+        self._write_row = tf.function(_write_row, jit_compile=use_xla)
+        self.compiled: set[tuple[int, int]] = set()
 
     def _prefill_and_pick(self, ids, pad, length, *settings):
         rows = RowSettings(*settings)
         logits, cache = prefill_rows(self.model, ids, pad, length)
-        done = tf.zeros([tf.shape(ids)[0]], tf.bool)
-        token, done = pick_tokens(tf.constant(0, tf.int32), logits, done, rows, self.eos_id)
+        batch = tf.shape(ids)[0]
+        zeros = tf.zeros([batch], tf.int32)
+        token, done = pick_tokens(zeros, logits, tf.zeros([batch], tf.bool), rows, self.eos_id)
+        return token, done, cache
+
+    def _prefill_row(self, ids, start, length, *settings):
+        """One prompt `[1, P]` at cache slots start…start+P-1 of its own cache row."""
+        cache = self.model.init_cache(1, length)
+        logits, cache = self.model.call_with_cache(ids, cache, start, pad=start[tf.newaxis])
+        zeros = tf.zeros([1], tf.int32)
+        no = tf.zeros([1], tf.bool)
+        token, done = pick_tokens(zeros, logits[:, -1, :], no, RowSettings(*settings), self.eos_id)
         return token, done, cache
 
     def _decode_chunk(self, token, cache, slot, pad, step, done, *settings):
@@ -225,24 +333,85 @@ class RowDecoder:
             self.eos_id,
         )
 
+    def start(self, prompts: Sequence[Sequence[int]], settings: RowSettings, length: int):
+        """Prefills a batch (left-padded); returns it and each row's first token."""
+        ids, pad = left_pad(prompts, self.eos_id)
+        token, done, cache = self._prefill(ids, pad, tf.constant(length), *settings.as_tuple())
+        batch = RunningBatch(
+            cache=cache,
+            length=length,
+            slot=ids.shape[1],
+            token=token.numpy(),
+            done=done.numpy(),
+            step=np.ones([len(prompts)], np.int32),
+            pad=pad,
+            settings=settings_arrays(settings),
+        )
+        return batch, batch.token.copy()
+
+    def join(self, batch: RunningBatch, row: int, prompt: Sequence[int], settings: RowSettings):
+        """Puts a new request in `row` of a running batch (`batch.fits` it); returns
+        its first token."""
+        start = batch.slot - len(prompt)
+        token, done, row_cache = self._prefill_one(
+            np.asarray([prompt], np.int32), start, batch.length, *settings.as_tuple()
+        )
+        batch.cache = self._write_row(batch.cache, row_cache, tf.constant(row, tf.int32))
+        batch.token[row], batch.done[row] = int(token[0]), bool(done[0])
+        batch.step[row], batch.pad[row] = 1, start
+        for name, values in settings_arrays(settings).items():
+            batch.settings[name][row] = values[0]
+        return int(token[0])
+
+    def advance(self, batch: RunningBatch) -> np.ndarray:
+        """One chunk of decode steps for every row; returns `[B, chunk]` new tokens
+        (eos in finished rows and after the last step)."""
+        tokens, token, cache, step, done = self._decode(
+            tf.constant(batch.token),
+            batch.cache,
+            tf.constant(batch.slot, tf.int32),
+            tf.constant(batch.pad),
+            tf.constant(batch.step),
+            tf.constant(batch.done),
+            *batch.row_settings().as_tuple(),
+        )
+        batch.cache, batch.slot = cache, batch.slot + self.chunk
+        batch.token, batch.step, batch.done = token.numpy(), step.numpy(), done.numpy()
+        return tokens.numpy()
+
+    def compile(self, batch: int, length: int) -> None:
+        """Builds the decode chunk and the row write for `batch` rows and a
+        `length`-slot cache, by running them once on a dummy batch."""
+        settings = RowSettings.from_numpy(
+            [0] * batch, [1.0] * batch, [0] * batch, [1.0] * batch, [0] * batch, [2] * batch
+        )
+        one = RowSettings.from_numpy([0], [1.0], [0], [1.0], [0], [2])
+        running, _ = self.start([[self.eos_id]] * batch, settings, length)
+        self.join(running, 0, [self.eos_id], one)
+        running.done[:] = False
+        self.advance(running)
+        self.compiled.add((batch, length))
+
     def stream(self, prompts: Sequence[Sequence[int]], settings: RowSettings):
         """Yields `[B, n]` int32 arrays of new tokens (first the prefill's one, then
         chunks) until every row is finished. Each row must fit on its own:
         its prompt + budget ≤ max_length."""
-        ids, pad = left_pad(prompts, self.eos_id)
+        width = max(len(p) for p in prompts)
         budget = int(np.max(settings.max_new_tokens.numpy()))
         # Not capped at max_length: a row with a small budget may keep a longer
         # prompt than the row with the largest budget (each row fits alone).
-        length = -(-(ids.shape[1] + budget) // CACHE_BUCKET) * CACHE_BUCKET
-        row_settings = settings.as_tuple()
-        token, done, cache = self._prefill(
-            tf.constant(ids), tf.constant(pad), length, *row_settings
+        batch, first = self.start(prompts, settings, cache_slots(width + budget))
+        yield first[:, np.newaxis]
+        while not batch.done.all():
+            yield self.advance(batch)
+
+
+def _write_row(cache: KVCache, row_cache: KVCache, row: tf.Tensor) -> KVCache:
+    """`cache` with batch row `row` replaced by `row_cache` (batch 1), every layer."""
+    return tuple(
+        tuple(
+            keras.ops.slice_update(whole, [row, 0, 0, 0], part)
+            for whole, part in zip(layer, row_layer, strict=True)
         )
-        yield token.numpy()[:, np.newaxis]
-        slot, step = tf.constant(ids.shape[1], tf.int32), tf.constant(1, tf.int32)
-        while not bool(tf.reduce_all(done)):
-            tokens, token, cache, step, done = self._decode(
-                token, cache, slot, tf.constant(pad), step, done, *row_settings
-            )
-            slot += self.chunk
-            yield tokens.numpy()
+        for layer, row_layer in zip(cache, row_cache, strict=True)
+    )

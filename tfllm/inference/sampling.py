@@ -189,7 +189,8 @@ def sample_rows(
     temperature = tf.where(greedy_rows, 1.0, tf.cast(temperature, tf.float32))
     scaled = logits / temperature[:, tf.newaxis]
     greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    free = _categorical(scaled, seeds)
+    # The Gumbel draw only when some row samples (an all-greedy batch skips it).
+    free = tf.cond(tf.reduce_all(greedy_rows), lambda: greedy, lambda: _categorical(scaled, seeds))
 
     def truncated() -> tf.Tensor:
         sorted_ids = tf.argsort(scaled, axis=-1, direction="DESCENDING", stable=True)

@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tfllm.serving.batcher import Batcher, Job
-from tfllm.serving.engines import Generation
+from tfllm.serving.continuous import Generation
 from tfllm.serving.protocol import (
     ClientError,
     generation_settings,
@@ -138,6 +138,7 @@ def build_app(service: Service) -> Starlette:
                 "batches": service.batcher.batches,
                 "rows": service.batcher.rows_served,
                 "cancelled": getattr(engine, "cancelled", 0),
+                "joined_running_batch": getattr(engine, "joined", 0),
             },
         }
         if engine.kind == "lm":

@@ -54,7 +54,9 @@ class Job:
 class Engine(Protocol):
     """A loaded model that runs a batch of jobs and emits their events."""
 
-    def run_batch(self, jobs: list[Job]) -> None: ...
+    def run_batch(self, jobs: list[Job], more: Callable[[int], list[Job]]) -> None:
+        """Runs `jobs`; an engine that can take requests mid-batch pulls them
+        with `more(n)` (at most n queued jobs, without waiting)."""
 
 
 class Batcher:
@@ -92,6 +94,25 @@ class Batcher:
         self._queue.put(None)
         self._thread.join(timeout=30)
 
+    def take_waiting(self, n: int) -> list[Job]:
+        """Up to `n` queued jobs that are still wanted, without waiting (worker thread)."""
+        taken: list[Job] = []
+        while len(taken) < n:
+            if self._held is not None:
+                job, self._held = self._held, None
+            else:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if job is None:  # close(): no more
+                self._queue.put(None)
+                break
+            if not job.cancelled.is_set():
+                taken.append(job)
+        self.rows_served += len(taken)
+        return taken
+
     def _collect(self, first: Job) -> list[Job]:
         """`first` plus whatever arrives within the window, up to `max_rows` rows."""
         batch, rows = [first], first.rows
@@ -121,7 +142,7 @@ class Batcher:
             if not batch:
                 continue
             try:
-                self.engine.run_batch(batch)
+                self.engine.run_batch(batch, self.take_waiting)
             except Exception as e:  # the server survives; the batch's clients learn why
                 for job in batch:
                     job.emit({"error": f"{type(e).__name__}: {e}", "status": 500})

@@ -55,7 +55,7 @@ class KerasClassifier:
     def _probabilities(self, texts: list[str]) -> np.ndarray:
         return keras_probabilities(self.model, self.tokenizer, texts, self.max_length)
 
-    def run_batch(self, jobs: list[Job]) -> None:
+    def run_batch(self, jobs: list[Job], more=None) -> None:
         texts = [t for job in jobs for t in job.payload]
         _answer(jobs, _predictions(self.labels, self._probabilities(texts)))
 
@@ -78,7 +78,7 @@ class SavedModelClassifier:
     def warm_up(self) -> None:
         self.signature(texts=tf.constant(["warm up"]))
 
-    def run_batch(self, jobs: list[Job]) -> None:
+    def run_batch(self, jobs: list[Job], more=None) -> None:
         texts = [t for job in jobs for t in job.payload]
         out = self.signature(texts=tf.constant(texts, tf.string))
         _answer(jobs, _predictions(self.labels, out["probabilities"].numpy()))

@@ -1,4 +1,9 @@
-"""Starting a real `tfllm-serve` process for a test, on a free port."""
+"""Starting `tfllm-serve` as a child process on a free port, and knowing when it is up.
+
+For tests, benchmarks and notebooks: the server prints one "ready on URL"
+line on stderr once its model is loaded and compiled; `Server` waits for it,
+so the first request is served warm.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +15,23 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+CHECKOUT = Path(__file__).resolve().parents[2]  # on PYTHONPATH, for an uninstalled checkout
 READY = re.compile(r"ready on (http://[^/]+)/v1/models/(\S+)")
 
 
 class Server:
-    """A `tfllm-serve` subprocess; `url` is its base, `stderr` what it printed."""
+    """A `tfllm-serve` subprocess: `url` is its base, `model_url` the served model's,
+    `lines` what it printed on stderr. A context manager (stops the server)."""
 
     def __init__(self, workdir: str, *flags: str, timeout: float = 240) -> None:
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+        path = os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")]))
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=path)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tfllm.cli.serve", f"--workdir={workdir}", "--port=0", *flags],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
             env=env,
-            cwd=str(REPO),
         )
         self.lines: list[str] = []
         self._ready = threading.Event()
@@ -49,6 +55,12 @@ class Server:
     @property
     def model_url(self) -> str:
         return f"{self.url}/v1/models/{self.name}"
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
