@@ -23,6 +23,7 @@ COMMANDS = {
     "tfllm-evaluate": "tfllm.cli.evaluate",
     "tfllm-generate": "tfllm.cli.generate",
     "tfllm-export": "tfllm.cli.export",
+    "tfllm-serve": "tfllm.cli.serve",
     "tfllm-pipeline": "tfllm.cli.pipeline",
     "tfllm-benchmark": "tfllm.cli.benchmark",
     "tfllm-compress": "tfllm.cli.compress",
@@ -33,7 +34,7 @@ LAUNCH_FLAGS = {
 }  # fmt: skip
 _BLOCK = re.compile(r"```(?:bash|sh|shell)\n(.*?)```", re.S)
 _FLAG = re.compile(r"^\s+--(\[no\])?([\w.]+):(?: <([^>]+)>:)?", re.M)
-_SEPARATORS = {"&&", "||", "|", ";", "do", "then", "done"}
+_SEPARATORS = {"&&", "||", "|", ";", "&", "do", "then", "done"}
 
 
 def documented_commands() -> list[tuple[str, list[str]]]:

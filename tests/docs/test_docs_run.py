@@ -76,6 +76,7 @@ GROUPS = {
         "docs/classification.md",
         "docs/compression.md",
         "docs/distributed.md",
+        "docs/serving.md",  # after compression.md, which makes runs/tiny
     ],
     "pretrained": ["docs/pretrained.md"],
     "finetuning": ["docs/finetuning.md"],
@@ -97,9 +98,12 @@ SKIPPED = {
     "gs://": "needs a GCS bucket and GPUs or a TPU",
     "TF_CONFIG=": "needs other hosts",
     "gpu_train_throughput_jax.py": "needs a GPU and JAX (docs/benchmarks.md, GPT-2 on an H100)",
+    "tfllm-serve": "a long-lived server (its Python block below starts one; every request of "
+    "docs/serving.md is sent to a real server by tests/serving/test_serve.py)",
+    "curl ": "talks to a running tfllm-serve (tests/serving/test_serve.py sends the same requests)",
 }
 # ```python blocks that need what the suite does not install.
-PYTHON_NEEDS = {"import transformers": "transformers"}
+PYTHON_NEEDS = {"import transformers": "transformers", "import httpx": "httpx"}
 _PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 _RUN = re.compile(r"\bruns/[\w.-]+")
 _PRODUCES = re.compile(

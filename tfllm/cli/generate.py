@@ -110,6 +110,9 @@ def main(argv) -> None:
         return
     if FLAGS.quantize == "int4":
         common.fail("--quantize=int4: only with --backend=litertlm")
+    if FLAGS.backend == "keras":
+        _stream_keras(prompt)
+        return
     from tfllm.inference.workdir import generate
 
     texts = generate(
@@ -124,6 +127,27 @@ def main(argv) -> None:
         if len(texts) > 1:
             print(f"--- sample {i + 1} (seed {FLAGS.seed + i}) ---")
         sys.stdout.write((text if FLAGS.chat else FLAGS.prompt + text) + "\n")
+    sys.stdout.flush()
+
+
+def _stream_keras(prompt: str) -> None:
+    """Prints each chunk of tokens as the checkpoint produces it (the same text as
+    the other backends print at once)."""
+    from tfllm.inference.workdir import stream
+
+    current = None
+    for sample, piece in stream(FLAGS.workdir, prompt, _sampling(), num_samples=FLAGS.num_samples):
+        if sample != current:
+            if current is not None:
+                sys.stdout.write("\n")
+            if FLAGS.num_samples > 1:
+                print(f"--- sample {sample + 1} (seed {FLAGS.seed + sample}) ---")
+            if not FLAGS.chat:
+                sys.stdout.write(FLAGS.prompt)
+            current = sample
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
     sys.stdout.flush()
 
 

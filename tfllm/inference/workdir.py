@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import keras
@@ -24,10 +24,13 @@ from tfllm.errors import ConfigError, WorkdirError
 from tfllm.export.litert import tflite_path
 from tfllm.export.verified import load_serving
 from tfllm.inference.distributed import BatchGenerator
-from tfllm.inference.generate import Generator, generate_text
+from tfllm.inference.generate import Generator, fit_prompt, generate_text
 from tfllm.inference.lm_tflite_runner import LiteRTGenerator, LiteRTLM
 from tfllm.inference.loading import TrainedModel, load_trained
 from tfllm.inference.prompts import Prompt
+from tfllm.inference.row_decode import RowDecoder, RowSettings
+from tfllm.inference.sampling import SAMPLERS
+from tfllm.inference.text_stream import TextStream
 
 BACKENDS = ("keras", "saved_model", "litert")
 
@@ -63,12 +66,7 @@ def generate(
     else:
         keras.utils.set_random_seed(sampling.seed)  # before the tokenizer exists (DESIGN §2)
         trained = load_trained(workdir)
-        if trained.config.model.name not in LM_NAMES:
-            what = "classifies" if trained.is_classifier else "encodes"
-            raise ConfigError(
-                f"--workdir: {workdir} holds a {trained.config.model.name}, which {what} "
-                "text rather than generating it (tfllm-generate needs gpt or llama)"
-            )
+        _require_lm_model(trained, workdir)
         generator, tokenizer = Generator(trained.model), trained.tokenizer
     # The Keras and LiteRT backends share this loop and its sampling rule.
     return [
@@ -85,6 +83,50 @@ def generate(
         )[0]
         for i in range(num_samples)
     ]
+
+
+def stream(
+    workdir: str, prompt: str, sampling: Sampling = Sampling(), *, num_samples: int = 1
+) -> Iterator[tuple[int, str]]:
+    """`generate` on the checkpoint, handing out `(sample, text piece)` as the
+    tokens are produced (chunks of 8 XLA-compiled steps; `RowDecoder`), for
+    `tfllm-generate`'s streamed output. Each sample starts with an empty piece;
+    the pieces of sample i add up to `generate(...)[i]` (the same fitting,
+    sampling rule and seeds)."""
+    keras.utils.set_random_seed(sampling.seed)  # before the tokenizer exists (DESIGN §2)
+    trained = load_trained(workdir)
+    _require_lm_model(trained, workdir)
+    tokenizer, eos = trained.tokenizer, trained.tokenizer.eos_id
+    decoder = RowDecoder(trained.model, eos, chunk=8)
+    ids = tokenizer.encode(prompt) or [eos]
+    fitted, max_new = fit_prompt(ids, sampling.max_new_tokens, trained.model.max_length)
+    for i in range(num_samples):
+        settings = RowSettings.from_numpy(
+            [SAMPLERS.index(sampling.sampler)], [sampling.temperature], [sampling.top_k],
+            [sampling.top_p], [sampling.seed + i], [max_new],
+        )  # fmt: skip
+        text = TextStream(tokenizer)
+        yield i, ""
+        for chunk in decoder.stream([fitted.tolist()], settings):
+            new = chunk[0].tolist()
+            if eos in new:
+                new = new[: new.index(eos)]
+            room = max_new - len(text.tokens)
+            piece = text.delta(new[:room])
+            if piece:
+                yield i, piece
+        last, _ = text.finish()
+        if last:
+            yield i, last
+
+
+def _require_lm_model(trained: TrainedModel, workdir: str) -> None:
+    if trained.config.model.name not in LM_NAMES:
+        what = "classifies" if trained.is_classifier else "encodes"
+        raise ConfigError(
+            f"--workdir: {workdir} holds a {trained.config.model.name}, which {what} "
+            "text rather than generating it (tfllm-generate needs gpt or llama)"
+        )
 
 
 def _litert_generator(workdir: str, quantize: str):

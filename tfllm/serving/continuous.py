@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from tfllm.config import SAMPLERS
 from tfllm.data.tokenizer_kinds import AnyTokenizer
 from tfllm.inference.row_decode import RowDecoder, RowSettings, RunningBatch, cache_slots
+from tfllm.inference.text_stream import TextStream
 from tfllm.serving.batcher import Job
 from tfllm.serving.protocol import GenerationSettings
 
@@ -42,29 +43,6 @@ class Generation:
     prompt_ids: list[int]
     settings: GenerationSettings
     stream: bool = False
-
-
-class TextStream:
-    """A job's tokens so far and the text already sent, for streaming deltas.
-
-    Each delta is the newly decoded text; a trailing U+FFFD (a byte-level
-    token that ends inside a character) is held back until the character is
-    complete. The final event carries the whole completion, decoded at once,
-    which is what `tfllm-generate` prints.
-    """
-
-    def __init__(self, tokenizer: AnyTokenizer) -> None:
-        self.tokenizer = tokenizer
-        self.tokens: list[int] = []
-        self.sent = ""
-
-    def delta(self, new: Sequence[int]) -> str:
-        self.tokens.extend(int(t) for t in new)
-        text = self.tokenizer.decode(self.tokens).rstrip("\ufffd")
-        if not text.startswith(self.sent):
-            return ""  # decoding is not prefix-stable here: the final event has the text
-        delta, self.sent = text[len(self.sent) :], text
-        return delta
 
 
 def row_settings(settings: Sequence[GenerationSettings]) -> RowSettings:
@@ -198,9 +176,9 @@ class ContinuousBatcher:
 
 def finish(job: Job, gen: Generation, stream: TextStream, reason: str) -> None:
     """The final event: the whole completion (decoded at once) and why it ended."""
-    text = stream.tokenizer.decode(stream.tokens)
-    if gen.stream and text.startswith(stream.sent) and text != stream.sent:
-        job.emit({"text": text[len(stream.sent) :], "tokens": []})
+    last, text = stream.finish()
+    if gen.stream and last:
+        job.emit({"text": last, "tokens": []})
     job.emit(
         {
             "done": True,
