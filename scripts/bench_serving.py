@@ -202,7 +202,7 @@ def bench_server(args, prompts: list[str]) -> dict:
     from tfllm.serving.process import Server
 
     flags = [f"--max_batch={args.clients}", f"--stream_chunk={args.stream_chunk}"]
-    with Server(args.workdir, *flags) as server:
+    with Server(args.workdir, *flags, timeout=1200) as server:
         url = f"{server.model_url}:generate"
         for _ in range(3):  # warm the HTTP path and the batch-1 shapes
             stream_once(url, {"prompt": prompts[0], "max_new_tokens": args.new_tokens,

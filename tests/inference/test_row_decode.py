@@ -92,7 +92,8 @@ def test_padding_never_changes_a_rows_logits(model) -> None:
 
 
 def test_a_request_that_joins_a_running_batch_gets_its_own_text(model) -> None:
-    """Continuous batching: row 1 finishes early, a new prompt takes its row mid-way."""
+    """Continuous batching: row 1 finishes early and a new prompt takes it mid-way;
+    the batch widens and another joins a new row."""
     decoder = RowDecoder(model, EOS, chunk=3)
     rows = [ROWS[1], ("greedy", 1.0, 0, 1.0, 0, 2)]  # row 1 is done after 2 tokens
     batch, first = decoder.start([PROMPTS[0], PROMPTS[2]], _settings(rows), 64)
@@ -102,9 +103,13 @@ def test_a_request_that_joins_a_running_batch_gets_its_own_text(model) -> None:
         streamed[0] += chunk[0].tolist()
     assert batch.done[1] and batch.fits(len(PROMPTS[3]), ROWS[3][-1])
     joined = [decoder.join(batch, 1, PROMPTS[3], _settings([ROWS[3]]))]
+    decoder.widen(batch, 4)  # more requests came: two more rows, idle until one joins
+    late = [decoder.join(batch, 3, PROMPTS[1], _settings([ROWS[2]]))]
     while not batch.done.all():
         chunk = decoder.advance(batch)
         streamed[0] += chunk[0].tolist()
         joined += chunk[1].tolist()
+        late += chunk[3].tolist()
     assert _cut(streamed[0], ROWS[1][-1]) == _cut(_alone(model, PROMPTS[0], ROWS[1]), ROWS[1][-1])
     assert _cut(joined, ROWS[3][-1]) == _cut(_alone(model, PROMPTS[3], ROWS[3]), ROWS[3][-1])
+    assert _cut(late, ROWS[2][-1]) == _cut(_alone(model, PROMPTS[1], ROWS[2]), ROWS[2][-1])

@@ -363,6 +363,21 @@ class RowDecoder:
             batch.settings[name][row] = values[0]
         return int(token[0])
 
+    def widen(self, batch: RunningBatch, rows: int) -> None:
+        """Gives a running batch `rows` rows (more than it has): the new ones are
+        idle (finished) until a request joins them. For load that arrives after a
+        narrow batch started: its requests join instead of waiting for it to drain."""
+        extra = rows - len(batch.token)
+        grow = [[0, extra], [0, 0], [0, 0], [0, 0]]
+        batch.cache = tuple(tuple(tf.pad(t, grow) for t in layer) for layer in batch.cache)
+        batch.token = np.concatenate([batch.token, np.full([extra], self.eos_id, np.int32)])
+        batch.done = np.concatenate([batch.done, np.ones([extra], bool)])
+        batch.step = np.concatenate([batch.step, np.ones([extra], np.int32)])
+        batch.pad = np.concatenate([batch.pad, np.zeros([extra], np.int32)])
+        for name, values in batch.settings.items():
+            filler = np.repeat(values[:1], extra, axis=0)
+            batch.settings[name] = np.concatenate([values, filler])
+
     def advance(self, batch: RunningBatch) -> np.ndarray:
         """One chunk of decode steps for every row; returns `[B, chunk]` new tokens
         (eos in finished rows and after the last step)."""

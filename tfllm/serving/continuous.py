@@ -76,19 +76,19 @@ class ContinuousBatcher:
         self.cancelled = 0  # rows whose client left mid-decode
         self.joined = 0  # requests that joined a running batch
 
-    def length_for(self, gens: Sequence[Generation], rows: int) -> int:
+    def length_for(self, gens: Sequence[Generation]) -> int:
         """Cache slots for a new batch: twice what its first requests need, so
-        later requests have room to join (a one-row batch takes no one)."""
+        later requests have room to join."""
         width = max(len(g.prompt_ids) for g in gens)
         budget = max(g.settings.max_new_tokens for g in gens)
-        return cache_slots((2 if rows > 1 else 1) * (width + budget))
+        return cache_slots(2 * (width + budget))
 
     def rows_for(self, waiting: int) -> int:
         """Rows of a new batch: a power of two ≥ the requests waiting (≤ `rows`).
 
         A lone request decodes alone (a wider batch costs it time: measured
-        1.4 vs 5.0 ms per step at 1 and 8 rows on the journey LM), and under
-        load the batch is as wide as the load, with room for those that come.
+        1.4 vs 5.0 ms per step at 1 and 8 rows on the journey LM); when more
+        requests come, the batch widens (`_admit`).
         """
         size = 1
         while size < min(waiting, self.rows):
@@ -109,7 +109,7 @@ class ContinuousBatcher:
         filler = GenerationSettings(max_new_tokens=1)  # an idle row: done after one token
         settings = [g.settings for g in gens] + [filler] * (rows - len(gens))
         prompts = [g.prompt_ids for g in gens] + [[self.eos]] * (rows - len(gens))
-        length = self.length_for(gens, rows)
+        length = self.length_for(gens)
         batch, tokens = self.decoder.start(prompts, row_settings(settings), length)
         live: list[Live | None] = [None] * rows
         for row, job in enumerate(first):
@@ -120,29 +120,41 @@ class ContinuousBatcher:
             if all(item is None for item in live):
                 return
             chunk = self.decoder.advance(batch)
-            for row in range(rows):
+            for row in range(len(live)):
                 if live[row] is not None:
                     self._take(batch, live, row, chunk[row])
 
     def _admit(self, batch: RunningBatch, live: list, waiting: deque, more) -> None:
-        """Waiting requests (oldest first) into free rows while they fit."""
+        """Waiting requests (oldest first) into free rows while they fit; the batch
+        widens (up to `rows`, by powers of two) when more wait than rows are free."""
         free = [row for row, item in enumerate(live) if item is None]
-        if len(waiting) < len(free):
-            waiting.extend(more(len(free) - len(waiting)))
+        waiting.extend(more(max(0, self.rows - len(live) + len(free) - len(waiting))))
+        width = len(live)
+        while len(waiting) > len(free) and width < self.rows and self._fits(batch, waiting[0]):
+            wider = min(2 * width, self.rows)
+            free += range(width, wider)
+            width = wider
+        if width > len(live):
+            live.extend([None] * (width - len(live)))
+            self.decoder.widen(batch, width)
         while free and waiting:
             job = waiting[0]
             if job.cancelled.is_set():
                 waiting.popleft()
                 continue
-            gen: Generation = job.payload
-            if not batch.fits(len(gen.prompt_ids), gen.settings.max_new_tokens):
+            if not self._fits(batch, job):
                 return  # it waits for the next batch, and nothing overtakes it
+            gen: Generation = job.payload
             waiting.popleft()
             row = free.pop(0)
             first = self.decoder.join(batch, row, gen.prompt_ids, row_settings([gen.settings]))
             live[row] = Live(job, gen, TextStream(self.tokenizer))
             self.joined += 1
             self._take(batch, live, row, [first])
+
+    @staticmethod
+    def _fits(batch: RunningBatch, job: Job) -> bool:
+        return batch.fits(len(job.payload.prompt_ids), job.payload.settings.max_new_tokens)
 
     def _take(self, batch: RunningBatch, live: list, row: int, tokens) -> None:
         """A row's new tokens: stream them, and answer and free the row once it is done."""

@@ -76,7 +76,7 @@ class KerasLM:
         rows = 1
         while True:
             length = CACHE_BUCKET
-            while length <= self.batcher.length_for([probe], rows):
+            while length <= self.batcher.length_for([probe]):
                 self.decoder.compile(rows, length)
                 length *= 2
             if rows >= self.max_rows:
