@@ -76,10 +76,10 @@ GROUPS = {
         "docs/classification.md",
         "docs/compression.md",
         "docs/distributed.md",
-        "docs/serving.md",  # after compression.md, which makes runs/tiny
     ],
     "pretrained": ["docs/pretrained.md"],
     "finetuning": ["docs/finetuning.md"],
+    "serving": ["docs/serving.md"],
 }
 # Where a group reads a run it does not make: the documented command that makes it.
 PROVIDERS = {
