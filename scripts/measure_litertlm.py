@@ -149,11 +149,15 @@ def time_rounds(runtimes: list[Runtime], new_tokens: int, rounds: int, pause: fl
             n = rt.generate(new_tokens) or new_tokens
             total = time.perf_counter() - start
             tokens[rt.name] = n
-            rates[rt.name].append((n - 1) / max(total - first, 1e-9))
+            if total > first:  # else the difference is below the timer's noise: no sample
+                rates[rt.name].append((n - 1) / (total - first))
     out = {}
     for rt in runtimes:
+        samples = rates[rt.name]
         out[rt.name] = {
-            "decode_tokens_per_second_median": round(statistics.median(rates[rt.name]), 2),
+            "decode_tokens_per_second_median": round(statistics.median(samples), 2)
+            if samples
+            else None,
             "per_round": [round(x, 2) for x in rates[rt.name]],
             "new_tokens": tokens[rt.name],
         }
@@ -202,7 +206,7 @@ def main() -> None:
     parser.add_argument("--new_tokens", type=int, default=128)
     parser.add_argument("--prompt_tokens", type=int, default=56)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--ppl_windows", type=int, default=4)
+    parser.add_argument("--ppl_windows", type=int, default=4, help="0: speed only")
     parser.add_argument("--ppl_len", type=int, default=512)
     parser.add_argument("--pause", type=float, default=0.3)
     args = parser.parse_args()
@@ -241,7 +245,7 @@ def main() -> None:
     speed = time_rounds(runtimes, new_tokens, args.rounds, args.pause)
     for engine in engines:
         engine.close()
-    ppl = perplexities(trained, bundles, args.ppl_windows, args.ppl_len)
+    ppl = perplexities(trained, bundles, args.ppl_windows, args.ppl_len) if args.ppl_windows else {}
     float_size = (files.get("none") or {}).get("size_bytes")
     for mode, info in files.items():
         info["size_vs_float"] = round(info["size_bytes"] / float_size, 3) if float_size else None
@@ -250,7 +254,8 @@ def main() -> None:
             info["val_perplexity_vs_keras"] = ppl[f"litertlm_{mode}"] / ppl["keras"] - 1
     keras_rate = speed["keras_xla"]["decode_tokens_per_second_median"]
     for row in speed.values():
-        row["vs_keras_xla"] = round(row["decode_tokens_per_second_median"] / keras_rate, 2)
+        rate = row["decode_tokens_per_second_median"]
+        row["vs_keras_xla"] = round(rate / keras_rate, 2) if rate and keras_rate else None
     from importlib.metadata import version
 
     result = {
