@@ -67,6 +67,7 @@ def test_float_bundle_follows_the_contract_and_equals_keras(float_export, traine
     # second turn in the same session, continuing the first turn's answer.
     assert any(len(trained.tokenizer.encode(r["prompt"])) > 8 for r in greedy)
     assert [r["turn"] for r in greedy][-2:] == [1, 2] and greedy[-1]["context_prompts"]
+    assert greedy[-1]["identical"] is True  # compared (turn 1 did not stop at eos)
     assert record["stop_tokens"] == [trained.tokenizer.eos_id] and record["start_token"] is None
     on_disk = json.loads((target / "verification.json").read_text())
     assert on_disk["greedy"] == greedy and on_disk["versions"]["litert_lm_api"] == "0.18.1"
