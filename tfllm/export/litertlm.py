@@ -71,6 +71,8 @@ def _bundle(trained, scratch: str, blob: bytes, out_path: str) -> dict[str, Any]
         kind = {"hf_tokenizer_json": os.path.join(scratch, "tokenizer.json")}
     workdir_tokenizer = os.path.join(trained.workdir, "tokenizer") if trained.workdir else None
     template = chat_template(workdir_tokenizer) if workdir_tokenizer else None
+    if template:
+        template = engine_chat_template(template)
     # No start token: tfllm's tokenizers never prepend one (nor does SmolLM2's template).
     meta = llm_metadata(
         stop_ids=[tokenizer.eos_id], max_length=int(model.max_length), chat_template=template
@@ -83,6 +85,23 @@ def _bundle(trained, scratch: str, blob: bytes, out_path: str) -> dict[str, Any]
         "chat_template": template is not None,
         "tflite_bytes": len(blob),
     }
+
+
+# LiteRT-LM's Conversation API passes each message's content as a list of parts
+# ([{"type": "text", "text": ...}]); Hugging Face templates concatenate it as a
+# string, which its renderer rejects ("tried to use + operator on unsupported
+# types string and sequence", SmolLM2). Either form renders the text.
+_CONTENT_TEXT = (
+    "(message['content'] if message['content'] is string "
+    "else message['content'] | map(attribute='text') | join(''))"
+)
+
+
+def engine_chat_template(template: str) -> str:
+    """The Hugging Face chat template, made to accept LiteRT-LM's list-of-parts content."""
+    return template.replace("message['content']", _CONTENT_TEXT).replace(
+        'message["content"]', _CONTENT_TEXT
+    )
 
 
 def verification_prompts(
@@ -111,7 +130,9 @@ def verification_prompts(
 
 def keras_turns(trained, prompts: list[str], max_new: int) -> list[list[int]]:
     """Keras greedy ids per turn, each turn continuing prompt + answer of the ones before
-    (what one engine session holds), cut at eos."""
+    (what one engine session holds), cut at eos. A turn that stopped at eos keeps the
+    eos in the context: the engine does too (checked on SmolLM2: with it, turn 2's
+    text equals the engine's; without it, it does not)."""
     tokenizer, generator = trained.tokenizer, Generator(trained.model)
     context: list[int] = []
     out = []
@@ -147,21 +168,6 @@ def engine_checks(
             turns = engine.turns(prompts, n)
             for i, (ids, turn) in enumerate(zip(reference, turns, strict=True)):
                 keras_text = tokenizer.decode(ids)
-                if any(len(earlier) < n for earlier in reference[:i]):
-                    # An earlier turn stopped at eos; whether the engine keeps the stop
-                    # token in its context is not verified, so this turn is not compared.
-                    rows.append(
-                        {
-                            "prompt": prompts[i],
-                            "turn": i + 1,
-                            "identical": None,
-                            "keras": keras_text,
-                            "litertlm": turn.text,
-                            "decode_tokens_per_second": None,
-                            "note": "not compared: an earlier turn ended at the stop token",
-                        }
-                    )
-                    continue
                 rows.append(
                     {
                         "prompt": prompts[i],
