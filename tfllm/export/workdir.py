@@ -145,6 +145,14 @@ def _lm_saved_model(trained: TrainedModel, target: str, max_new_tokens: int | No
     )
 
 
+def _token_streams(trained: TrainedModel):
+    """The run's (train, eval) token ids; eval falls back to train when the run has none."""
+    train_ids, eval_ids = lm_token_streams(
+        trained.config, trained.tokenizer, load_text_splits(trained.config.data)
+    )
+    return train_ids, train_ids if eval_ids is None else eval_ids
+
+
 def _lm_tflite(
     trained: TrainedModel,
     target: str,
@@ -154,14 +162,12 @@ def _lm_tflite(
     max_perplexity_increase: float | None,
 ) -> dict:
     """KV-cache prefill/decode signatures, verified on the run's eval windows."""
-    train_ids, eval_ids = lm_token_streams(
-        trained.config, trained.tokenizer, load_text_splits(trained.config.data)
-    )
+    train_ids, eval_ids = _token_streams(trained)
     return export_lm_tflite(
         trained,
         target,
         quantize,
-        eval_ids=train_ids if eval_ids is None else eval_ids,
+        eval_ids=eval_ids,
         train_ids=train_ids,
         verify_windows=verify_windows or DEFAULT_VERIFY_WINDOWS,
         max_abs_diff=max_abs_diff,
@@ -178,14 +184,11 @@ def _lm_litertlm(
     max_perplexity_increase: float | None,
 ) -> dict:
     """The LiteRT-LM bundle, verified in the engine on the run's eval text."""
-    train_ids, eval_ids = lm_token_streams(
-        trained.config, trained.tokenizer, load_text_splits(trained.config.data)
-    )
     return export_litertlm(
         trained,
         target,
         quantize,
-        eval_ids=train_ids if eval_ids is None else eval_ids,
+        eval_ids=_token_streams(trained)[1],
         verify_windows=verify_windows or LITERTLM_VERIFY_WINDOWS,
         max_abs_diff=max_abs_diff,
         max_perplexity_increase=max_perplexity_increase,

@@ -214,17 +214,6 @@ def cache_slots(needed: int) -> int:
     return slots
 
 
-def _settings_spec() -> list[tf.TensorSpec]:
-    return [
-        tf.TensorSpec([None], tf.int32),
-        tf.TensorSpec([None], tf.float32),
-        tf.TensorSpec([None], tf.int32),
-        tf.TensorSpec([None], tf.float32),
-        tf.TensorSpec([None, 2], tf.int64),
-        tf.TensorSpec([None], tf.int32),
-    ]
-
-
 @dataclass
 class RunningBatch:
     """A batch being decoded, which rows can leave and join (continuous batching).

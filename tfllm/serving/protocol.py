@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tfllm.config import SAMPLERS
+from tfllm.inference.workdir import Sampling
 
 MAX_INSTANCES = 256  # rows in one :predict request
 MAX_PROMPT_CHARS = 1_000_000
@@ -32,16 +33,8 @@ class ClientError(Exception):
         self.status = status
 
 
-@dataclass(frozen=True)
-class GenerationSettings:
-    """One request's sampling settings (`tfllm-generate`'s flags and defaults)."""
-
-    max_new_tokens: int = 64
-    sampler: str = "greedy"
-    temperature: float = 1.0
-    top_k: int = 40
-    top_p: float = 0.9
-    seed: int = 0
+# One request's sampling settings: `tfllm-generate`'s flags and their defaults.
+GenerationSettings = Sampling
 
 
 def parse_json(body: bytes) -> Any:
