@@ -226,35 +226,24 @@ def build_archive(
         input_signature=[tf.TensorSpec([None], tf.string, name="texts")],
     )
 
-    def spec(dtype: tf.DType, name: str, rows: bool) -> tf.TensorSpec:
-        return tf.TensorSpec([None] if rows else [], dtype, name=name)
+    def settings(rows: bool) -> list[tf.TensorSpec]:
+        """The sampling inputs: scalars for `generate_<sampler>`, one per prompt
+        (and a sampler name) for `generate`."""
+        fields = [("max_new_tokens", tf.int32), ("sampler", tf.string),
+                  ("temperature", tf.float32), ("top_k", tf.int32), ("top_p", tf.float32),
+                  ("seed", tf.int32)]  # fmt: skip
+        shape = [None] if rows else []
+        return [tf.TensorSpec(shape, dtype, name=name) for name, dtype in fields
+                if rows or name != "sampler"]  # fmt: skip
 
     for sampler in SAMPLERS:
         archive.add_endpoint(
             f"generate_{sampler}",
             _generate_endpoint(complete, sampler),
-            input_signature=[
-                prompts_spec,
-                spec(tf.int32, "max_new_tokens", False),
-                spec(tf.float32, "temperature", False),
-                spec(tf.int32, "top_k", False),
-                spec(tf.float32, "top_p", False),
-                spec(tf.int32, "seed", False),
-            ],
+            input_signature=[prompts_spec, *settings(rows=False)],
         )
-    archive.add_endpoint(
-        "generate",
-        _per_row_endpoint(complete),
-        input_signature=[
-            prompts_spec,
-            spec(tf.int32, "max_new_tokens", True),
-            spec(tf.string, "sampler", True),
-            spec(tf.float32, "temperature", True),
-            spec(tf.int32, "top_k", True),
-            spec(tf.float32, "top_p", True),
-            spec(tf.int32, "seed", True),
-        ],
-    )
+    per_row = [prompts_spec, *settings(rows=True)]
+    archive.add_endpoint("generate", _per_row_endpoint(complete), input_signature=per_row)
     return archive
 
 
