@@ -25,6 +25,8 @@ from tfllm.models import (
     AVAILABLE,
     BertClassifier,
     CNNClassifier,
+    Llama,
+    LlamaClassifier,
     MLPClassifier,
     TransformerClassifier,
     build_model,
@@ -56,6 +58,7 @@ FAMILIES: dict[str, tuple[type[keras.Model], dict[str, Any]]] = {
     ),
     "mlp": (MLPClassifier, {**SHAPE, "embedding_dim": 16, "hidden_dims": [32, 32]}),
     "bert": (BertClassifier, {**SHAPE, **TINY_TRANSFORMER, "dropout": 0.0, "pooling": "mean"}),
+    "llama": (LlamaClassifier, {**SHAPE, **TINY_TRANSFORMER, "num_kv_heads": 1}),
 }
 
 
@@ -354,6 +357,81 @@ def test_bert_poolings_differ_and_freezing_covers_the_encoder() -> None:
         make("bert", pooling="max")
 
 
+# ---- LlamaClassifier ----------------------------------------------------------------------
+
+
+class TestLlamaClassifierHarness(ClassifierTests):
+    family = "llama"
+
+
+def tiny_decoder(**overrides: object) -> Llama:
+    keras.utils.set_random_seed(7)
+    kwargs = {**TINY_TRANSFORMER, "num_kv_heads": 1, "max_length": 256, **overrides}
+    decoder = Llama(VOCAB, **kwargs)
+    decoder(tf.zeros([1, 8], tf.int32))
+    return decoder
+
+
+def test_llama_classifier_reads_the_decoders_last_real_token() -> None:
+    """After `load_backbone_from`, the pooled state is the imported LM's final-normed
+    hidden state at the row's last real token, the LM run on the unpadded row alone."""
+    decoder = tiny_decoder()
+    model = make("llama")
+    head = [w.numpy() for w in model.head.weights]
+    model.load_backbone_from(decoder)
+    for ours, theirs in zip(model.decoder.weights, decoder.weights, strict=True):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
+    for before, after in zip(head, model.head.weights, strict=True):
+        np.testing.assert_array_equal(before, after.numpy())
+    ids = rows([3, 7, 12], 12)
+    ids[1, 4] = 0  # an id 0 inside a row is a token, not the row's end
+    logits = model(tf.constant(ids)).numpy()
+    for i, n in enumerate([3, 7, 12]):
+        alone = tf.constant(ids[i : i + 1, :n])
+        state = decoder.final_norm(decoder.residual_stream(alone))[0, -1]
+        expected = model.head(tf.cast(state[None], tf.float32)).numpy()[0]
+        np.testing.assert_allclose(logits[i], expected, rtol=1e-5, atol=1e-6)
+    # The LM's own logits come from the same stream (residual_stream is call's trunk).
+    np.testing.assert_allclose(
+        decoder(tf.constant(ids)).numpy(),
+        decoder._logits(decoder.residual_stream(tf.constant(ids))).numpy(),
+        atol=1e-6,
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(hidden_dim=32), "hidden_dim differs: the classifier has 16, the decoder 32"),
+        (dict(num_kv_heads=2), "num_kv_heads differs"),
+        (dict(rope_theta=500.0), "rope_theta differs"),
+        (dict(tie_embeddings=False), "tie_embeddings differs"),
+    ],
+)
+def test_llama_load_backbone_rejects_a_mismatching_decoder(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make("llama").load_backbone_from(tiny_decoder(**overrides))
+
+
+def test_llama_poolings_untied_head_and_freezing() -> None:
+    ids = tf.constant(rows([4, 9, 12], 12))
+    logits = {p: make("llama", pooling=p)(ids).numpy() for p in ("mean", "last")}
+    assert np.abs(logits["mean"] - logits["last"]).max() > 1e-5
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        make("llama", pooling="cls")  # a causal model's first state has seen only bos
+    untied = make("llama", tie_embeddings=False)
+    trainable = {id(v) for v in untied.trainable_variables}
+    assert id(untied.decoder.token_embedding.reverse_embeddings) not in trainable
+    assert id(untied.decoder.token_embedding.embeddings) in trainable
+    model = make("llama")
+    model.freeze_backbone(1, embeddings=True)
+    trainable = {v.path for v in model.trainable_variables}
+    decoder = model.decoder
+    for layer in (decoder.token_embedding, decoder.block_0):
+        assert not {w.path for w in layer.weights} & trainable, layer.name
+    assert {w.path for w in decoder.block_1.weights} <= trainable
+
+
 # ---- build_model --------------------------------------------------------------------------
 
 
@@ -385,6 +463,7 @@ def classifier_config(name: str, **overrides: object) -> ml_collections.ConfigDi
         ("cnn_classifier", CNNClassifier),
         ("mlp_classifier", MLPClassifier),
         ("bert_classifier", BertClassifier),
+        ("llama_classifier", LlamaClassifier),
     ],
 )
 def test_build_model_builds_each_classifier(name: str, cls: type) -> None:
@@ -417,7 +496,7 @@ def test_build_model_maps_config_keys_and_defaults() -> None:
 def test_build_model_lists_every_model_for_an_unknown_name() -> None:
     assert AVAILABLE == (
         "gpt", "transformer_classifier", "cnn_classifier", "mlp_classifier", "llama", "bert",
-        "bert_classifier",
+        "bert_classifier", "llama_classifier",
     )  # fmt: skip
     with pytest.raises(ConfigError, match="unknown model 'x'.*mlp_classifier.*llama, bert"):
         build_model(classifier_config("x"), vocab_size=VOCAB, num_classes=2)

@@ -33,11 +33,19 @@ from tfllm.models.lora import (
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "pretrained")
 FAMILIES = [
     name
-    for name in ("gpt", "llama", "bert", "transformer_classifier", "bert_classifier")
+    for name in (
+        "gpt",
+        "llama",
+        "bert",
+        "transformer_classifier",
+        "bert_classifier",
+        "llama_classifier",
+    )
     if name in MODEL_NAMES
 ]
 TARGETS = {  # adapted layers per block for "all": q/k/v/o + the MLP's kernels
     "gpt": 6, "llama": 7, "bert": 6, "transformer_classifier": 6, "bert_classifier": 6,
+    "llama_classifier": 7,
 }  # fmt: skip
 
 

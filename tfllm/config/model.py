@@ -127,6 +127,7 @@ MODEL_FAMILIES: dict[str, tuple[type, ...]] = {
     "llama": (ModelCommon, GPTConfig, BlockMathConfig, LlamaConfig),
     "bert": (ModelCommon, GPTConfig, BlockMathConfig, BertConfig),
     "bert_classifier": (ModelCommon, GPTConfig, BlockMathConfig, BertConfig, PoolingConfig),
+    "llama_classifier": (ModelCommon, GPTConfig, BlockMathConfig, LlamaConfig, PoolingConfig),
 }
 assert tuple(MODEL_FAMILIES) == MODEL_NAMES, "every model name needs a family row"
 

@@ -11,15 +11,18 @@ from __future__ import annotations
 # The model families; `tfllm.config.model.MODEL_FAMILIES` says which keys each reads.
 MODEL_NAMES = (
     "gpt", "transformer_classifier", "cnn_classifier", "mlp_classifier", "llama", "bert",
-    "bert_classifier",
+    "bert_classifier", "llama_classifier",
 )  # fmt: skip
-CLASSIFIER_NAMES = ("transformer_classifier", "cnn_classifier", "mlp_classifier", "bert_classifier")
+CLASSIFIER_NAMES = (
+    "transformer_classifier", "cnn_classifier", "mlp_classifier", "bert_classifier",
+    "llama_classifier",
+)  # fmt: skip
 # Classifiers on an imported backbone: `train.init_from` names a workdir of this family.
-PRETRAINED_CLASSIFIERS = {"bert_classifier": "bert"}
+PRETRAINED_CLASSIFIERS = {"bert_classifier": "bert", "llama_classifier": "llama"}
 LM_NAMES = ("gpt", "llama")  # causal LMs: tfllm-generate, perplexity, LM exports
 ENCODER_NAMES = ("bert",)  # imported encoders (hidden states and embeddings; no LM head)
 ACTIVATIONS = ("gelu", "gelu_approximate", "relu", "silu")  # MLP activation of a block
-POOLINGS = ("mean", "cls", "last")  # transformer_classifier, bert_classifier
+POOLINGS = ("mean", "cls", "last")  # transformer/bert classifiers; llama_classifier: mean, last
 CNN_POOLINGS = ("global_max", "max_pool_flatten")  # cnn_classifier
 CLASS_WEIGHTS = ("none", "balanced")
 COLLECTIVES = ("auto", "ring", "nccl")

@@ -107,10 +107,13 @@ def ends_with_sep(tokenizer: Tokenizer) -> bool:
 
 
 def wrap_pieces(tokenizer: Tokenizer, pieces: tf.RaggedTensor, max_length: int) -> tf.RaggedTensor:
-    """Ragged piece ids -> model rows of at most `max_length`: `[bos] + pieces`, or
-    `[CLS] + pieces + [SEP]` for a WordPiece tokenizer (pieces cut first, [SEP] kept)."""
+    """Ragged piece ids -> model rows of at most `max_length`: `[bos] + pieces` (the
+    pieces alone for a tokenizer without bos, bos_id -1), or `[CLS] + pieces + [SEP]`
+    for a WordPiece tokenizer (pieces cut first, [SEP] kept)."""
     pieces = tf.cast(pieces, tf.int32)
     rows = pieces.nrows()
+    if tokenizer.bos_id < 0:
+        return pieces[:, :max_length]
     bos = tf.RaggedTensor.from_tensor(tf.fill([rows, 1], tf.constant(tokenizer.bos_id, tf.int32)))
     if not ends_with_sep(tokenizer):
         return tf.concat([bos, pieces], axis=1)[:, :max_length]

@@ -120,14 +120,17 @@ REPRESENTATIVE_ROWS = 128
 INT8_FLOAT_OPS = {
     "transformer_classifier": litert.INT8_ATTENTION_FLOAT_OPS,
     "bert_classifier": litert.INT8_ATTENTION_FLOAT_OPS,
+    "llama_classifier": litert.INT8_ATTENTION_FLOAT_OPS,
 }
 KERAS_BATCH = 64
 
 
 def encode_padded(tokenizer: Tokenizer, texts: list[str], max_length: int) -> np.ndarray:
-    """Strings -> int32 [N, max_length]: `encode_texts` rows right-padded with the pad id."""
+    """Strings -> int32 [N, max_length]: `encode_texts` rows right-padded with id 0
+    (every tfllm classifier's padding, `pad_ids`; a byte-level BPE's own pad token
+    can be a real id such as SmolLM2's `<|im_end|>`)."""
     ragged = encode_texts(tokenizer, tf.constant(texts, tf.string), max_length)
-    return ragged.to_tensor(default_value=tokenizer.pad_id, shape=[None, max_length]).numpy()
+    return ragged.to_tensor(default_value=0, shape=[None, max_length]).numpy()
 
 
 def keras_probabilities(model: keras.Model, ids: np.ndarray) -> np.ndarray:
@@ -331,7 +334,7 @@ def export_classifier_tflite(
         "input": INPUT_NAME,
         "output": OUTPUT_NAME,
         "max_length": max_length,
-        "pad_id": int(tokenizer.pad_id),
+        "pad_id": 0,  # what every tfllm classifier masks (encode_padded)
         "bos_id": int(tokenizer.bos_id),
         "num_classes": trained.labels.num_classes,
         "encoding": (

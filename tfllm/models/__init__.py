@@ -14,6 +14,7 @@ from tfllm.models.classifier import TransformerClassifier
 from tfllm.models.cnn import CNNClassifier
 from tfllm.models.gpt import GPT
 from tfllm.models.llama import Llama
+from tfllm.models.llama_classifier import LlamaClassifier
 from tfllm.models.mlp import MLPClassifier
 
 AVAILABLE = MODEL_NAMES  # defined once, in tfllm.config
@@ -25,6 +26,7 @@ __all__ = [
     "CNNClassifier",
     "GPT",
     "Llama",
+    "LlamaClassifier",
     "MLPClassifier",
     "TransformerClassifier",
     "build_model",
@@ -103,6 +105,19 @@ def build_model(
                 dropout=get("dropout", 0.1),
                 pooling=get("pooling", "cls"),
             )
+        elif name == "llama_classifier":
+            model = LlamaClassifier(
+                vocab_size=vocab_size,
+                num_classes=num_classes,
+                max_length=max_length,
+                num_layers=model_config.num_layers,
+                num_heads=model_config.num_heads,
+                hidden_dim=model_config.hidden_dim,
+                intermediate_dim=model_config.intermediate_dim,
+                dropout=get("dropout", 0.0),
+                pooling=get("pooling", "last"),
+                **_llama_arguments(model_config),
+            )
         elif name == "cnn_classifier":
             model = CNNClassifier(
                 vocab_size=vocab_size,
@@ -148,20 +163,7 @@ def _build_imported_family(model_config: ml_collections.ConfigDict, vocab_size: 
     )
     try:
         if model_config.name == "llama":
-            model = Llama(
-                **common,
-                num_kv_heads=get("num_kv_heads", 0),
-                head_dim=get("head_dim", 0),
-                rope_theta=get("rope_theta", 10000.0),
-                rope_scaling=(
-                    get("rope_scaling_factor", 0.0),
-                    get("rope_low_freq_factor", 1.0),
-                    get("rope_high_freq_factor", 4.0),
-                    get("rope_original_max_length", 8192),
-                ),
-                norm_epsilon=get("layer_norm_epsilon", 1e-5),
-                tie_embeddings=get("tie_embeddings", True),
-            )
+            model = Llama(**common, **_llama_arguments(model_config))
         else:
             model = BertEncoder(
                 **common,
@@ -173,3 +175,21 @@ def _build_imported_family(model_config: ml_collections.ConfigDict, vocab_size: 
         raise ConfigError(f"config.model ({model_config.name}): {e}") from None
     model(tf.zeros([1, min(8, model_config.max_length)], tf.int32))
     return model
+
+
+def _llama_arguments(model_config: ml_collections.ConfigDict) -> dict:
+    """The arguments `Llama` and `LlamaClassifier` take beyond the common transformer shape."""
+    get = model_config.get
+    return dict(
+        num_kv_heads=get("num_kv_heads", 0),
+        head_dim=get("head_dim", 0),
+        rope_theta=get("rope_theta", 10000.0),
+        rope_scaling=(
+            get("rope_scaling_factor", 0.0),
+            get("rope_low_freq_factor", 1.0),
+            get("rope_high_freq_factor", 4.0),
+            get("rope_original_max_length", 8192),
+        ),
+        norm_epsilon=get("layer_norm_epsilon", 1e-5),
+        tie_embeddings=get("tie_embeddings", True),
+    )

@@ -307,10 +307,15 @@ class Llama(keras.Model):
 
     def call(self, token_ids: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Full causal forward pass: int `[B, T]` ids -> float32 `[B, T, V]`."""
+        return self._logits(self.residual_stream(token_ids, training=training))
+
+    def residual_stream(self, token_ids: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """The last block's output `[B, T, D]` (before the final norm): what the LM head
+        and `tfllm.models.llama_classifier` read."""
         x = self.token_embedding(token_ids)
         for block in self.blocks:
             x, _ = block(x, training=training)
-        return self._logits(x)
+        return x
 
     def init_cache(self, batch_size: int | tf.Tensor, length: int | None = None) -> KVCache:
         """All-zero caches: per layer keys and values `[B, num_kv_heads, length, head_dim]`."""

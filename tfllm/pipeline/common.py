@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import ml_collections
 
+from tfllm.config import PRETRAINED_CLASSIFIERS
 from tfllm.pipeline.stamps import (
     Stamp,
     StampStore,
@@ -210,7 +211,7 @@ def trained_config_mismatch(config: ml_collections.ConfigDict, workdir: str) -> 
         return None
     if config.train.get("init_from") and config.model.name in (
         "transformer_classifier",
-        "bert_classifier",
+        *PRETRAINED_CLASSIFIERS,
     ):
         from tfllm.training.run import adopt_backbone_architecture
 

@@ -1,9 +1,12 @@
-"""Classifiers on an imported backbone (`bert_classifier`): config and tokenizer rules.
+"""Classifiers on an imported backbone (`bert_classifier`, `llama_classifier`): config
+and tokenizer rules.
 
-A classifier fine-tuned from a published encoder is only as good as the
+A classifier fine-tuned from a published model is only as good as the
 match between the two: the architecture must be the checkpoint's (so every
 weight restores), and the rows must be the ones it was pretrained on (its own
-WordPiece vocabulary, `[CLS] … [SEP]`, padding id 0). These checks run before
+vocabulary: WordPiece `[CLS] … [SEP]` with padding id 0 for BERT; the LM's own
+tokenizer for a Llama, whose id 0 must be a special token so padding with it
+never hides a real one). These checks run before
 any data is read or anything is written, each failing in one line naming the
 key to change; `tfllm.training.run.train_classifier` calls them.
 """
@@ -24,9 +27,14 @@ _ADOPTED_KEYS = {
         "num_layers", "num_heads", "hidden_dim", "intermediate_dim", "activation",
         "layer_norm_epsilon", "type_vocab_size",
     ),
+    "llama": (
+        "num_layers", "num_heads", "hidden_dim", "intermediate_dim", "layer_norm_epsilon",
+        "num_kv_heads", "head_dim", "rope_theta", "rope_scaling_factor", "rope_low_freq_factor",
+        "rope_high_freq_factor", "rope_original_max_length", "tie_embeddings",
+    ),
 }  # fmt: skip
-# The tokenizer kind (tokenizer.json "type") each backbone family reads.
-_TOKENIZER_KIND = {"bert": "wordpiece"}
+# The tokenizer kinds (tokenizer.json "type") each backbone family reads.
+_TOKENIZER_KINDS = {"bert": ("wordpiece",), "llama": ("byte_bpe", "sentencepiece")}
 
 
 def adopt_pretrained_architecture(config: ml_collections.ConfigDict) -> None:
@@ -34,7 +42,8 @@ def adopt_pretrained_architecture(config: ml_collections.ConfigDict) -> None:
 
     As keras-hub's `from_preset`: the checkpoint decides its own architecture,
     so `configs/minilm_sst2.py` need not repeat MiniLM's. A row longer than
-    the encoder's learned positions, or a source of another family, is an error.
+    the source's positions (its context, for a Llama), or a source of another
+    family, is an error.
     """
     name = config.model.name
     family = PRETRAINED_CLASSIFIERS[name]
@@ -69,10 +78,10 @@ def _adopt(config: ml_collections.ConfigDict, name: str, family: str, init_from:
     if config.model.max_length > source.max_length:
         raise ConfigError(
             f"config.model.max_length: {config.model.max_length} exceeds the "
-            f"{source.max_length} positions of the {family} encoder in {init_from}"
+            f"{source.max_length} positions of the {family} model in {init_from}"
         )
     if changed:
-        print(f"Encoder architecture from {init_from}: {', '.join(changed)}", flush=True)
+        print(f"Backbone architecture from {init_from}: {', '.join(changed)}", flush=True)
 
 
 def check_backbone_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -88,7 +97,8 @@ def check_backbone_tokenizer(config: ml_collections.ConfigDict, workdir: str) ->
     family = PRETRAINED_CLASSIFIERS.get(name)
     if family is None:
         return
-    kind = _TOKENIZER_KIND[family]
+    kinds = _TOKENIZER_KINDS[family]
+    kind = " or ".join(kinds)
     own = os.path.join(workdir, "tokenizer")
     key, source = (
         ("--workdir", own)
@@ -108,7 +118,7 @@ def check_backbone_tokenizer(config: ml_collections.ConfigDict, workdir: str) ->
         found = tokenizer_kind(directory)
     except DataError:
         found = None
-    if found != kind:
+    if found not in kinds:
         raise ConfigError(
             f"{key}: {source} holds {'no tokenizer' if found is None else f'a {found} tokenizer'};"
             f" {name} reads {kind} ids (use an imported {family} workdir's tokenizer)"
@@ -116,9 +126,23 @@ def check_backbone_tokenizer(config: ml_collections.ConfigDict, workdir: str) ->
 
 
 def check_tokenizer_ids(config: ml_collections.ConfigDict, tokenizer: AnyTokenizer) -> None:
-    """The encoder masks id 0 as padding: the vocabulary's pad token must be id 0."""
-    if config.model.name in PRETRAINED_CLASSIFIERS and int(tokenizer.pad_id) != 0:
+    """Classifiers pad with id 0: for BERT it must be the vocabulary's pad token; for a
+    Llama, a special token (pad/unk/bos/eos, or an added token such as SmolLM2's
+    `<|endoftext|>`), never a piece of ordinary text."""
+    family = PRETRAINED_CLASSIFIERS.get(config.model.name)
+    if family == "bert" and int(tokenizer.pad_id) != 0:
         raise ConfigError(
             f"config.model.name: {config.model.name} pads with id 0, but the tokenizer's pad "
             f"token has id {tokenizer.pad_id}"
         )
+    if family == "llama" and not _id_zero_is_special(tokenizer):
+        raise ConfigError(
+            f"config.model.name: {config.model.name} pads with id 0, but id 0 of this "
+            "tokenizer is ordinary text (a row ending in it would lose its last token)"
+        )
+
+
+def _id_zero_is_special(tokenizer: AnyTokenizer) -> bool:
+    named = (tokenizer.pad_id, tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id)
+    added = getattr(tokenizer, "special_tokens", {})  # byte-level BPE's added tokens
+    return 0 in {int(i) for i in named} or 0 in added.values()

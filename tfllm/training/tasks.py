@@ -268,7 +268,8 @@ class ClassificationTask(Task):
         if not hasattr(model, "load_backbone_from"):
             raise ConfigError(
                 f"config.train.init_from: {type(model).__name__} has no transformer backbone to "
-                "initialise (use model.name=transformer_classifier or bert_classifier)"
+                "initialise (use model.name=transformer_classifier, bert_classifier or "
+                "llama_classifier)"
             )
         family = getattr(model, "backbone_family", "gpt")
         source = load_trained(workdir)
@@ -281,5 +282,5 @@ class ClassificationTask(Task):
             model.load_backbone_from(source.model)
         except ValueError as e:
             raise ConfigError(f"config.train.init_from: {e}") from None
-        what = "the LM" if family == "gpt" else f"the {family} encoder"
+        what = {"gpt": "the LM", "llama": "the llama decoder"}.get(family, f"the {family} encoder")
         return f"Initialised the backbone from {what} in {workdir} ({source.checkpoint})"
