@@ -105,7 +105,7 @@ _TODAYS_DEFAULTS = {
     "data": dict(
         dataset="shakespeare", train_path="", eval_path="", test_path="", format="text",
         text_field="text", label_field="label", eval_fraction=0.1, on_bad_row="skip",
-        max_row_chars=100_000,
+        max_row_chars=100_000, response_field="",
     ),
     "tokenizer": dict(path="", model_type="bpe", vocab_size=1024),
     "model": dict(

@@ -70,9 +70,37 @@ def check_relations(config: ml_collections.ConfigDict) -> None:
                 f"config.train.freeze_blocks: {train.freeze_blocks} exceeds "
                 f"config.model.num_layers={model.num_layers}"
             )
+    if data.response_field:
+        check_instruction_data(config)
     check_tensor_parallel(config)
     check_pipeline(config)
     check_lora(config)
+
+
+def check_instruction_data(config: ml_collections.ConfigDict) -> None:
+    """Prompt/response pairs train a causal LM, from a file with fields, on one device
+    group (pipeline/tensor-parallel steps compute the windowed LM loss themselves)."""
+    model, data, runtime = config.model, config.data, config.runtime
+    if model.name in CLASSIFIER_NAMES:
+        raise ConfigError(
+            f"config.data.response_field: {model.name} is a classifier; instruction tuning "
+            "trains a language model (gpt or llama)"
+        )
+    if not data.train_path or data.format == "text":
+        raise ConfigError(
+            "config.data.response_field: prompt/response pairs come from a tsv, csv or jsonl "
+            "file in config.data.train_path (with config.data.format set to it)"
+        )
+    if data.response_field == data.text_field:
+        raise ConfigError(
+            f"config.data.response_field: {data.response_field!r} is also the prompt's field "
+            "(config.data.text_field)"
+        )
+    if runtime.tensor_parallel > 1 or runtime.pipeline_stages > 1:
+        raise ConfigError(
+            "config.data.response_field: instruction tuning runs data parallel only "
+            "(set config.runtime.tensor_parallel and pipeline_stages to 1)"
+        )
 
 
 def check_lora(config: ml_collections.ConfigDict) -> None:

@@ -59,6 +59,9 @@ class DataConfig:
     format: str = setting("text", one_of(DATA_FORMATS))
     text_field: str = setting("text", non_empty("field name"))
     label_field: str = setting("label")
+    # Instruction tuning (LMs): the tsv/csv/jsonl field holding each row's response; the
+    # prompt is text_field's, and the loss covers response tokens only. Empty: plain text.
+    response_field: str = setting("")
     eval_fraction: float = setting(0.1, fraction())
     on_bad_row: str = setting("skip", one_of(BAD_ROW_POLICIES))  # unusable tsv/csv/jsonl rows
     max_row_chars: int = setting(100_000, positive())  # longest text a tsv/csv/jsonl row may have

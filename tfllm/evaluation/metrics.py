@@ -2,7 +2,8 @@
 
 Perplexity is exp(mean token negative log-likelihood) over every predicted
 token of the split, computed with Keras' cross-entropy on fixed windows of the
-model's context length (the same windows the trainer evaluates on).
+model's context length (the same windows the trainer evaluates on). An
+instruction-tuned run is measured on what it learned: its response tokens.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfllm.data.instruction_data import EncodedPairs, make_pairs_dataset
 from tfllm.data.lm_data import eval_dataset
 from tfllm.distribute.rows import RowSharder
 from tfllm.evaluation.predict import token_cross_entropy
@@ -37,6 +39,29 @@ def lm_loss_and_perplexity(
         count += int(n)
     loss = total / count
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
+
+
+def response_loss_and_perplexity(
+    model: keras.Model, pairs: EncodedPairs, batch_size: int, max_batches: int = 0
+) -> dict[str, float]:
+    """Mean loss and perplexity over the response tokens of prompt/response rows
+    (an instruction-tuned run's own measure; `InstructionTask.evaluate` in training)."""
+
+    @tf.function
+    def batch_sums(inputs, targets, weights):
+        ce = token_cross_entropy(targets, model(inputs, training=False))
+        return tf.reduce_sum(ce * weights), tf.reduce_sum(weights)
+
+    dataset = make_pairs_dataset(pairs, batch_size, shuffle=False, repeat=False,
+                                 drop_remainder=False)  # fmt: skip
+    total, count = 0.0, 0.0
+    for i, (inputs, (targets, weights)) in enumerate(dataset):
+        if max_batches and i >= max_batches:
+            break
+        s, n = batch_sums(inputs, targets, weights)
+        total, count = total + float(s), count + float(n)
+    loss = total / max(count, 1.0)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": int(count)}
 
 
 def lm_loss_sharded(

@@ -18,11 +18,17 @@ from dataclasses import dataclass, field
 from tfllm.config import ENCODER_NAMES
 from tfllm.data.classification_data import load_labelled_splits
 from tfllm.data.corpus import read_documents
+from tfllm.data.instruction_data import encode_pairs, load_pair_splits
 from tfllm.data.lm_data import tokenize_documents
 from tfllm.data.sources import bad_row_policy, data_fields, lm_token_streams, load_text_splits
+from tfllm.data.tokenizer_kinds import chat_template
 from tfllm.errors import ConfigError
 from tfllm.evaluation.classifier_eval import evaluate_corpus, evaluate_corpus_litert, record_metrics
-from tfllm.evaluation.metrics import lm_loss_and_perplexity, lm_loss_sharded
+from tfllm.evaluation.metrics import (
+    lm_loss_and_perplexity,
+    lm_loss_sharded,
+    response_loss_and_perplexity,
+)
 from tfllm.export.litert import tflite_dir
 from tfllm.export.lm_tflite import litert_perplexity
 from tfllm.inference.loading import TrainedModel, load_trained
@@ -127,6 +133,8 @@ def _evaluate_lm(trained: TrainedModel, o: _Options) -> Evaluation:
             **bad_row_policy(config.data),  # the run's on_bad_row / max_row_chars
         ).texts
         ids, prefix = tokenize_documents(tokenizer, docs), "data_"
+    elif config.data.get("response_field"):
+        return _evaluate_responses(trained, o)
     else:
         train_ids, eval_ids = lm_token_streams(config, tokenizer, load_text_splits(config.data))
         if o.split == "eval":
@@ -159,6 +167,30 @@ def _evaluate_lm(trained: TrainedModel, o: _Options) -> Evaluation:
             "tokens": f"{prefix}tokens",
         }
     return Evaluation(trained, result, o.data or o.split, int(result["tokens"]), keys=keys)
+
+
+def _evaluate_responses(trained: TrainedModel, o: _Options) -> Evaluation:
+    """An instruction-tuned run: response-token perplexity on its eval (or train) pairs,
+    formatted as it was trained (Keras backend, one device)."""
+    if o.backend != "keras" or o.strategy is not None:
+        raise ConfigError(
+            "--backend/--strategy: an instruction-tuned run is evaluated on its response "
+            "tokens with the Keras backend on one device"
+        )
+    config = trained.config
+    pairs = load_pair_splits(config.data)
+    corpus = pairs.eval if o.split == "eval" else pairs.train
+    if corpus is None:
+        raise ConfigError("--split=eval: this run has no eval split (config.data.eval_fraction=0)")
+    template = chat_template(os.path.join(trained.workdir, "tokenizer"))
+    encoded = encode_pairs(
+        trained.tokenizer, template, corpus.texts, corpus.labels,
+        int(config.model.max_length), f"--split={o.split}", corpus.sources,
+    )  # fmt: skip
+    result = response_loss_and_perplexity(trained.model, encoded, o.batch_size, o.max_batches)
+    prefix = "eval_response_" if o.split == "eval" else "train_response_"
+    keys = {name: f"{prefix}{name}" for name in ("loss", "perplexity", "tokens")}
+    return Evaluation(trained, result, o.split, int(result["tokens"]), keys=keys)
 
 
 def _windows(tokens: int, seq_len: int, o: _Options) -> int:

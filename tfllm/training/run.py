@@ -22,6 +22,7 @@ from tfllm.config import (
     load_workdir_config,
 )
 from tfllm.data.classification_data import class_weights, encode_split, load_labelled_splits
+from tfllm.data.instruction_data import load_pair_splits
 from tfllm.data.labels import LABELS_FILE, LabelVocab
 from tfllm.data.lm_data import num_windows
 from tfllm.data.sources import ensure_tokenizer, lm_token_streams, load_text_splits
@@ -40,6 +41,7 @@ from tfllm.evaluation.classifier_eval import evaluate_encoded
 from tfllm.inference.generate import Generator, generate_text
 from tfllm.models import build_model
 from tfllm.models.lora import apply_lora, lora_settings, trainable_summary
+from tfllm.training.instruction import instruction_task
 from tfllm.training.plugins import TrainingPlugin
 from tfllm.training.pretrained_classifier import (
     adopt_pretrained_architecture,
@@ -141,17 +143,25 @@ def train_lm(
     os.makedirs(workdir, exist_ok=True)
     strategy = create_strategy(config.runtime)
     check_batch_divisible(config, strategy)  # before any data is read
-    splits = load_text_splits(config.data)
-    tokenizer = shared_tokenizer(config, workdir, splits.train, strategy)
-    train_ids, eval_ids = lm_token_streams(config, tokenizer, splits)
-    print(
-        f"Data: {len(train_ids):,} training tokens from {splits.train_source}, "
-        f"{0 if eval_ids is None else len(eval_ids):,} eval tokens; "
-        f"vocab {tokenizer.vocab_size}; strategy {config.runtime.strategy} "
-        f"({strategy.num_replicas_in_sync} replica(s))",
-        flush=True,
-    )
-    _check_eval_split_fits(config, eval_ids)
+    if config.data.response_field:  # instruction tuning: prompt/response pairs
+        pairs = load_pair_splits(config.data)
+        texts = pairs.train.texts + pairs.train.labels
+        tokenizer = shared_tokenizer(config, workdir, texts, strategy)
+        task = instruction_task(config, workdir, tokenizer, pairs)
+        train_ids, eval_ids = task.train.ids, None
+    else:
+        splits = load_text_splits(config.data)
+        tokenizer = shared_tokenizer(config, workdir, splits.train, strategy)
+        train_ids, eval_ids = lm_token_streams(config, tokenizer, splits)
+        task = None
+        print(
+            f"Data: {len(train_ids):,} training tokens from {splits.train_source}, "
+            f"{0 if eval_ids is None else len(eval_ids):,} eval tokens; "
+            f"vocab {tokenizer.vocab_size}; strategy {config.runtime.strategy} "
+            f"({strategy.num_replicas_in_sync} replica(s))",
+            flush=True,
+        )
+        _check_eval_split_fits(config, eval_ids)
     if is_chief(strategy):
         atomic_write_text(os.path.join(workdir, "config.json"), config_to_json(config))
 
@@ -192,16 +202,21 @@ def train_lm(
         )
         return [p + o for p, o in zip(prompts, outs, strict=True)]
 
-    trainer = LMTrainer(
-        config,
-        workdir,
-        strategy,
-        build_model=build,
-        train_ids=train_ids,
-        eval_ids=eval_ids,
-        sample_fn=sample_fn,
-        plugins=tuple(plugins),
-    )
+    if task is not None:
+        trainer = Trainer(
+            config, workdir, strategy, build, task, sample_fn=sample_fn, plugins=tuple(plugins)
+        )
+    else:
+        trainer = LMTrainer(
+            config,
+            workdir,
+            strategy,
+            build_model=build,
+            train_ids=train_ids,
+            eval_ids=eval_ids,
+            sample_fn=sample_fn,
+            plugins=tuple(plugins),
+        )
     placed = placement(strategy)
     per_device = placed.parameters_per_device(trainer.model) if placed is not None else None
     if per_device is not None:
@@ -209,7 +224,7 @@ def train_lm(
     report_trainable(config, trainer)
     metrics = trainer.train()
     metrics.update(parameter_metrics(trainer))
-    metrics["train_tokens"] = int(len(train_ids))
+    metrics["train_tokens"] = int(np.count_nonzero(train_ids) if task else len(train_ids))
     if per_device is not None:
         metrics["parameters_per_device"] = placed.parameters_per_device(trainer.model)
     if is_chief(strategy):

@@ -4,6 +4,7 @@ The loop in `step.py` and `controller.py` (strategy, inner loops, clipping, chec
 the same for every model; a task supplies the rest: its training batches, its
 per-example loss, its eval metrics and how to initialise from another
 workdir. `LMTask` trains next-token prediction on token windows;
+`InstructionTask` trains it on prompt/response rows (loss on the response);
 `ClassificationTask` trains a text classifier on labelled rows.
 """
 
@@ -18,6 +19,7 @@ import tensorflow as tf
 
 from tfllm.config import load_workdir_config
 from tfllm.data.classification_data import EncodedSplit, make_classification_dataset
+from tfllm.data.instruction_data import EncodedPairs, make_pairs_dataset
 from tfllm.data.lm_data import make_lm_dataset
 from tfllm.distribute.strategy import takes_sharded_inputs
 from tfllm.errors import ConfigError
@@ -170,6 +172,82 @@ class LMTask(Task):
 
     def describe(self, results):
         return f"eval loss {results['eval_loss']:.4f}, perplexity {results['perplexity']:.2f}"
+
+    def train_scalars(self, loss):
+        return {"perplexity": math.exp(min(loss, 50.0))}
+
+
+class InstructionTask(Task):
+    """Instruction tuning: next-token loss on the response tokens of prompt/response rows
+    (`tfllm.data.instruction_data` says how rows and weights are made).
+
+    A row's loss is the mean over its response tokens, so every pair counts
+    once whatever its length (a long answer does not drown a short one); eval
+    reports the token-weighted mean over all response tokens, whose exp is
+    the response perplexity.
+    """
+
+    def __init__(
+        self, train: EncodedPairs, evaluation: EncodedPairs | None, eval_batches: int = 0
+    ) -> None:
+        self.train = train
+        self.eval = evaluation
+        self.eval_batches = eval_batches
+        self.tokens_per_example = float(np.count_nonzero(train.ids) / max(len(train), 1))
+
+    def train_dataset(self, batch_size, seed, ctx):
+        return make_pairs_dataset(
+            self.train, batch_size, shuffle=True, repeat=True, seed=seed, input_context=ctx
+        )
+
+    def per_example_loss(self, model, inputs, targets, training):
+        targets, weights = targets
+        ce = token_cross_entropy(targets, model(inputs, training=training))
+        return tf.reduce_sum(ce * weights, -1) / tf.maximum(tf.reduce_sum(weights, -1), 1.0)
+
+    def evaluate(self, model, strategy, global_batch):
+        """Response-token loss and perplexity on the eval pairs."""
+        if self.eval is None:
+            return {}
+
+        @tf.function
+        def eval_step(inputs, targets, weights):
+            def replica(inputs, targets, weights):
+                ce = token_cross_entropy(targets, model(inputs, training=False))
+                return tf.reduce_sum(ce * weights), tf.reduce_sum(weights)
+
+            total, count = strategy.run(replica, args=(inputs, targets, weights))
+            return tuple(strategy.reduce("SUM", x, axis=None) for x in (total, count))
+
+        def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+            return make_pairs_dataset(
+                self.eval,
+                ctx.get_per_replica_batch_size(global_batch),
+                shuffle=False,
+                repeat=False,
+                drop_remainder=False,
+                input_context=ctx,
+            )
+
+        total, count = 0.0, 0.0
+        batches = strategy.distribute_datasets_from_function(dataset_fn)
+        for i, (inputs, (targets, weights)) in enumerate(batches):
+            if self.eval_batches and i >= self.eval_batches:
+                break
+            batch_total, batch_count = eval_step(inputs, targets, weights)
+            total, count = total + float(batch_total), count + float(batch_count)
+        loss = total / max(count, 1.0)
+        return {
+            "eval_loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)),
+            "eval_response_tokens": count,
+        }
+
+    def describe(self, results):
+        return (
+            f"eval loss {results['eval_loss']:.4f} on response tokens, "
+            f"perplexity {results['perplexity']:.2f}"
+        )
 
     def train_scalars(self, loss):
         return {"perplexity": math.exp(min(loss, 50.0))}
