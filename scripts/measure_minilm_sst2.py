@@ -1,8 +1,11 @@
-"""Fine-tunes an imported all-MiniLM-L6-v2 on SST-2 with configs/minilm_sst2.py and records it.
+"""Fine-tunes an imported backbone on SST-2 with a recipe (configs/minilm_sst2.py) and records it.
 
     ../shared/tools/fetch-pretrained
     python scripts/measure_minilm_sst2.py --seed=0 \\
         --output=docs/measurements/minilm_sst2_seed0.json
+    python scripts/measure_minilm_sst2.py --config=configs/smollm2_lora_sst2.py \\
+        --minilm_workdir=runs/smollm2 --source=smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
+        --workdir=runs/smollm2_sst2 --output=docs/measurements/smollm2_lora_sst2_seed0.json
 
 One seed per call (the issue asks for three: call it with --seed=1 and 2 and
 compare the records). Each stage runs as the documented command in its own
@@ -69,7 +72,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default = os.environ.get("TFLLM_PRETRAINED", os.path.expanduser("~/.cache/tfllm-pretrained"))
     parser.add_argument("--pretrained", default=default)
-    parser.add_argument("--minilm_workdir", default="runs/minilm")
+    parser.add_argument("--config", default="configs/minilm_sst2.py", help="the recipe")
+    parser.add_argument("--minilm_workdir", default="runs/minilm", help="the imported backbone")
+    parser.add_argument("--source", default="minilm", help="what to import, under --pretrained")
     parser.add_argument("--workdir", default="runs/minilm_sst2_seed0")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="docs/measurements/minilm_sst2_seed0.json")
@@ -83,11 +88,11 @@ def main() -> None:
     if not os.path.isfile(os.path.join(args.minilm_workdir, "config.json")):
         stages["import"] = _run(
             [*python, "tfllm.cli.import_checkpoint",
-             f"--source={os.path.join(args.pretrained, 'minilm')}",
+             f"--source={os.path.join(args.pretrained, args.source)}",
              f"--workdir={args.minilm_workdir}"]
         )  # fmt: skip
     stages["train"] = _run(
-        [*python, "tfllm.cli.train", "--config=configs/minilm_sst2.py",
+        [*python, "tfllm.cli.train", f"--config={args.config}",
          f"--workdir={args.workdir}", f"--config.train.init_from={args.minilm_workdir}",
          f"--config.train.seed={args.seed}", *args.overrides]
     )  # fmt: skip
@@ -99,7 +104,7 @@ def main() -> None:
     final = _metrics(args.workdir) if not stages["train"]["exit_code"] else {}
     test = final.get("test_split", {})
     record = {
-        "what": "configs/minilm_sst2.py: all-MiniLM-L6-v2 fine-tuned whole on SST-2, one seed",
+        "what": f"{args.config} from {args.minilm_workdir}: fine-tuned on SST-2, one seed",
         "seed": args.seed,
         "steps": train_metrics.get("step"),
         "train_wall_s": stages["train"]["wall_s"],

@@ -1,7 +1,9 @@
 """Config validation: every bad value is caught before work, with one line naming it."""
 
 import dataclasses
+import importlib.util
 import json
+import os
 
 import ml_collections
 import pytest
@@ -379,3 +381,20 @@ def test_name_lists_are_defined_once():
     assert AVAILABLE is MODEL_NAMES
     assert classifier.POOLINGS is POOLINGS and cnn.CNN_POOLINGS is CNN_POOLINGS
     assert sampling.SAMPLERS is SAMPLERS
+
+
+_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+@pytest.mark.parametrize(
+    "name", sorted(f for f in os.listdir(_CONFIGS) if f.endswith(".py") and f != "pipeline.py")
+)
+def test_every_shipped_recipe_validates(name):
+    """A recipe in configs/ is a complete, valid config (the journey's parts are
+    validated by the pipeline's own tests)."""
+    spec = importlib.util.spec_from_file_location("_recipe", os.path.join(_CONFIGS, name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    validate(config)
+    assert config.model.name in MODEL_NAMES
