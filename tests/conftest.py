@@ -98,15 +98,23 @@ def tiny_overrides(corpus: str, steps: int = 40) -> list[str]:
 
 def tiny_config(corpus: str, steps: int = 40):
     """The same tiny run as a ConfigDict, for in-process library tests."""
-    from tfllm.config import base_config, validate
+    from tfllm.config import validate
+
+    config = config_from_flags(tiny_overrides(corpus, steps))
+    validate(config)
+    return config
+
+
+def config_from_flags(flags: list[str]):
+    """base_config() with `--config.section.key=value` flags applied, as the CLI would."""
+    from tfllm.config import base_config
 
     config = base_config()
-    for flag in tiny_overrides(corpus, steps):
+    for flag in flags:
         key, value = flag.removeprefix("--config.").split("=", 1)
         section, name = key.split(".")
         old = config[section][name]
         config[section][name] = type(old)(value) if not isinstance(old, str) else value
-    validate(config)
     return config
 
 
@@ -308,14 +316,9 @@ def classifier_overrides(files: dict[str, str], name: str, steps: int = 150) -> 
 
 def classifier_config(files: dict[str, str], name: str, steps: int = 150):
     """`classifier_overrides` as a validated ConfigDict, for in-process tests."""
-    from tfllm.config import base_config, validate
+    from tfllm.config import validate
 
-    config = base_config()
-    for flag in classifier_overrides(files, name, steps):
-        key, value = flag.removeprefix("--config.").split("=", 1)
-        section, field = key.split(".")
-        old = config[section][field]
-        config[section][field] = type(old)(value) if not isinstance(old, str) else value
+    config = config_from_flags(classifier_overrides(files, name, steps))
     validate(config)
     return config
 

@@ -16,7 +16,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import classifier_overrides, last_stderr_line, run_cli
+from conftest import classifier_overrides, config_from_flags, last_stderr_line, run_cli
 
 from tfllm.config import base_config, config_to_json
 from tfllm.data.classification_data import encode_split, encode_texts, load_labelled_splits
@@ -56,13 +56,7 @@ def overrides(files: dict[str, str], bert: str, steps: int = 100) -> list[str]:
 
 
 def config_for(files: dict[str, str], bert: str):
-    config = base_config()
-    for flag in overrides(files, bert):
-        key, value = flag.removeprefix("--config.").split("=", 1)
-        section, field = key.split(".")
-        old = config[section][field]
-        config[section][field] = type(old)(value) if not isinstance(old, str) else value
-    return config
+    return config_from_flags(overrides(files, bert))
 
 
 def initialised(files: dict[str, str], bert: str) -> tuple[BertClassifier, object]:

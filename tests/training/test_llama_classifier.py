@@ -16,9 +16,8 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import classifier_overrides, run_cli
+from conftest import classifier_overrides, config_from_flags, run_cli
 
-from tfllm.config import base_config
 from tfllm.data.classification_data import encode_split, encode_texts, load_labelled_splits
 from tfllm.data.labels import LabelVocab
 from tfllm.data.tokenizer_kinds import load_tokenizer
@@ -58,13 +57,7 @@ def overrides(files: dict[str, str], llama: str, steps: int = 100) -> list[str]:
 
 
 def config_for(files: dict[str, str], llama: str):
-    config = base_config()
-    for flag in overrides(files, llama):
-        key, value = flag.removeprefix("--config.").split("=", 1)
-        section, field = key.split(".")
-        old = config[section][field]
-        config[section][field] = type(old)(value) if not isinstance(old, str) else value
-    return config
+    return config_from_flags(overrides(files, llama))
 
 
 def test_init_from_restores_the_imported_decoder_and_pools_its_last_token(labelled_files, llama):

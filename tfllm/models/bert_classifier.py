@@ -38,6 +38,7 @@ from tfllm.models.classifier import (
     check_dropout,
     check_num_classes,
     check_positive_int,
+    freeze_first_blocks,
     masked_mean,
     padding_mask,
 )
@@ -155,12 +156,7 @@ class BertClassifier(keras.Model):
 
     def freeze_backbone(self, num_blocks: int, embeddings: bool) -> None:
         """Make the first `num_blocks` blocks (and the embeddings, if asked) non-trainable."""
-        if isinstance(num_blocks, bool) or not 0 <= num_blocks <= self.num_layers:
-            raise ValueError(
-                f"num_blocks must be in [0, {self.num_layers}] (num_layers), got {num_blocks!r}"
-            )
-        for block in self.blocks[:num_blocks]:
-            block.trainable = False
+        freeze_first_blocks(self.blocks, num_blocks)
         if embeddings:
             encoder = self.encoder
             for layer in (

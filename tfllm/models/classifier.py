@@ -73,6 +73,17 @@ def masked_mean(x: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     return total / count
 
 
+def freeze_first_blocks(blocks: list[keras.layers.Layer], num_blocks: int) -> None:
+    """Make `blocks[:num_blocks]` non-trainable (`freeze_backbone` of every transformer
+    classifier); ValueError unless 0 <= num_blocks <= len(blocks)."""
+    if isinstance(num_blocks, bool) or not 0 <= num_blocks <= len(blocks):
+        raise ValueError(
+            f"num_blocks must be in [0, {len(blocks)}] (num_layers), got {num_blocks!r}"
+        )
+    for block in blocks[:num_blocks]:
+        block.trainable = False
+
+
 @keras.saving.register_keras_serializable(package="tfllm")
 class TransformerClassifier(keras.Model):
     """A transformer text classifier whose backbone is weight-compatible with `GPT`.
@@ -162,12 +173,7 @@ class TransformerClassifier(keras.Model):
 
     def freeze_backbone(self, num_blocks: int, embeddings: bool) -> None:
         """Make the first `num_blocks` blocks (and the embeddings, if asked) non-trainable."""
-        if isinstance(num_blocks, bool) or not 0 <= num_blocks <= self.num_layers:
-            raise ValueError(
-                f"num_blocks must be in [0, {self.num_layers}] (num_layers), got {num_blocks!r}"
-            )
-        for block in self.blocks[:num_blocks]:
-            block.trainable = False
+        freeze_first_blocks(self.blocks, num_blocks)
         if embeddings:
             self.token_embedding.trainable = False
             self.position_embedding.trainable = False

@@ -35,6 +35,7 @@ from tfllm.models.classifier import (
     check_dropout,
     check_num_classes,
     check_positive_int,
+    freeze_first_blocks,
     masked_mean,
     padding_mask,
 )
@@ -152,12 +153,7 @@ class LlamaClassifier(keras.Model):
 
     def freeze_backbone(self, num_blocks: int, embeddings: bool) -> None:
         """Make the first `num_blocks` blocks (and the token embedding, if asked) non-trainable."""
-        if isinstance(num_blocks, bool) or not 0 <= num_blocks <= self.num_layers:
-            raise ValueError(
-                f"num_blocks must be in [0, {self.num_layers}] (num_layers), got {num_blocks!r}"
-            )
-        for block in self.blocks[:num_blocks]:
-            block.trainable = False
+        freeze_first_blocks(self.blocks, num_blocks)
         if embeddings:
             self.decoder.token_embedding.trainable = False
 
