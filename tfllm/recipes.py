@@ -293,6 +293,15 @@ def minilm_sst2() -> ml_collections.ConfigDict:
     return config
 
 
+def cnn_minilm_student() -> ml_collections.ConfigDict:
+    """`cnn_sst2` as a student of a MiniLM classifier: embeddings 384 wide, MiniLM's
+    hidden width, so `tfllm-compress --method=distill --student_embeddings=teacher`
+    can start its token table as a copy of the teacher's (CNN-static, in Kim's terms)."""
+    config = cnn_sst2()
+    config.model.embedding_dim = 384
+    return config
+
+
 def minilm_lora_sst2() -> ml_collections.ConfigDict:
     """`minilm_sst2` with the encoder frozen and rank-8 LoRA adapters trained instead.
 

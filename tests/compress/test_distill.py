@@ -141,3 +141,34 @@ def test_distill_a_small_student_with_the_cli(trained_classifier, tmp_path):
         metrics = json.load(f)
     assert metrics["student_params"] == record["num_params"]
     assert metrics["teacher_params"] == record["teacher_params"]
+
+
+def test_student_token_table_starts_as_the_teachers():
+    """`student_embeddings="teacher"`: the student's table is the teacher's (BERT-style
+    teachers hold it in their encoder), and a width that differs is one line."""
+    from tfllm.errors import ConfigError
+    from tfllm.models import BertClassifier, CNNClassifier
+
+    keras.utils.set_random_seed(0)
+    teacher = BertClassifier(50, 2, 16, num_layers=1, num_heads=2, hidden_dim=8,
+                             intermediate_dim=16)  # fmt: skip
+    teacher(tf.zeros([1, 16], tf.int32))
+    student = CNNClassifier(50, 2, 16, embedding_dim=8, conv_filters=4)
+    student(tf.zeros([1, 16], tf.int32))
+    plugin = DistillationPlugin("teacher_dir", 2.0, 0.5, student_embeddings="teacher")
+    plugin.teacher = teacher
+    line = plugin.initialize(student)
+    assert "token table copied from the teacher" in line
+    np.testing.assert_array_equal(
+        student.token_embedding.embeddings.numpy(),
+        teacher.encoder.token_embedding.embeddings.numpy(),
+    )
+    narrow = CNNClassifier(50, 2, 16, embedding_dim=4, conv_filters=4)
+    narrow(tf.zeros([1, 16], tf.int32))
+    with pytest.raises(ConfigError, match=r"\(50, 4\) must have the teacher's shape \(50, 8\)"):
+        plugin.initialize(narrow)
+    plain = DistillationPlugin("teacher_dir", 2.0, 0.5)
+    plain.teacher = teacher
+    before = narrow.token_embedding.embeddings.numpy()
+    assert "copied" not in plain.initialize(narrow)
+    np.testing.assert_array_equal(narrow.token_embedding.embeddings.numpy(), before)

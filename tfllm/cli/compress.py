@@ -50,6 +50,13 @@ flags.DEFINE_integer("prune_frequency", 0, "prune: update masks every N steps; 0
 flags.DEFINE_string("student_config", "", "distill: config file of the student model.")
 flags.DEFINE_float("temperature", 2.0, "distill: softmax temperature T.")
 flags.DEFINE_float("alpha", 0.5, "distill: weight of the hard-label loss (1 - alpha: soft).")
+flags.DEFINE_enum(
+    "student_embeddings",
+    "random",
+    ["random", "teacher"],
+    "distill: teacher = start the student's token table as a copy of the teacher's (same "
+    "tokenizer; the student's embedding width must be the teacher's hidden width).",
+)
 flags.DEFINE_string("mode", "int8", "quantize: Keras 3 weight-only int8 | int4 (no training).")
 common.define_debug_flag()
 flags.adopt_module_key_flags(common)
@@ -71,6 +78,7 @@ def main(argv) -> None:
         student_config=FLAGS.student_config,
         temperature=FLAGS.temperature,
         alpha=FLAGS.alpha,
+        student_embeddings=FLAGS.student_embeddings,
         mode=FLAGS.mode,
     )
     config = compress_config(FLAGS.workdir, options)  # every flag checked before any work

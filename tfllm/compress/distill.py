@@ -7,6 +7,12 @@ Loss per position (LM) or per example (classifier), Hinton et al. 2015:
 T² keeps the soft term's gradients on the scale of the hard term's as T
 grows. Keras' own `sparse_categorical_crossentropy` and `kl_divergence` do the
 arithmetic; the teacher runs frozen (inference mode) inside the same step.
+
+With `student_embeddings="teacher"` the student's token table starts as a copy
+of the teacher's (they read the same ids: the student uses the teacher's
+tokenizer). A CNN student then starts from pretrained word vectors instead of
+noise — Kim (2014)'s CNN-static vs CNN-rand, here with the teacher's own
+vectors — so distillation has to teach it the task, not the vocabulary.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfllm.distribute.mesh import assign
+from tfllm.errors import ConfigError
 from tfllm.inference.loading import load_trained
 from tfllm.training.plugins import TrainingPlugin
 
@@ -40,10 +48,17 @@ class DistillationPlugin(TrainingPlugin):
 
     name = "distillation"
 
-    def __init__(self, teacher_workdir: str, temperature: float, alpha: float) -> None:
+    def __init__(
+        self,
+        teacher_workdir: str,
+        temperature: float,
+        alpha: float,
+        student_embeddings: str = "random",
+    ) -> None:
         self.teacher_workdir = teacher_workdir
         self.temperature = float(temperature)
         self.alpha = float(alpha)
+        self.student_embeddings = student_embeddings
         self.teacher: keras.Model | None = None
 
     def setup(self, model, optimizer):
@@ -57,10 +72,22 @@ class DistillationPlugin(TrainingPlugin):
     def initialize(self, model):
         teacher = int(self.teacher.count_params())
         student = int(model.count_params())
+        copied = ""
+        if self.student_embeddings == "teacher":
+            source, target = token_table(self.teacher), token_table(model)
+            if source is None or target is None or source.shape != target.shape:
+                raise ConfigError(
+                    "--student_embeddings=teacher: the student's token table "
+                    f"{None if target is None else tuple(target.shape)} must have the teacher's "
+                    f"shape {None if source is None else tuple(source.shape)} (set the student's "
+                    "model.embedding_dim to the teacher's hidden width)"
+                )
+            assign(target, source.value)
+            copied = "; token table copied from the teacher"
         return (
             f"Distilling from {self.teacher_workdir} ({teacher:,} parameters) into a "
             f"{student:,}-parameter student ({teacher / student:.1f}× fewer); "
-            f"T={self.temperature:g}, α={self.alpha:g}"
+            f"T={self.temperature:g}, α={self.alpha:g}{copied}"
         )
 
     def per_example_loss(self, task, model, inputs, targets, training):
@@ -77,3 +104,13 @@ class DistillationPlugin(TrainingPlugin):
             "teacher_params": int(self.teacher.count_params()),
             "student_params": int(model.count_params()),
         }
+
+
+def token_table(model: keras.Model) -> keras.Variable | None:
+    """The `[vocab, width]` input embedding of a tfllm model (CNN/MLP/GPT-shaped ones hold
+    `token_embedding`; BERT and Llama classifiers hold it in their encoder/decoder)."""
+    for holder in (model, getattr(model, "encoder", None), getattr(model, "decoder", None)):
+        layer = getattr(holder, "token_embedding", None)
+        if layer is not None:
+            return layer.embeddings
+    return None

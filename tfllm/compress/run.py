@@ -62,6 +62,7 @@ class CompressOptions:
     student_config: str = ""
     temperature: float = 2.0
     alpha: float = 0.5
+    student_embeddings: str = "random"  # distill: or "teacher" (a copy of its token table)
     mode: str = "int8"  # quantize: Keras 3 weight-only int8 | int4
     # distill: the student's config itself, for library callers (the journey)
     # that hold one rather than a file; takes the place of `student_config`.
@@ -116,7 +117,11 @@ def training_plugins(config: ml_collections.ConfigDict) -> tuple[TrainingPlugin,
 
         return StartFromSource(c.source), QATPlugin()
 
-    return (DistillationPlugin(c.source, float(c.temperature), float(c.alpha)),)
+    return (
+        DistillationPlugin(
+            c.source, float(c.temperature), float(c.alpha), c.get("student_embeddings", "random")
+        ),
+    )
 
 
 def _check_options(options: CompressOptions) -> None:
@@ -250,6 +255,7 @@ def compress_config(source: str, options: CompressOptions) -> ml_collections.Con
             prune_embeddings=bool(options.prune_embeddings),
             temperature=float(options.temperature),
             alpha=float(options.alpha),
+            student_embeddings=options.student_embeddings,
             quantize_mode=options.mode,
         )
     )

@@ -195,4 +195,6 @@ class CompressConfig:
     # distill: softmax temperature T (inf would flatten every distribution; nan fails too)
     temperature: float = setting(2.0, Check(lambda v: 0 < v < math.inf, "a positive finite number"))
     alpha: float = setting(0.5, interval(0, 1))  # distill: weight of the hard-label loss
+    # distill: the student's token table starts "random" or as a copy of the "teacher"'s
+    student_embeddings: str = setting("random", one_of(("random", "teacher")))
     quantize_mode: str = setting("int8", one_of(QUANTIZE_MODES, "int8 or int4"))
