@@ -15,7 +15,9 @@ second adds (`tfllm.data.instruction_data`).
 
 from __future__ import annotations
 
-from jinja2 import TemplateError
+import functools
+
+from jinja2 import Template, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 
@@ -31,10 +33,8 @@ def _raise_exception(message: str) -> None:
 def render_messages(template: str, messages: list[dict], add_generation_prompt: bool) -> str:
     """`messages` ({"role", "content"} dicts) in the template, as transformers'
     `apply_chat_template(tokenize=False)` renders them."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = _raise_exception
     try:
-        return env.from_string(template).render(
+        return _compiled(template).render(
             messages=messages,
             add_generation_prompt=add_generation_prompt,
             bos_token="",
@@ -42,6 +42,14 @@ def render_messages(template: str, messages: list[dict], add_generation_prompt: 
         )
     except TemplateError as e:
         raise ChatTemplateError(f"the model's chat template failed ({e})") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(template: str) -> Template:
+    """The template compiled once (instruction tuning renders it twice per pair)."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise_exception
+    return env.from_string(template)
 
 
 def render_chat(template: str, user_message: str, system: str | None = None) -> str:
