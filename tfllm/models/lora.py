@@ -12,7 +12,16 @@ no LoRA code.
 Each target gets Keras 3's own adapters, `layer.enable_lora(rank, lora_alpha)`:
 a float32 `lora_kernel_a` (He-uniform) and `lora_kernel_b` (zeros, so the
 adapted model starts as the base model), and the layer then computes with
-`W + alpha / rank · A·B`. Every other weight is frozen (`variable.trainable =
+`W + alpha / rank · A·B`. Keras factors only a kernel's *last* axis: A is
+`kernel.shape[:-1] + (rank,)` and B `(rank, kernel.shape[-1])`. For a 2-D
+kernel (the MLP's, `attention_output`'s `[heads, head_dim, d]` contracted to
+`d`) that is the paper's LoRA; for the multi-head projections `query`/`key`/
+`value` (`[d, heads, head_dim]`) it is a per-head rank-r update with B shared
+across heads — a different, larger parametrization (MiniLM at rank 8 on
+`all`: 0.89 M adapter weights, 3.8 % of the model, where the paper's
+`[d, r]·[r, heads·head_dim]` would give 0.33 M). Measured and kept as is for
+now (docs/finetuning.md); a paper-shaped adapter for those kernels needs our
+own `kernel` override, not Keras'. Every other weight is frozen (`variable.trainable =
 False`), except a classifier's task head: the variables outside
 `model.backbone_layers()`, or `model.head`'s. The optimizer is built on the
 trainable variables, so it holds slots for the adapters (and head) only.
