@@ -26,6 +26,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from tfllm.utils.machine import cpu_model
@@ -107,7 +108,7 @@ def main() -> None:
     stages = {}
     config = args.student_config
     if args.seed:
-        config = os.path.join(os.path.dirname(os.path.abspath(args.output)), ".student_seed.py")
+        config = os.path.join(tempfile.mkdtemp(prefix="tfllm_student_"), "student_seed.py")
         with open(config, "w", encoding="utf-8") as f:
             f.write(
                 "import importlib.util\n"
