@@ -306,7 +306,8 @@ def minilm_lora_sst2() -> ml_collections.ConfigDict:
     """`minilm_sst2` with the encoder frozen and rank-8 LoRA adapters trained instead.
 
     Adapters on every attention and MLP kernel (q/k/v/o and both feed-forward
-    kernels: 332 k weights with the head, 1.5 % of MiniLM's 22.7 M). Adapters
+    kernels: 0.89 M weights with Keras' per-head factorization of q/k/v, 3.8 %
+    of the model; tfllm.models.lora says why). Adapters
     start at zero and need a larger step than full fine-tuning's 5e-5: the
     LoRA paper's GLUE recipes use 4e-4 to 5e-4 on RoBERTa; 1e-3 here, as the
     run is half an epoch. Everything else is `minilm_sst2`'s.
@@ -322,12 +323,12 @@ def smollm2_lora_sst2() -> ml_collections.ConfigDict:
     transformers' `LlamaForSequenceClassification` recipe: the decoder reads
     the sentence, a new linear head reads the last real token's state. Only
     rank-8 adapters on every attention and MLP kernel (q/k/v/o, gate/up/down:
-    4.9 M weights, 3.6 % of the model) and the head train; AdamW at 5e-4
-    with 50 warmup steps then cosine decay, batch 32, no dropout (SmolLM2 was
-    trained without). 600 steps (19,200 sentences, a third of a pass) is
-    what fits half an hour on 2 CPU cores (docs/finetuning.md has the
-    measured run). `train.init_from` supplies the architecture and the
-    byte-level BPE tokenizer.
+    3.9 M weights with Keras' factorization, 2.8 % of the model) and the head
+    train; AdamW at 5e-4 with 50 warmup steps then linear decay, batch 32, no
+    dropout (SmolLM2 was trained without). 600 steps (19,200 sentences, a
+    third of a pass; docs/finetuning.md has the measured run and its time).
+    `train.init_from` supplies the architecture and the byte-level BPE
+    tokenizer.
     """
     config = _sst2_base("llama_classifier")
     config.train.init_from = "runs/smollm2"
