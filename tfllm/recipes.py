@@ -333,22 +333,11 @@ def smollm2_lora_sst2() -> ml_collections.ConfigDict:
     config = _sst2_base("llama_classifier")
     config.train.init_from = "runs/smollm2"
     config.model.update(dict(max_length=64, pooling="last", dropout=0.0))
-    config.train.update(
-        dict(
-            num_steps=600,
-            batch_size=32,
-            learning_rate=5e-4,
-            warmup_steps=50,
-            weight_decay=0.01,
-            grad_clip_norm=1.0,
-            lora_rank=8,
-            lora_targets="all",
-            steps_per_loop=25,
-            eval_every=300,
-            eval_batches=40,
-            checkpoint_every=100,
-        )
-    )
+    config.train.update(dict(
+        num_steps=600, batch_size=32, learning_rate=5e-4, warmup_steps=50, weight_decay=0.01,
+        grad_clip_norm=1.0, lora_rank=8, lora_targets="all", steps_per_loop=25, eval_every=300,
+        eval_batches=40, checkpoint_every=100,
+    ))  # fmt: skip
     return config
 
 
