@@ -2,13 +2,17 @@
 
   tfllm-pipeline --workdir=runs/quickstart                  # the journey, quick profile
   tfllm-pipeline --workdir=runs/full --profile=full         # the headline numbers
+  tfllm-pipeline --workdir=runs/pretrained --profile=pretrained   # published models
   tfllm-pipeline --workdir=runs/mlp --config=configs/mlp_sst2.py   # one model
 
 The default config (= configs/pipeline.py) is the journey (docs/pipeline.md):
 GPT pretraining → samples → SavedModel + LiteRT → pruning; a transformer
 classifier fine-tuned from the GPT and CNN/MLP baselines on SST-2 → test
 scores → exports → pruning and distillation; tfllm-benchmark against
-keras-hub; W/report.md + report.html. A single-model config runs that
+keras-hub; W/report.md + report.html. `--profile=pretrained` is the journey on
+published models (tfllm.pipeline.pretrained_journey): all-MiniLM-L6-v2 and
+SmolLM2-135M-Instruct from --pretrained_dir, imported, fine-tuned, distilled,
+exported, reported. A single-model config runs that
 model's own journey:
   language model: train → evaluate (perplexity) → samples → export → tflite → compress → report
   classifier:     train → evaluate (test split) → export → tflite → compress → report
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 from absl import flags
 from ml_collections import config_flags
@@ -28,10 +33,21 @@ from ml_collections import config_flags
 from tfllm.cli import common
 
 FLAGS = flags.FLAGS
+_DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(__file__)), "pipeline", "default_config.py"
+)
+# The pretrained journey has other parts (minilm, smollm2, ...) than the default
+# one, and config_flags applies --config.* overrides to the default file while
+# this module loads, before --profile is parsed: so the profile is read from the
+# command line here, and the default file loads at that profile.
+if any(a in ("--profile=pretrained", "-profile=pretrained") for a in sys.argv) or any(
+    a in ("--profile", "-profile") and b == "pretrained" for a, b in zip(sys.argv, sys.argv[1:])
+):
+    _DEFAULT_CONFIG += ":pretrained"
 try:
     config_flags.DEFINE_config_file(
         "config",
-        os.path.join(os.path.dirname(os.path.dirname(__file__)), "pipeline", "default_config.py"),
+        _DEFAULT_CONFIG,
         "Config file (default: the built-in journey, = configs/pipeline.py); override keys "
         "with --config.section.key=value (journey parts: --config.lm.train.num_steps=300).",
     )
@@ -45,9 +61,16 @@ flags.adopt_module_key_flags(common)  # --helpshort lists --workdir and --debug 
 flags.DEFINE_enum(
     "profile",
     None,
-    ["quick", "full"],
+    ["quick", "full", "pretrained"],
     "Journey size: quick (about 10 minutes on 2 CPU cores, the default) or full (about an "
-    "hour, the numbers in docs/results.md). Only for the journey config.",
+    "hour, the numbers in docs/results.md); pretrained: the journey on published models "
+    "(about 35 minutes; needs --pretrained_dir). Only for the journey config.",
+)
+flags.DEFINE_string(
+    "pretrained_dir",
+    None,
+    "With --profile=pretrained: the directory ../shared/tools/fetch-pretrained wrote "
+    "(default: $TFLLM_PRETRAINED or ~/.cache/tfllm-pretrained).",
 )
 flags.DEFINE_list(
     "force",
@@ -61,7 +84,13 @@ flags.DEFINE_list(
 def main(argv) -> None:
     del argv
     from tfllm.pipeline.journey import is_journey_config
+    from tfllm.pipeline.pretrained_journey import is_pretrained_journey as is_pretrained_config
 
+    if FLAGS.pretrained_dir is not None and FLAGS.profile != "pretrained":
+        common.fail("--pretrained_dir: only with --profile=pretrained")
+    if FLAGS.profile == "pretrained" or is_pretrained_config(FLAGS.config):
+        _run_pretrained_journey()
+        return
     if is_journey_config(FLAGS.config):
         _run_journey()
         return
@@ -144,6 +173,48 @@ def _run_journey() -> None:
         "tfllm-pipeline",
         [
             ("profile", journey.profile),
+            ("report", report),
+            ("html", report[: -len(".md")] + ".html"),
+            ("results", os.path.join(FLAGS.workdir, "results.json")),
+            ("workdir", FLAGS.workdir),
+        ],
+    )
+
+
+def _run_pretrained_journey() -> None:
+    from tfllm.pipeline.journey import is_journey_config
+    from tfllm.pipeline.pretrained_journey import (
+        STAGES,
+        is_pretrained_journey,
+        part_configs,
+        run_pretrained_journey,
+    )
+
+    if FLAGS.profile == "pretrained" and is_journey_config(FLAGS.config):
+        journey = _journey_config()  # configs/pipeline.py given: its pretrained profile
+    else:
+        journey = FLAGS.config
+    if not is_pretrained_journey(journey):
+        common.fail(
+            "--profile=pretrained: only for the journey config (configs/pipeline.py, or "
+            "--config=configs/pipeline.py:pretrained)"
+        )
+    if FLAGS.pretrained_dir is not None:
+        journey.pretrained_dir = FLAGS.pretrained_dir
+    _check_force(STAGES, "the pretrained journey", training=("minilm.train", "smollm2.train"))
+    print(
+        f"Journey, profile pretrained: MiniLM {journey.minilm.train.num_steps} steps, "
+        f"distilled student {journey.distil.student.train.num_steps}, "
+        f"SmolLM2 LoRA {journey.smollm2.train.num_steps}",
+        flush=True,
+    )
+    common.setup_runtime(part_configs(journey, FLAGS.workdir)["minilm"])
+    with common.workdir_lock(FLAGS.workdir):
+        report = run_pretrained_journey(journey, FLAGS.workdir, set(FLAGS.force))
+    common.print_summary(
+        "tfllm-pipeline",
+        [
+            ("profile", "pretrained"),
             ("report", report),
             ("html", report[: -len(".md")] + ".html"),
             ("results", os.path.join(FLAGS.workdir, "results.json")),

@@ -146,9 +146,9 @@ def run_journey(journey: ml_collections.ConfigDict, workdir: str, force: set[str
 
     def distil() -> str:
         discard_stale(student, run.stale("distil", distilled))  # not resumed from an old one
-        return _distil(journey, workdir)
+        return distil_into(part_dir(workdir, FINETUNED), student, journey.distil)
 
-    run.stage("distil", _distil_done(student), distil, distilled)
+    run.stage("distil", distil_done(student), distil, distilled)
     bench_path = os.path.join(workdir, "benchmark", "benchmarks.json")
     run.stage(
         "benchmark",
@@ -162,30 +162,32 @@ def run_journey(journey: ml_collections.ConfigDict, workdir: str, force: set[str
     return report
 
 
-def _distil_done(student: str) -> bool:
+def distil_done(student: str) -> bool:
+    """The distilled student has a test score and a verified LiteRT export."""
     return classifier_pipeline.tested(student) and os.path.isfile(
         os.path.join(edge_dir(student), "verification.json")
     )
 
 
-def _distil(journey: ml_collections.ConfigDict, workdir: str) -> str:
-    """`tfllm-compress --method=distill` from the fine-tuned transformer, then the
-    student's test score and verified LiteRT export."""
+def distil_into(teacher: str, student: str, distil: ml_collections.ConfigDict) -> str:
+    """`tfllm-compress --method=distill` from the `teacher` workdir into `student`,
+    then the student's test score and verified LiteRT export. `distil` holds the
+    student config, temperature, alpha and (optionally) student_embeddings."""
     from tfllm.compress.run import CompressOptions, compress_workdir
 
-    student_config = copy.deepcopy(journey.distil.student)
+    student_config = copy.deepcopy(distil.student)
     options = CompressOptions(
         method="distill",
         steps=int(student_config.train.num_steps),
         learning_rate=float(student_config.train.learning_rate),
-        temperature=float(journey.distil.temperature),
-        alpha=float(journey.distil.alpha),
+        temperature=float(distil.temperature),
+        alpha=float(distil.alpha),
+        student_embeddings=distil.get("student_embeddings", "random"),
         student=student_config,
     )
-    out = part_dir(workdir, "distil")
-    record = compress_workdir(part_dir(workdir, FINETUNED), out, options)
-    detail = classifier_pipeline.evaluate_test_split(out)
-    edge = export_edge(out)
+    record = compress_workdir(teacher, student, options)
+    detail = classifier_pipeline.evaluate_test_split(student)
+    edge = export_edge(student)
     return (
         f"({record['num_params']:,} parameters vs the teacher's {record['teacher_params']:,}; "
         f"{detail.strip('()')}; LiteRT {edge['size_bytes'] / 1e6:.2f} MB)"

@@ -67,6 +67,28 @@ def checkpoint_identity(workdir: str) -> dict:
     }
 
 
+def file_identity(path: str) -> dict:
+    """A source file's (or a directory's files') path, size and modification time:
+    enough to notice a re-fetched or different checkpoint without hashing
+    hundreds of megabytes on every run."""
+    path = os.path.abspath(path)
+    files = [path]
+    if os.path.isdir(path):
+        files = sorted(
+            os.path.join(root, name) for root, _, names in os.walk(path) for name in names
+        )
+    return {
+        "path": path,
+        "files": {
+            os.path.relpath(f, path) if f != path else os.path.basename(f): [
+                os.stat(f).st_size,
+                os.stat(f).st_mtime_ns,
+            ]
+            for f in files
+        },
+    }
+
+
 @dataclass(frozen=True)
 class Stamp:
     """What a stage's output is made from.
