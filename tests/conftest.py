@@ -337,6 +337,29 @@ def trained_classifier(tmp_path_factory, labelled_files) -> str:
     return workdir
 
 
+def tiny_pretrained_journey_overrides(steps: int = 8) -> list[str]:
+    """`tfllm-pipeline --profile=pretrained` shrunk to seconds for the tiny pretrained
+    fixtures (a 64-position BERT, a 4-layer llama): few steps, short rows, a 1 % eval
+    split of Tiny Shakespeare."""
+    args = []
+    for part in ("minilm", "distil.student"):
+        for key, value in dict(
+            num_steps=steps, eval_every=steps, checkpoint_every=steps,
+            steps_per_loop=steps // 2, warmup_steps=0, batch_size=256,
+        ).items():  # fmt: skip
+            args.append(f"--config.{part}.train.{key}={value}")
+    lm = dict(num_steps=4, eval_every=4, checkpoint_every=4, steps_per_loop=2, warmup_steps=0,
+              batch_size=2)  # fmt: skip
+    args += [f"--config.smollm2.train.{key}={value}" for key, value in lm.items()]
+    return args + [
+        "--config.minilm.train.eval_batches=2",
+        "--config.minilm.model.max_length=64",  # the tiny BERT's positions
+        "--config.distil.student.model.conv_filters=8",
+        "--config.smollm2.model.max_length=32",
+        "--config.smollm2.data.eval_fraction=0.01",
+    ]
+
+
 JOURNEY_STEPS = 12
 
 

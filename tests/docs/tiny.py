@@ -17,7 +17,10 @@ import sys
 import ml_collections
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from conftest import tiny_journey_overrides  # noqa: E402  (tests/ is not a package)
+from conftest import (  # noqa: E402  (tests/ is not a package)
+    tiny_journey_overrides,
+    tiny_pretrained_journey_overrides,
+)
 
 STEPS = 8
 # Model sizes by model.name; the transformer classifier matches the GPT so a
@@ -60,6 +63,8 @@ def rewrite(module: str, argv: list[str], cwd: str) -> list[str]:
     """`argv` plus the tiny overrides for `module` (e.g. tfllm.cli.train)."""
     command = module.rsplit(".", 1)[-1]
     flags = _flags(argv)
+    if command == "pipeline" and flags.get("profile") == "pretrained":
+        return argv + tiny_pretrained_journey_overrides()
     if command == "pipeline" and _is_journey(flags.get("config", "")):
         return argv + tiny_journey_overrides()
     if command in ("train", "pipeline"):

@@ -40,8 +40,10 @@ _DEFAULT_CONFIG = os.path.join(
 # one, and config_flags applies --config.* overrides to the default file while
 # this module loads, before --profile is parsed: so the profile is read from the
 # command line here, and the default file loads at that profile.
-if any(a in ("--profile=pretrained", "-profile=pretrained") for a in sys.argv) or any(
-    a in ("--profile", "-profile") and b == "pretrained" for a, b in zip(sys.argv, sys.argv[1:])
+_ARGS = sys.argv[1:]
+if any(a in ("--profile=pretrained", "-profile=pretrained") for a in _ARGS) or any(
+    a in ("--profile", "-profile") and b == "pretrained"
+    for a, b in zip(_ARGS, _ARGS[1:], strict=False)
 ):
     _DEFAULT_CONFIG += ":pretrained"
 try:
@@ -156,9 +158,7 @@ def _run_journey() -> None:
     from tfllm.pipeline.journey import STAGES, part_configs, run_journey
 
     journey = _journey_config()
-    _check_force(
-        STAGES, "the journey", training=tuple(s for s in STAGES if s.endswith(".train"))
-    )
+    _check_force(STAGES, "the journey", training=tuple(s for s in STAGES if s.endswith(".train")))
     configs = part_configs(journey, FLAGS.workdir)  # every part validated before any work
     steps = ", ".join(f"{part} {c.train.num_steps}" for part, c in configs.items())
     print(

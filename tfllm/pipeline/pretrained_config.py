@@ -29,15 +29,15 @@ def default_pretrained_dir() -> str:
 
 def pretrained_journey() -> ml_collections.ConfigDict:
     """Import → MiniLM fine-tuned on SST-2 → CNN student distilled from it → SmolLM2
-    LoRA on Tiny Shakespeare, sized for about 35 minutes on 2 CPU cores
+    LoRA on Tiny Shakespeare, sized for about half an hour on 2 CPU cores
     (docs/pipeline.md has the measured stage times).
 
     Step counts: MiniLM's recipe as it is (1,000 steps, 88 % test over 3 seeds,
-    docs/finetuning.md); the student 1,500 steps, not its recipe's 4,000 (the
-    teacher's forward pass is most of a distillation step; 4,000 steps reach
-    84.8 % in 22 minutes alone); SmolLM2's LoRA the measured Tiny Shakespeare
-    run (220 steps of 4 × 256 tokens, rank 8 on every kernel, lr 1e-3: held-out
-    perplexity 35.0 → 24.1 in 14 minutes).
+    docs/finetuning.md); the student 1,500 steps where its recipe has 4,000
+    (the teacher's forward pass makes a distillation step cost 5 minutes per
+    1,500 here; 4,000 steps reach 84.8 % over 3 seeds); SmolLM2's LoRA the
+    measured Tiny Shakespeare run (220 steps of 4 × 256 tokens, rank 8 on every
+    kernel, lr 1e-3: held-out perplexity 35.0 → 24.1 in 14 minutes).
     """
     minilm = minilm_sst2()
     minilm.train.init_from = ""  # the journey's imported MiniLM, set at run time

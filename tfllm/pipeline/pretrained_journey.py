@@ -29,9 +29,10 @@ import ml_collections
 from tfllm.pipeline import classifier_pipeline, lm_pipeline
 from tfllm.pipeline.common import PipelineRun, discard_stale
 from tfllm.pipeline.journey import distil_done, distil_into
-from tfllm.pipeline.pretrained_config import PRETRAINED_PROFILE, default_pretrained_dir
+from tfllm.pipeline.pretrained_config import PRETRAINED_PROFILE
+from tfllm.pipeline.pretrained_layout import BASELINE_FILE, layout, sources
 from tfllm.pipeline.stamps import Stamp, checkpoint_identity
-from tfllm.utils.io import atomic_write_json, read_json
+from tfllm.utils.io import atomic_write_json
 
 STAGES = (
     "import.minilm",
@@ -58,44 +59,10 @@ _ESTIMATES = {
     "report": 2.0,
 }
 _SAMPLES = ("train", "evaluate", "samples")  # the LM stages run_lm_stages runs here
-BASELINE_FILE = "base_perplexity.json"
 
 
 def is_pretrained_journey(config: ml_collections.ConfigDict) -> bool:
     return config.get("profile") == PRETRAINED_PROFILE and "minilm" in config
-
-
-def layout(workdir: str) -> dict[str, str]:
-    """Each part's workdir inside the journey's."""
-    return {
-        "minilm_import": os.path.join(workdir, "imported", "minilm"),
-        "smollm2_import": os.path.join(workdir, "imported", "smollm2"),
-        "minilm": os.path.join(workdir, "minilm_sst2"),
-        "student": os.path.join(workdir, "cnn_student"),
-        "smollm2": os.path.join(workdir, "smollm2_lora"),
-    }
-
-
-def sources(journey: ml_collections.ConfigDict) -> dict[str, str]:
-    """The files to import; a missing one is a ConfigError naming --pretrained_dir."""
-    from tfllm.errors import ConfigError
-
-    root = os.path.expanduser(journey.pretrained_dir or default_pretrained_dir())
-    if not os.path.isdir(root):
-        raise ConfigError(
-            f"--pretrained_dir: no such directory: {root} "
-            f"(run ../shared/tools/fetch-pretrained {root})"
-        )
-    found = {}
-    for name, relative in journey.sources.items():
-        path = os.path.join(root, relative)
-        if not os.path.exists(path):
-            raise ConfigError(
-                f"--pretrained_dir: {root} has no {relative} "
-                f"(run ../shared/tools/fetch-pretrained {root})"
-            )
-        found[name] = path
-    return found
 
 
 def part_configs(
@@ -251,7 +218,3 @@ def _baseline(import_dir: str, config: ml_collections.ConfigDict, path: str) -> 
         },
     )
     return f"(perplexity {result['perplexity']:.2f} on {result['tokens']:,} held-out tokens)"
-
-
-def read_baseline(workdir: str) -> dict:
-    return read_json(os.path.join(layout(workdir)["smollm2"], BASELINE_FILE))

@@ -14,11 +14,17 @@ import time
 
 import ml_collections
 
-from tfllm.pipeline.common import EDGE_QUANTIZE, PipelineRun, edge_dir, environment_lines
-from tfllm.pipeline.common import command_line, stage_lines
+from tfllm.pipeline.common import (
+    EDGE_QUANTIZE,
+    PipelineRun,
+    command_line,
+    edge_dir,
+    environment_lines,
+    stage_lines,
+)
 from tfllm.pipeline.html_report import code_block, write_html_report
 from tfllm.pipeline.journey_sections import fmt_num, fmt_pct
-from tfllm.pipeline.pretrained_journey import layout, read_baseline, sources
+from tfllm.pipeline.pretrained_layout import layout, read_baseline, sources
 from tfllm.utils.io import atomic_write_json, atomic_write_text, read_json
 
 
@@ -143,7 +149,8 @@ def _imports_section(paths: dict) -> list[str]:
         lines.append(
             f"| `{os.path.basename(record.get('source', '?'))}` | {record.get('family', '?')} "
             f"| {record.get('format', '?')} | {fmt_num(record.get('num_params'), ',')} "
-            f"| {fmt_num(record.get('vocab_size'), ',')} | {fmt_num(record.get('seconds'), '.1f')} |"
+            f"| {fmt_num(record.get('vocab_size'), ',')} "
+            f"| {fmt_num(record.get('seconds'), '.1f')} |"
         )
     return lines + [""]
 
