@@ -87,6 +87,7 @@ class LiteRTClassifier:
             self.labels: list[str] = list(json.load(f)["names"])
         self._sp = None
         self._tokenizer = None  # tfllm's (TensorFlow) tokenizer, for a WordPiece export
+        self._encode_graph = None  # its encoding as a traced tf.function (`_wordpiece_rows`)
         if tokenizer_file == TOKENIZER_FILE:
             import sentencepiece as spm
 
@@ -134,18 +135,34 @@ class LiteRTClassifier:
         if not texts:
             return ids
         if self._tokenizer is not None:
-            import tensorflow as tf  # a WordPiece export only: TF-free runners never get here
-
-            from tfllm.data.classification_data import encode_texts  # as training encodes
-
-            rows = encode_texts(self._tokenizer, tf.constant(texts, tf.string), self.max_length)
-            for i, row in enumerate(rows.to_list()):
-                ids[i, : len(row)] = row
-            return ids
+            return self._wordpiece_rows(texts)
         for i, pieces in enumerate(self._sp.encode(texts, out_type=int)):
             row = [self.bos_id, *pieces][: self.max_length]
             ids[i, : len(row)] = row
         return ids
+
+    def _wordpiece_rows(self, texts: list[str]) -> np.ndarray:
+        """A WordPiece export's rows, encoded as training encodes them (`encode_texts`).
+
+        Traced once into a tf.function: run eagerly, the tokenizer's dozens of ops
+        cost 25-60 ms per call on a 2-core CPU, a hundred times the CNN student's
+        model (docs/finetuning.md), and one graph call is what a server pays.
+        """
+        import tensorflow as tf  # a WordPiece export only: TF-free runners never get here
+
+        if self._encode_graph is None:
+            from tfllm.data.classification_data import encode_texts  # as training encodes
+
+            tokenizer, max_length, pad_id = self._tokenizer, self.max_length, self.pad_id
+
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+            def encode_graph(batch: tf.Tensor) -> tf.Tensor:
+                rows = encode_texts(tokenizer, batch, max_length)
+                return rows.to_tensor(default_value=pad_id, shape=[None, max_length])
+
+            self._encode_graph = encode_graph
+        rows = self._encode_graph(tf.constant(texts, tf.string))
+        return np.asarray(rows.numpy(), dtype=np.int32)
 
     def predict_proba_ids(self, ids: np.ndarray) -> np.ndarray:
         """Token ids [N, max_length] (from `encode`) -> probabilities float32 [N, C]."""
