@@ -79,6 +79,14 @@ def test_plugin_loss_is_the_mean_over_positions_for_a_language_model():
     assert tuple(got.shape) == (2,)
     np.testing.assert_allclose(got.numpy(), want.mean(-1), atol=1e-5, rtol=1e-5)
 
+    # Instruction data (targets, response mask): each row's mean over its response
+    # tokens only, as InstructionTask's own loss; a row with no response token is 0.
+    mask = np.array([[0, 0, 1, 1, 1], [0, 0, 0, 0, 0]], np.float32)
+    got = plugin.per_example_loss(
+        None, student, ids, (tf.constant(targets), tf.constant(mask)), training=True
+    )
+    np.testing.assert_allclose(got.numpy(), [want[0, 2:].mean(), 0.0], atol=1e-5, rtol=1e-5)
+
 
 STUDENT = """
 from tfllm.config import base_config

@@ -92,9 +92,15 @@ class DistillationPlugin(TrainingPlugin):
 
     def per_example_loss(self, task, model, inputs, targets, training):
         del task
+        weights = None
+        if isinstance(targets, tuple | list):  # instruction data: (targets, response mask)
+            targets, weights = targets
         student = model(inputs, training=training)
         teacher = self.teacher(inputs, training=False)
         loss = distillation_loss(targets, student, teacher, self.temperature, self.alpha)
+        if weights is not None:  # per row, the mean over its response tokens (InstructionTask)
+            weights = tf.cast(weights, loss.dtype)
+            return tf.reduce_sum(loss * weights, -1) / tf.maximum(tf.reduce_sum(weights, -1), 1.0)
         if loss.shape.rank > 1:  # LM: [batch, positions] -> [batch]
             loss = tf.reduce_mean(loss, axis=list(range(1, loss.shape.rank)))
         return loss

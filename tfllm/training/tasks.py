@@ -194,6 +194,7 @@ class InstructionTask(Task):
         self.eval = evaluation
         self.eval_batches = eval_batches
         self.tokens_per_example = float(np.count_nonzero(train.ids) / max(len(train), 1))
+        self._eval_steps: dict[int, tf.types.experimental.GenericFunction] = {}
 
     def train_dataset(self, batch_size, seed, ctx):
         return make_pairs_dataset(
@@ -205,19 +206,28 @@ class InstructionTask(Task):
         ce = token_cross_entropy(targets, model(inputs, training=training))
         return tf.reduce_sum(ce * weights, -1) / tf.maximum(tf.reduce_sum(weights, -1), 1.0)
 
-    def evaluate(self, model, strategy, global_batch):
-        """Response-token loss and perplexity on the eval pairs."""
-        if self.eval is None:
-            return {}
+    def _eval_step(self, model: keras.Model, strategy: tf.distribute.Strategy):
+        """Traced once per model: a new tf.function per eval would retrace every time."""
+        key = id(model)
+        if key not in self._eval_steps:
 
-        @tf.function
-        def eval_step(inputs, targets, weights):
             def replica(inputs, targets, weights):
                 ce = token_cross_entropy(targets, model(inputs, training=False))
                 return tf.reduce_sum(ce * weights), tf.reduce_sum(weights)
 
-            total, count = strategy.run(replica, args=(inputs, targets, weights))
-            return tuple(strategy.reduce("SUM", x, axis=None) for x in (total, count))
+            @tf.function
+            def eval_step(inputs, targets, weights):
+                total, count = strategy.run(replica, args=(inputs, targets, weights))
+                return tuple(strategy.reduce("SUM", x, axis=None) for x in (total, count))
+
+            self._eval_steps[key] = eval_step
+        return self._eval_steps[key]
+
+    def evaluate(self, model, strategy, global_batch):
+        """Response-token loss and perplexity on the eval pairs."""
+        if self.eval is None:
+            return {}
+        eval_step = self._eval_step(model, strategy)
 
         def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
             return make_pairs_dataset(
