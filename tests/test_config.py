@@ -127,7 +127,7 @@ _TODAYS_DEFAULTS = {
         early_stopping_min_delta=0.0, steps_per_loop=50, eval_every=250, eval_batches=20,
         checkpoint_every=250, max_checkpoints=3, seed=0, init_from="", freeze_blocks=0,
         freeze_embeddings=False, backbone_lr_scale=1.0, class_weights="none", lora_rank=0,
-        lora_alpha=0.0, lora_targets="attention",
+        lora_alpha=0.0, lora_targets="attention", lora_factorization="paper",
         sample_prompts=["ROMEO:", "To be, or not"], sample_tokens=48, weight_histograms=False,
     ),
     "runtime": dict(

@@ -26,6 +26,7 @@ from tfllm.models.lora import (
     LoraSettings,
     adapter_variables,
     apply_lora,
+    lora_layers,
     lora_settings,
     merge_lora,
 )
@@ -88,12 +89,13 @@ def test_only_adapters_and_head_train_and_step_zero_is_the_base(name):
     )
 
 
+@pytest.mark.parametrize("factorization", ["paper", "keras"])
 @pytest.mark.parametrize("name", FAMILIES)
-def test_merged_model_computes_what_the_adapted_one_did(name):
+def test_merged_model_computes_what_the_adapted_one_did(name, factorization):
     keras.utils.set_random_seed(2)
     plain = _tiny(name)
     model = _tiny(name)
-    apply_lora(model, LoraSettings(4, 16.0, ("attention", "mlp")))
+    apply_lora(model, LoraSettings(4, 16.0, ("attention", "mlp"), factorization))
     for variable in adapter_variables(model):
         variable.assign(tf.random.normal(variable.shape, stddev=0.2, seed=3))
     ids = _ids()
@@ -108,6 +110,39 @@ def test_merged_model_computes_what_the_adapted_one_did(name):
 
     assert layout(model) == layout(plain)
     assert not adapter_variables(model)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_paper_factorization_is_rank_r_from_inputs_to_outputs(name):
+    """Every adapter is the paper's A [inputs, r] · B [r, outputs]: a multi-head
+    q/k/v kernel [d, heads, head_dim] gets A [d, r] and B [r, heads, head_dim] (Keras'
+    enable_lora would give A [d, heads, r]); so each adapted kernel adds r·(I + O)."""
+    model = _tiny(name)
+    apply_lora(model, LoraSettings(4, 8.0, ("all",)))
+    expected = 0
+    for layer in lora_layers(model):
+        kernel = tuple(layer._kernel.shape)  # noqa: SLF001
+        inputs = 1 if layer.name in ("query", "key", "value") else len(kernel) - 1
+        assert tuple(layer.lora_kernel_a.shape) == kernel[:inputs] + (4,), layer.path
+        assert tuple(layer.lora_kernel_b.shape) == (4,) + kernel[inputs:], layer.path
+        expected += 4 * (int(np.prod(kernel[:inputs])) + int(np.prod(kernel[inputs:])))
+    assert sum(int(np.prod(v.shape)) for v in adapter_variables(model)) == expected
+
+    keras_model = _tiny(name)
+    apply_lora(keras_model, LoraSettings(4, 8.0, ("query",), "keras"))
+    query = lora_layers(keras_model)[0]
+    assert tuple(query.lora_kernel_a.shape) == tuple(query._kernel.shape[:-1]) + (4,)  # noqa: SLF001
+
+
+def test_runs_saved_before_the_factorization_key_load_as_keras(tmp_path):
+    config = base_config()
+    config.train.lora_rank = 8
+    saved = config.to_dict()
+    del saved["train"]["lora_factorization"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert load_workdir_config(str(tmp_path)).train.lora_factorization == "keras"
+    assert lora_settings(load_workdir_config(str(tmp_path)).train).factorization == "keras"
+    assert base_config().train.lora_factorization == "paper"
 
 
 def test_bad_settings_are_one_line():

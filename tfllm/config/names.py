@@ -57,3 +57,5 @@ LORA_TARGET_GROUPS = {
     "all": LORA_ATTENTION_LAYERS + LORA_MLP_LAYERS,
 }
 LORA_TARGETS = (*LORA_TARGET_GROUPS, *LORA_ATTENTION_LAYERS, *LORA_MLP_LAYERS)
+# `config.train.lora_factorization`; a run saved before the key existed was "keras".
+LORA_FACTORIZATIONS = ("paper", "keras")

@@ -30,6 +30,7 @@ from tfllm.config.names import (
     COLLECTIVES,
     COMPRESS_METHODS,
     DATA_FORMATS,
+    LORA_FACTORIZATIONS,
     LORA_TARGET_GROUPS,
     LORA_TARGETS,
     LR_SCHEDULES,
@@ -130,6 +131,9 @@ class TrainConfig:
             f"({', '.join(LORA_TARGETS[len(LORA_TARGET_GROUPS) :])})",
         ),
     )
+    # paper: A [inputs, r]·B [r, outputs] on every kernel (Hu et al.); keras: Keras'
+    # enable_lora, which factors only a kernel's last axis (per-head q/k/v adapters).
+    lora_factorization: str = setting("paper", one_of(LORA_FACTORIZATIONS))
     sample_prompts: list[str] = setting(["ROMEO:", "To be, or not"], validated=False)
     sample_tokens: int = setting(48, non_negative())
     weight_histograms: bool = setting(False)  # TensorBoard histograms of every weight per eval

@@ -9,21 +9,24 @@ say what they are (`query`, `key`, `value`, `attention_output`; the MLP's
 `config.train.lora_targets` names, and a new family made of these layers needs
 no LoRA code.
 
-Each target gets Keras 3's own adapters, `layer.enable_lora(rank, lora_alpha)`:
-a float32 `lora_kernel_a` (He-uniform) and `lora_kernel_b` (zeros, so the
-adapted model starts as the base model), and the layer then computes with
-`W + alpha / rank · A·B`. Keras factors only a kernel's *last* axis: A is
-`kernel.shape[:-1] + (rank,)` and B `(rank, kernel.shape[-1])`. For a 2-D
-kernel (the MLP's, `attention_output`'s `[heads, head_dim, d]` contracted to
-`d`) that is the paper's LoRA; for the multi-head projections `query`/`key`/
-`value` (`[d, heads, head_dim]`) it is a per-head rank-r update with B shared
-across heads — a different, larger parametrization (MiniLM at rank 8 on
-`all`: 0.89 M adapter weights, 3.8 % of the model, where the paper's
-`[d, r]·[r, heads·head_dim]` would give 0.33 M). Measured and kept as is for
-now (docs/finetuning.md); a paper-shaped adapter for those kernels needs our
-own `kernel` override, not Keras'. Every other weight is frozen (`variable.trainable =
-False`), except a classifier's task head: the variables outside
-`model.backbone_layers()`, or `model.head`'s. The optimizer is built on the
+Each target gets a float32 `lora_kernel_a` (He-uniform) and `lora_kernel_b`
+(zeros, so the adapted model starts as the base model), and computes with
+`W + alpha / rank · A·B`. Dense kernels and EinsumDense kernels whose output
+is one axis (the MLP's; `attention_output`'s `[heads, head_dim, d]` → `d`)
+use Keras 3's own `layer.enable_lora`, which is the paper's LoRA there. Keras
+factors only a kernel's *last* axis, though (A `kernel.shape[:-1] + (r,)`, B
+`(r, kernel.shape[-1])`), so for the multi-head projections `query`/`key`/
+`value` (`[d, heads, head_dim]`) it would make a per-head rank-r update with
+B shared across heads: a different, larger parametrization (MiniLM at rank 8
+on `all`: 0.89 M adapter weights, 3.8 % of the model). Those kernels get the
+paper's shape instead, A `[d, r]` and B `[r, heads, head_dim]` (0.33 M for
+MiniLM), through `_PaperLora`, a subclass that overrides Keras' `kernel`
+(`config.train.lora_factorization=paper`, the default; `keras` keeps Keras'
+form, which runs saved before the key existed used).
+
+Every other weight is frozen (`variable.trainable = False`), except a
+classifier's task head: the variables outside `model.backbone_layers()`, or
+`model.head`'s. The optimizer is built on the
 trainable variables, so it holds slots for the adapters (and head) only.
 
 Where it is not used: embeddings. `keras.layers.Embedding` has `enable_lora`,
@@ -67,6 +70,7 @@ class LoraSettings:
     rank: int
     alpha: float
     targets: tuple[str, ...]  # the tokens as written (groups or layer names)
+    factorization: str = "paper"  # or "keras" (module docstring)
 
     @property
     def layer_names(self) -> frozenset[str]:
@@ -88,7 +92,7 @@ def lora_settings(train: ml_collections.ConfigDict) -> LoraSettings:
             f"config.train.lora_targets: {spec!r} names no known target "
             f"(one of {', '.join(LORA_TARGETS)})"
         )
-    return LoraSettings(rank, alpha, targets)
+    return LoraSettings(rank, alpha, targets, str(train.get("lora_factorization", "keras")))
 
 
 def _layers(model: keras.Model) -> list[keras.layers.Layer]:
@@ -153,8 +157,64 @@ def apply_lora(model: keras.Model, settings: LoraSettings) -> list[str]:
         if id(variable) not in head:
             variable.trainable = False
     for layer in targets:
-        layer.enable_lora(settings.rank, lora_alpha=settings.alpha)
+        inputs = _input_axes(layer) if settings.factorization == "paper" else None
+        if inputs is None:
+            layer.enable_lora(settings.rank, lora_alpha=settings.alpha)
+        else:
+            _enable_paper_lora(layer, settings.rank, settings.alpha, inputs)
     return [layer.path for layer in targets]
+
+
+def _input_axes(layer: keras.layers.Layer) -> int | None:
+    """For an EinsumDense kernel laid out `[input axes..., output axes...]` with more
+    than one output axis (`btd,dhk->bthk`: 1), how many leading axes are the
+    input's; None where Keras' last-axis factorization is already the paper's."""
+    if not isinstance(layer, keras.layers.EinsumDense):
+        return None
+    operands, output = layer.equation.split("->")
+    kernel = operands.split(",")[1]
+    inputs = sum(axis not in output for axis in kernel)
+    if len(kernel) - inputs < 2 or any(axis in output for axis in kernel[:inputs]):
+        return None
+    return inputs
+
+
+class _PaperLora:
+    """Mixin over an EinsumDense class: `kernel` adds A·B contracted over the rank
+    (A `[inputs..., r]`, B `[r, outputs...]`) where Keras' property would
+    `matmul` them, which only fits its own last-axis shapes."""
+
+    @property
+    def kernel(self):
+        if not self.lora_enabled:
+            return super().kernel
+        delta = keras.ops.tensordot(self.lora_kernel_a, self.lora_kernel_b, axes=1)
+        scale = self.lora_alpha / self.lora_rank
+        return keras.ops.cast(self._kernel + scale * delta, self.compute_dtype)
+
+
+_PAPER_CLASSES: dict[type, type] = {}
+
+
+def _enable_paper_lora(layer: keras.layers.Layer, rank: int, alpha: float, inputs: int) -> None:
+    """What `enable_lora` does, with paper-shaped adapters and `_PaperLora`'s kernel."""
+    cls = type(layer)
+    if cls not in _PAPER_CLASSES:
+        _PAPER_CLASSES[cls] = type(f"PaperLora{cls.__name__}", (_PaperLora, cls), {})
+    shape = tuple(layer._kernel.shape)  # noqa: SLF001 (the base variable, as enable_lora)
+    layer._tracker.unlock()  # noqa: SLF001 (as Keras' enable_lora does)
+    layer.lora_kernel_a = layer.add_weight(
+        name="lora_kernel_a", shape=shape[:inputs] + (rank,), initializer="he_uniform",
+        dtype="float32",
+    )  # fmt: skip
+    layer.lora_kernel_b = layer.add_weight(
+        name="lora_kernel_b", shape=(rank,) + shape[inputs:], initializer="zeros", dtype="float32"
+    )
+    layer._kernel.trainable = False  # noqa: SLF001
+    layer._tracker.lock()  # noqa: SLF001
+    layer.lora_enabled, layer.lora_rank, layer.lora_alpha = True, rank, alpha
+    # The class, not the instance: Python looks properties up on the type.
+    object.__setattr__(layer, "__class__", _PAPER_CLASSES[cls])
 
 
 def lora_layers(model: keras.Model) -> list[keras.layers.Layer]:
@@ -215,12 +275,16 @@ def merge_lora(model: keras.Model) -> int:
     for layer in layers:
         kernel = layer._kernel  # noqa: SLF001 (the base variable Keras' `kernel` adds A·B to)
         a, b = layer.lora_kernel_a, layer.lora_kernel_b
+        rank = a.shape[-1]  # either shape: A [..., r], B [r, ...]
         delta = (layer.lora_alpha / layer.lora_rank) * tf.matmul(
-            tf.reshape(tf.cast(a, tf.float32), [-1, a.shape[-1]]), tf.cast(b, tf.float32)
+            tf.reshape(tf.cast(a, tf.float32), [-1, rank]),
+            tf.reshape(tf.cast(b, tf.float32), [rank, -1]),
         )
         merged = tf.cast(kernel, tf.float32) + tf.reshape(delta, kernel.shape)
         kernel.assign(tf.cast(merged, kernel.dtype))
         _detach(layer)
+        if isinstance(layer, _PaperLora):  # back to the plain layer class
+            object.__setattr__(layer, "__class__", type(layer).__mro__[2])
         kernel.trainable = True
     return len(layers)
 

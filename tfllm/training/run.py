@@ -82,6 +82,7 @@ _OPTIMIZER_STATE_KEYS = {
     "backbone_lr_scale": 1.0,
     "lora_rank": 0,  # adapters (and their slots) exist or not, of this shape
     "lora_targets": "attention",
+    "lora_factorization": "paper",
 }
 
 
