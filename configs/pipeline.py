@@ -8,7 +8,7 @@ Usage: tfllm-pipeline --config=configs/pipeline.py --workdir=runs/quickstart
        (the same as --profile=full); override any part's key with
        --config.lm.train.num_steps=300, --config.cnn.model.dropout=0.3, ...
        tfllm-pipeline --profile=pretrained --workdir=runs/pretrained: published models
-       (configs/pipeline.py:pretrained; docs/pipeline.md#pretrained-models)
+       (configs/pipeline.py:pretrained; docs/pipeline.md#pretrained-models---profilepretrained)
 """
 
 from tfllm.recipes import pipeline_journey

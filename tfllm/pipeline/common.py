@@ -339,6 +339,21 @@ def plot_curves(
     return True
 
 
+def journey_heading(title: str, run: PipelineRun, profile: str) -> list[str]:
+    """A journey report's first lines: title, workdir, profile, date, minutes run,
+    and the head of its headline table (rows follow)."""
+    total = sum(r.seconds for r in run.results)
+    return [
+        f"# {title}",
+        "",
+        f"Workdir `{run.workdir}` · profile **{profile}** · "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')} · stages run this time: {total / 60:.1f} min",
+        "",
+        "| headline | value |",
+        "|---|---|",
+    ]
+
+
 def stage_lines(results: Sequence[StageResult]) -> list[str]:
     """The report's "## Stages" table: seconds per stage, or that it was already done."""
     lines = ["## Stages", "", "| stage | seconds | |", "|---|---|---|"]

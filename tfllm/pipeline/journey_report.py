@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import os
 import platform
-import time
 
 import ml_collections
 
-from tfllm.pipeline.common import EDGE_QUANTIZE, PipelineRun, environment_lines, stage_lines
+from tfllm.pipeline.common import (
+    EDGE_QUANTIZE,
+    PipelineRun,
+    environment_lines,
+    journey_heading,
+    stage_lines,
+)
 from tfllm.pipeline.html_report import write_html_report
 from tfllm.pipeline.journey_layout import part_dir
 from tfllm.pipeline.journey_results import classifier_variants, read_part
@@ -41,20 +46,13 @@ def write_journey_report(
     lm_lines, lm_results = lm_section(workdir, configs["lm"])
     classifier_lines, classifier_results = classifier_section(variants, workdir)
     _, lm_edge = read_part(part_dir(workdir, "lm"))
-    total = sum(r.seconds for r in run.results)
     best = max(
         classifier_results.items(),
         key=lambda kv: kv[1]["test_accuracy"] or -1.0,
         default=("n/a", {"test_accuracy": None}),
     )
-    lines = [
-        "# tfllm pipeline report",
-        "",
-        f"Workdir `{workdir}` · profile **{journey.profile}** · "
-        f"{time.strftime('%Y-%m-%d %H:%M:%S')} · stages run this time: {total / 60:.1f} min",
-        "",
-        "| headline | value |",
-        "|---|---|",
+    lines = journey_heading("tfllm pipeline report", run, journey.profile)
+    lines += [
         f"| GPT held-out perplexity ({corpus_name(configs['lm'])}) "
         f"| {fmt_num(lm_results['perplexity'], '.2f')} |",
         f"| best SST-2 test accuracy | {fmt_pct(best[1]['test_accuracy'])} ({best[0]}) |",

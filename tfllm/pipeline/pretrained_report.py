@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import platform
 import shlex
-import time
 
 import ml_collections
 
@@ -20,6 +19,7 @@ from tfllm.pipeline.common import (
     command_line,
     edge_dir,
     environment_lines,
+    journey_heading,
     stage_lines,
 )
 from tfllm.pipeline.html_report import code_block, write_html_report
@@ -39,15 +39,8 @@ def write_pretrained_report(
     paths = layout(workdir)
     results = collect_results(workdir)
     c, s, g = results["classifier"], results["student"], results["smollm2"]
-    total = sum(r.seconds for r in run.results)
-    lines = [
-        "# tfllm pipeline report: pretrained models",
-        "",
-        f"Workdir `{workdir}` · profile **{journey.profile}** · "
-        f"{time.strftime('%Y-%m-%d %H:%M:%S')} · stages run this time: {total / 60:.1f} min",
-        "",
-        "| headline | value |",
-        "|---|---|",
+    lines = journey_heading("tfllm pipeline report: pretrained models", run, journey.profile)
+    lines += [
         f"| SST-2 test accuracy, MiniLM fine-tuned | {fmt_pct(c['test_accuracy'])} |",
         f"| SST-2 test accuracy, CNN student distilled from it | {fmt_pct(s['test_accuracy'])} "
         f"at {fmt_pct(s['latency_ratio'])} of the teacher's LiteRT latency |",
