@@ -66,7 +66,7 @@ flags.DEFINE_enum(
     ["quick", "full", "pretrained"],
     "Journey size: quick (about 10 minutes on 2 CPU cores, the default) or full (about an "
     "hour, the numbers in docs/results.md); pretrained: the journey on published models "
-    "(about 35 minutes; needs --pretrained_dir). Only for the journey config.",
+    "(about 30 minutes; reads --pretrained_dir). Only for the journey config.",
 )
 flags.DEFINE_string(
     "pretrained_dir",

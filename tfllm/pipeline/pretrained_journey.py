@@ -42,21 +42,21 @@ STAGES = (
     *(f"smollm2.{s}" for s in ("baseline", "train", "evaluate", "samples")),
     "report",
 )
-# Seconds per stage measured on the 2-core reference machine (docs/pipeline.md);
-# only for the ETA, which is rescaled by this machine's pace.
+# Seconds per stage in the measured run on the 2-core reference machine
+# (docs/pipeline.md); only for the ETA, which is rescaled by this machine's pace.
 _ESTIMATES = {
-    "import.minilm": 10.0,
-    "import.smollm2": 25.0,
-    "minilm.train": 480.0,
-    "minilm.evaluate": 15.0,
-    "minilm.export": 40.0,
-    "minilm.tflite": 60.0,
-    "distil": 420.0,
-    "smollm2.baseline": 60.0,
-    "smollm2.train": 840.0,
-    "smollm2.evaluate": 60.0,
-    "smollm2.samples": 40.0,
-    "report": 2.0,
+    "import.minilm": 4.0,
+    "import.smollm2": 16.0,
+    "minilm.train": 315.0,
+    "minilm.evaluate": 6.0,
+    "minilm.export": 12.0,
+    "minilm.tflite": 30.0,
+    "distil": 311.0,
+    "smollm2.baseline": 96.0,
+    "smollm2.train": 890.0,
+    "smollm2.evaluate": 48.0,
+    "smollm2.samples": 48.0,
+    "report": 1.0,
 }
 _SAMPLES = ("train", "evaluate", "samples")  # the LM stages run_lm_stages runs here
 
@@ -121,6 +121,7 @@ def run_pretrained_journey(
     run = PipelineRun(journey, workdir, force, stages=STAGES, estimates=_ESTIMATES)
     _import_stage(run, "import.minilm", files["minilm"], paths["minilm_import"])
     _import_stage(run, "import.smollm2", files["smollm2"], paths["smollm2_import"])
+    lm = smollm2_config(journey, paths["smollm2_import"])  # checked before the long stages
 
     classifier_pipeline.run_classifier_stages(
         run, configs["minilm"], paths["minilm"], prefix="minilm.",
@@ -136,7 +137,6 @@ def run_pretrained_journey(
 
     run.stage("distil", distil_done(paths["student"]), run_distil, distilled)
 
-    lm = smollm2_config(journey, paths["smollm2_import"])
     baseline_path = os.path.join(paths["smollm2"], BASELINE_FILE)
     run.stage(
         "smollm2.baseline",
