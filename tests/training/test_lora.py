@@ -143,6 +143,11 @@ def test_runs_saved_before_the_factorization_key_load_as_keras(tmp_path):
     assert load_workdir_config(str(tmp_path)).train.lora_factorization == "keras"
     assert lora_settings(load_workdir_config(str(tmp_path)).train).factorization == "keras"
     assert base_config().train.lora_factorization == "paper"
+    # A run without LoRA (an import's config.json, fine-tuned from with --config=) has
+    # no adapters to match: today's default.
+    saved["train"]["lora_rank"] = 0
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert load_workdir_config(str(tmp_path)).train.lora_factorization == "paper"
 
 
 def test_bad_settings_are_one_line():

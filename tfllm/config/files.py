@@ -64,9 +64,10 @@ def read_config_json(path: str) -> ml_collections.ConfigDict:
             config = config_from_json(f.read())
         merged = base_config()
         merged.update(config)  # keys added to the schema since the run get their defaults
-        if "lora_factorization" not in config.get("train", {}):
-            # Not the default: runs saved before the key existed trained Keras' adapters,
-            # and their checkpoints hold that shape.
+        saved_train = config.get("train", {})
+        if saved_train.get("lora_rank", 0) and "lora_factorization" not in saved_train:
+            # Not the default: LoRA runs saved before the key existed trained Keras'
+            # adapters, and their checkpoints hold that shape.
             merged.train.lora_factorization = "keras"
     except (OSError, ValueError, TypeError, AttributeError) as e:
         raise ConfigError(f"{path}: unreadable config ({e})") from None
