@@ -22,7 +22,7 @@ on `all`: 0.89 M adapter weights, 3.8 % of the model). Those kernels get the
 paper's shape instead, A `[d, r]` and B `[r, heads, head_dim]` (0.33 M for
 MiniLM), through `_PaperLora`, a subclass that overrides Keras' `kernel`
 (`config.train.lora_factorization=paper`, the default; `keras` keeps Keras'
-form, which runs saved before the key existed used).
+form, which LoRA runs saved before the key existed used).
 
 Every other weight is frozen (`variable.trainable = False`), except a
 classifier's task head: the variables outside `model.backbone_layers()`, or
