@@ -61,6 +61,7 @@ def convert(
     quantize: str,
     representative_dataset: RepresentativeData | None = None,
     float_ops: tuple[str, ...] = (),
+    fuse_mul_into_fc: bool = True,
 ) -> tuple[bytes, dict[str, Any]]:
     """Converts the SavedModel's `signature_keys` to one `.tflite` flatbuffer.
 
@@ -69,6 +70,9 @@ def convert(
     a list of inputs for one signature, or `(signature_key, {name: array})`
     pairs for several. `float_ops` (int8 only): op types kept in float
     (`INT8_ATTENTION_FLOAT_OPS` for transformers, see there).
+    `fuse_mul_into_fc=False` keeps a constant multiply (a norm's scale) out of
+    the FULLY_CONNECTED weight after it, which would take that weight off the
+    block grid `tfllm.export.block_grid` put it on.
     """
     if quantize not in QUANTIZE_MODES:
         choices = ", ".join(QUANTIZE_MODES)
@@ -78,6 +82,7 @@ def convert(
         conv = tf.lite.TFLiteConverter.from_saved_model(
             saved_model_dir, signature_keys=signature_keys
         )
+        conv._experimental_disable_fuse_mul_and_fc = not fuse_mul_into_fc  # noqa: SLF001
         if quantize != "none":
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
         if quantize == "float16":
@@ -218,7 +223,6 @@ def latency(run_once: Callable[[], Any], runs: int = 100, warmup: int = 5) -> di
 def versions() -> dict[str, str]:
     """`saved_model.versions()` plus the LiteRT runtime's."""
     import ai_edge_litert
-
 
     return {**base_versions(), "ai_edge_litert": getattr(ai_edge_litert, "__version__", "?")}
 

@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from tfllm.errors import TfllmError
 from tfllm.export import litert
+from tfllm.export.block_grid import GRID_SCOPE, OFFSET_SCOPE, exported_on_grids
 
 LITERTLM_QUANTIZE = ("none", "dynamic", "int8", "int4")
 SMALL_BUCKET = 8
@@ -113,66 +114,93 @@ def convert_litertlm(model: keras.Model, buckets: list[int], quantize: str) -> t
     - `none`: float32.
     - `dynamic`: the TFLite converter's dynamic-range int8 (weights int8 per
       channel, activations quantized on the fly; what `--format=tflite` does).
-    - `int8` / `int4`: weight-only integer weights by LiteRT's quantizer
-      (`litert-quantizer`, formerly ai-edge-quantizer) on the float file: int8
-      per channel, int4 in blocks of 32 along the input dimension; kernels
-      run with dynamically quantized activations (its `dynamic_wi*` recipes,
-      the ones LiteRT-LM's own models ship with).
+    - `int8` / `int4`: integer weights by LiteRT's quantizer (`litert-quantizer`,
+      formerly ai-edge-quantizer) on the float file, kernels run with
+      dynamically quantized activations (its `dynamic_wi*` recipes, the ones
+      LiteRT-LM's own models ship with); the token table int8 in blocks of 32
+      (`tfllm.export.block_grid`: the quantizer leaves GATHER tables float).
+      int8: every weight int8 per channel. int4: each kernel split into LiteRT's
+      symmetric int4 blocks of 32 plus float per-block offsets
+      (`block_grid.affine_int4`: a GGUF Q4_1 kernel keeps its own levels), the
+      LM head int8 per channel.
     """
     if quantize not in LITERTLM_QUANTIZE:
         choices = ", ".join(LITERTLM_QUANTIZE)
         raise TfllmError(f"--quantize: --format=litertlm takes {choices}, got {quantize!r}")
     signatures = ["decode", *(f"prefill_{w}" for w in buckets)]
-    with tempfile.TemporaryDirectory() as scratch:
+    grids = (
+        exported_on_grids(model, int4=quantize == "int4")
+        if quantize in ("int8", "int4")
+        else contextlib.nullcontext({})
+    )
+    with tempfile.TemporaryDirectory() as scratch, grids as grid_notes:
         build_litertlm_archive(model, buckets).write_out(scratch, verbose=False)
         mode = "dynamic" if quantize == "dynamic" else "none"
-        blob, notes = litert.convert(scratch, signatures, mode)
+        blob, notes = litert.convert(scratch, signatures, mode, fuse_mul_into_fc=quantize != "int4")
     if quantize in ("int8", "int4"):
         blob, notes = quantize_weights(blob, 8 if quantize == "int8" else 4)
+        notes.update(grid_notes)
     return blob, notes
 
 
 def quantize_weights(float_blob: bytes, bits: int) -> tuple[bytes, dict[str, Any]]:
-    """Integer weights for every supported op of a float `.tflite` (LiteRT's quantizer)."""
+    """Integer weights for every supported op of a float `.tflite` (LiteRT's quantizer).
+
+    int8: every weight int8 per output channel. int4: the kernels
+    `exported_on_grids` split (`affine_int4` scope) int4 in blocks of 32 with
+    the scale read back off the grid (LiteRT's dequantized-weight recovery,
+    so nothing is rounded twice), their offset matmuls float, anything else
+    (the LM head) int8 per channel.
+    """
     try:
-        from litert_quantizer import qtyping, quantizer  # optional (the `litertlm` extra)
+        from litert_quantizer import algorithm_manager, qtyping, quantizer  # `litertlm` extra
     except ImportError:
         raise TfllmError(
             f"--quantize=int{bits}: needs LiteRT's quantizer (pip install litert-quantizer)"
         ) from None
-    granularity = (
-        qtyping.QuantGranularity.CHANNELWISE
-        if bits == 8
-        else getattr(qtyping.QuantGranularity, f"BLOCKWISE_{INT4_BLOCK}")
-    )
+    ops = qtyping.TFLOperationName
     q = quantizer.Quantizer(bytearray(float_blob))
     q.add_dynamic_config(
         regex=".*",
-        operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
-        num_bits=bits,
-        granularity=granularity,
+        operation_name=ops.ALL_SUPPORTED,
+        num_bits=8,
+        granularity=qtyping.QuantGranularity.CHANNELWISE,
     )
+    if bits == 4:
+        q.add_dynamic_config(
+            regex=f"/{GRID_SCOPE}/",
+            operation_name=ops.FULLY_CONNECTED,
+            num_bits=4,
+            granularity=getattr(qtyping.QuantGranularity, f"BLOCKWISE_{INT4_BLOCK}"),
+            algorithm_key=algorithm_manager.AlgorithmName.DEQUANTIZED_WEIGHT_RECOVERY,
+        )
+        q.update_quantization_recipe(
+            regex=f"/{OFFSET_SCOPE}/",
+            operation_name=ops.ALL_SUPPORTED,
+            algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE,
+        )
     result = q.quantize(enable_progress_bar=False, enable_progress_report=False)
     blob, shared = share_identical_buffers(bytes(result.quantized_model))
-    notes = {
+    notes: dict[str, Any] = {
         "quantizer": "litert-quantizer",
         "weight_bits": bits,
-        "granularity": granularity.value,
+        "granularity": f"BLOCKWISE_{INT4_BLOCK}" if bits == 4 else "CHANNELWISE",
         "activations": "float32, quantized on the fly by the kernels (dynamic)",
-        "float_gather_tables": "kept float (the quantizer has no GATHER weight rule)",
         "duplicate_buffer_bytes_removed": shared,
     }
+    if bits == 4:
+        notes["other_weights"] = "int8 CHANNELWISE (the LM head; kernels off the block grid)"
+        notes["block_offsets"] = "float32"
     return blob, notes
 
 
 def share_identical_buffers(blob: bytes) -> tuple[bytes, int]:
     """Points tensors with byte-identical constant data at one buffer.
 
-    Why: the quantizer gives every consumer of a shared weight its own
-    buffer. A tied embedding is read by GATHER (kept float) in every
-    signature and by the LM head (quantized) in `decode`, so it came out as
-    one float copy per signature plus the integer one: the int8 file of a
-    tiny GPT was larger than the float one. Returns (flatbuffer, bytes saved).
+    Why: the converter and the quantizer give every signature (and every
+    consumer) of a shared constant its own buffer: a token table read by
+    GATHER in each signature came out once per signature — the int8 file of a
+    tiny GPT was larger than its float one. Returns (flatbuffer, bytes saved).
     """
     import hashlib
 
