@@ -167,8 +167,8 @@ def _swap(layer: keras.layers.Layer, mixin: type) -> type:
 def _grid_layers(model: keras.Model) -> Iterator[tuple[keras.layers.Layer, int]]:
     for layer in model._flatten_layers(include_self=False):  # noqa: SLF001 (Keras' own walk)
         n = _input_axes(layer)
-        if n is None or getattr(layer, "lora_enabled", False):
-            continue
+        if n is None or getattr(layer, "lora_enabled", False) or layer.quantization_mode:
+            continue  # adapters merge before export; Keras-quantized kernels are not float
         shape = tuple(layer.kernel.shape)
         if int(np.prod(shape[:n])) % BLOCK == 0:
             yield layer, n
@@ -201,15 +201,15 @@ def exported_on_grids(model: keras.Model, *, int4: bool) -> Iterator[dict[str, A
                 shape = kernel.shape
                 inputs = int(np.prod(shape[:n]))
                 symmetric, offsets = affine_int4(kernel.reshape(inputs, -1))
+                restore.append((layer, _swap(layer, _BlockOffset), kernel))
+                activations.append((layer, layer.activation))
                 layer._offset_input_axes = n  # noqa: SLF001
                 layer._block_offsets = tf.constant(  # noqa: SLF001
                     offsets.reshape((inputs // BLOCK, *shape[n:]))
                 )
-                layer.kernel.assign(symmetric.reshape(shape))
-                activations.append((layer, layer.activation))
                 layer._grid_activation = layer.activation  # noqa: SLF001
                 layer.activation = keras.activations.linear
-                restore.append((layer, _swap(layer, _BlockOffset), kernel))
+                layer.kernel.assign(symmetric.reshape(shape))
                 notes["affine_int4_kernels"] += 1
         yield notes
     finally:

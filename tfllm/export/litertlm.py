@@ -47,7 +47,7 @@ from tfllm.inference.litertlm_runner import LITERTLM_FILE, LiteRTLMEngine, impor
 from tfllm.utils.io import atomic_directory, atomic_write_json
 
 FLOAT_LOGIT_TOLERANCE = 1e-3
-PERPLEXITY_TOLERANCE = {"none": 0.001, "dynamic": 0.05, "int8": 0.05, "int4": 0.25}
+PERPLEXITY_TOLERANCE = {"none": 0.001, "dynamic": 0.05, "int8": 0.05, "int4": 0.10}
 DEFAULT_VERIFY_WINDOWS = 2
 # Teacher forcing runs one decode step per token; a 2,048-token window of an
 # imported model would take minutes, and 256 tokens already cover every
