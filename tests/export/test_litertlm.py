@@ -123,7 +123,7 @@ def test_int4_bundle_is_smaller_and_records_its_perplexity(
     )
     assert record["weight_bits"] == 4 and record["granularity"] == "BLOCKWISE_32"
     assert record["tflite_bytes"] < float_export[1]["tflite_bytes"]
-    assert -0.05 < record["perplexity_increase"] < 0.25  # quantization noise either way
+    assert -0.05 < record["perplexity_increase"] < 0.10  # the default int4 budget
     assert record["affine_int4_kernels"] == 6 * trained.model.num_layers  # q, k, v, o, 2 MLP
     assert record["int8_token_table"]
     assert record["duplicate_buffer_bytes_removed"] > 0  # the token table's per-signature copies
