@@ -27,6 +27,7 @@ setup(
         "sentencepiece>=0.2,<0.3",
         "ai-edge-litert>=2.3,<3",
         "numpy>=1.26",
+        "ml-dtypes>=0.5",  # bfloat16 rounding of LiteRT's int4 block scales (export/block_grid.py)
         "matplotlib>=3.8",
         "markdown>=3.4",
         "scikit-learn>=1.5,<2",
