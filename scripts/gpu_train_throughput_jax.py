@@ -13,8 +13,8 @@ timing of tfllm's TensorFlow trainer.
 `--attention=is_causal` (the default) runs keras-hub's block sublayers with
 `ops.dot_product_attention(is_causal=True)`; `keras_hub` calls the blocks,
 which pass an explicit causal mask. Same weights and logits (checked on CPU);
-on the H100 the causal flag let cuDNN skip half the attention tiles (1.10×,
-docs/benchmarks.md).
+on an H100 the causal flag let cuDNN skip the masked half of the attention
+tiles (docs/benchmarks.md; that run's output was not kept).
 
 The step is Keras' documented JAX pattern: `model.stateless_call` under
 `jax.value_and_grad`, `optimizer.stateless_apply`, the whole step in one

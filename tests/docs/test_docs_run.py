@@ -97,7 +97,6 @@ SKIPPED = {
     "python -m pytest": "the test suite itself",
     "gs://": "needs a GCS bucket and GPUs or a TPU",
     "TF_CONFIG=": "needs other hosts",
-    "gpu_train_throughput_jax.py": "needs a GPU and JAX (docs/benchmarks.md, GPT-2 on an H100)",
     "tfllm-serve": "a long-lived server (its Python block below starts one; every request of "
     "docs/serving.md is sent to a real server by tests/serving/test_serve.py)",
     "curl ": "talks to a running tfllm-serve (tests/serving/test_serve.py sends the same requests)",
