@@ -35,6 +35,14 @@ def test_forward_and_gradients_equal_one_device(checks, mesh):
     assert result["grad_layouts_kept"]
 
 
+def test_a_whole_eval_pass_stops_before_the_iterator_end_and_keeps_the_mesh(checks):
+    # Pulling a DTensorDataset iterator past its end broke every later op on the
+    # mesh (tfllm-train's default eval of the whole split crashed after training).
+    result = checks["finite_batches"]
+    assert result["batches"] == result["expected"] == 5
+    assert result["same_rows"] and result["mesh_usable"]
+
+
 def test_mesh_shapes(checks):
     assert checks["tp2"]["mesh"] == [1, 2]
     assert checks["dp2_tp2"]["mesh"] == [2, 2]

@@ -25,8 +25,10 @@ tf.config.set_logical_device_configuration(
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from tensorflow.experimental import dtensor  # noqa: E402
 
-from tfllm.distribute.mesh import local_shapes, to_host  # noqa: E402
+from tfllm.data.lm_data import make_lm_dataset  # noqa: E402
+from tfllm.distribute.mesh import local_shapes, replicated, to_host  # noqa: E402
 from tfllm.distribute.tensor_parallel import MeshStrategy, sharding_spec  # noqa: E402
 from tfllm.models.classifier import TransformerClassifier  # noqa: E402
 from tfllm.models.gpt import GPT  # noqa: E402
@@ -217,6 +219,29 @@ def train_classifier_runs(files: dict[str, str], tests_dir: str) -> dict:
     return results
 
 
+def check_finite_batches(strategy: MeshStrategy) -> dict:
+    """A whole pass over a finite input (what every eval does), then an op on the mesh.
+
+    TF 2.21 leaves a mesh unusable once a DTensorDataset iterator reaches its
+    end; `finite_batches` must stop before it, serve every full batch in the
+    one-device order, and leave the mesh working.
+    """
+    ids = np.arange(23 * LENGTH + 1, dtype=np.int32) % VOCAB  # 23 windows: 5 full batches of 4
+
+    def dataset_fn(ctx):
+        return make_lm_dataset(ids, LENGTH, BATCH, shuffle=False, repeat=False, input_context=ctx)
+
+    expected = [x.numpy() for x, _ in dataset_fn(tf.distribute.InputContext(1, 0, 1))]
+    served = [to_host(x) for x, _ in strategy.finite_batches(dataset_fn)]
+    same = len(served) == len(expected) and all(
+        np.array_equal(a, b) for a, b in zip(served, expected, strict=True)
+    )
+    on_mesh = dtensor.copy_to_mesh(tf.constant([1.0, 2.0]), replicated(strategy.mesh, 1))
+    probe = to_host(on_mesh).tolist()
+    return {"batches": len(served), "expected": len(expected), "same_rows": same,
+            "mesh_usable": probe == [1.0, 2.0]}
+
+
 def main(ckpt_dir: str, files: dict[str, str] | None, tests_dir: str | None) -> None:
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     tp2, dp2_tp2 = MeshStrategy(2, devices=devices[:2]), MeshStrategy(2)
@@ -226,6 +251,7 @@ def main(ckpt_dir: str, files: dict[str, str] | None, tests_dir: str | None) -> 
         "dp2_tp2": lambda: check(dp2_tp2, os.path.join(ckpt_dir, "b")),
         "classifier_dp2_tp2": lambda: check(dp2_tp2, os.path.join(ckpt_dir, "d"), classifier=True),
         "classifier_init_from": lambda: check_init_from(dp2_tp2),
+        "finite_batches": lambda: check_finite_batches(dp2_tp2),
     }
     if files is not None and tests_dir is not None:
         runs["classifier_training"] = lambda: train_classifier_runs(files, tests_dir)

@@ -23,7 +23,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import keras
 import ml_collections
@@ -352,6 +352,17 @@ def takes_sharded_inputs(strategy) -> bool:
     inference must go through `tfllm.distribute.rows.RowSharder`."""
     placed = placement(strategy)
     return placed is not None and placed.sharded_inputs
+
+
+def finite_batches(strategy, dataset_fn: Callable) -> Iterable:
+    """One pass over a finite input (an eval split) under `strategy`. A mesh reads it
+    through `MeshStrategy.finite_batches`, which stops before the DTensor iterator's
+    end (reaching it breaks the mesh in TF 2.21)."""
+    placed = placement(strategy)
+    bounded = getattr(placed, "finite_batches", None)
+    if bounded is not None:
+        return bounded(dataset_fn)
+    return strategy.distribute_datasets_from_function(dataset_fn)
 
 
 def host_copy(strategy, build: Callable[[], keras.Model]) -> HostCopy | None:

@@ -30,7 +30,7 @@ mesh's `batch` axis happens inside DTensor's SPMD program.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -157,14 +157,8 @@ class MeshStrategy(PlacementStrategy):
         re-batches the unbatched rows in that order and shards each batch.
         """
         del options
-        dataset = dataset_fn(tf.distribute.InputContext(1, 0, 1))
+        dataset, global_batch = self._source(dataset_fn)
         spec = dataset.element_spec
-        global_batch = tf.nest.flatten(spec)[0].shape[0]
-        if global_batch is None or global_batch % self.data_parallel:
-            raise ValueError(
-                f"tensor parallel input: batches of {global_batch} rows cannot be split over "
-                f"the mesh's {self.data_parallel} batch shards (static, divisible sizes needed)"
-            )
         layouts = tf.nest.map_structure(lambda s: batch_sharded(self.mesh, s.shape.rank), spec)
         # DTensorDataset gives batch shard i every r-th per-shard batch through
         # tf.data auto-sharding, which tfllm's input functions switch OFF (they
@@ -180,6 +174,38 @@ class MeshStrategy(PlacementStrategy):
             dataset_already_batched=False,
             batch_dim="batch",
         )
+
+    def finite_batches(
+        self, dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset]
+    ) -> Iterator:
+        """One pass over a finite input's sharded batches that never asks the DTensor
+        iterator for more than it has.
+
+        Why: in TF 2.21, once a `DTensorDataset` iterator reaches its end the mesh
+        is unusable; the next op on it fails ("Unable to copy tensor value for
+        broadcast", or a variable read "cancelled before it was started"). A
+        plain iterator over the same source batches counts the rows, so the
+        sharded iterator is pulled only while a full global batch is left.
+        """
+        sharded = iter(self.distribute_datasets_from_function(dataset_fn))
+        source, global_batch = self._source(dataset_fn)
+        rows = served = 0
+        for element in source:
+            rows += int(tf.shape(tf.nest.flatten(element)[0])[0])
+            while rows >= (served + 1) * global_batch:
+                served += 1
+                yield next(sharded)
+
+    def _source(self, dataset_fn) -> tuple[tf.data.Dataset, int]:
+        """The one input pipeline the mesh reads, and its static global batch size."""
+        dataset = dataset_fn(tf.distribute.InputContext(1, 0, 1))
+        global_batch = tf.nest.flatten(dataset.element_spec)[0].shape[0]
+        if global_batch is None or global_batch % self.data_parallel:
+            raise ValueError(
+                f"tensor parallel input: batches of {global_batch} rows cannot be split over "
+                f"the mesh's {self.data_parallel} batch shards (static, divisible sizes needed)"
+            )
+        return dataset, global_batch
 
     def replicate(self, value: tf.Tensor) -> tf.Tensor:
         """`value` whole on every device of the mesh (inside a traced function)."""

@@ -21,7 +21,7 @@ from tfllm.config import load_workdir_config
 from tfllm.data.classification_data import EncodedSplit, make_classification_dataset
 from tfllm.data.instruction_data import EncodedPairs, make_pairs_dataset
 from tfllm.data.lm_data import make_lm_dataset
-from tfllm.distribute.strategy import takes_sharded_inputs
+from tfllm.distribute.strategy import finite_batches, takes_sharded_inputs
 from tfllm.errors import ConfigError
 from tfllm.evaluation.predict import (
     predict_probabilities,
@@ -157,9 +157,7 @@ class LMTask(Task):
 
         step = self._eval_step(model, strategy)
         total, count = 0.0, 0.0
-        for i, (inputs, targets) in enumerate(
-            strategy.distribute_datasets_from_function(dataset_fn)
-        ):
+        for i, (inputs, targets) in enumerate(finite_batches(strategy, dataset_fn)):
             if self.eval_batches and i >= self.eval_batches:
                 break
             batch_total, batch_count = step(inputs, targets)
@@ -240,8 +238,7 @@ class InstructionTask(Task):
             )
 
         total, count = 0.0, 0.0
-        batches = strategy.distribute_datasets_from_function(dataset_fn)
-        for i, (inputs, (targets, weights)) in enumerate(batches):
+        for i, (inputs, (targets, weights)) in enumerate(finite_batches(strategy, dataset_fn)):
             if self.eval_batches and i >= self.eval_batches:
                 break
             batch_total, batch_count = eval_step(inputs, targets, weights)
