@@ -14,6 +14,12 @@ import), `tfllm-train`, then `tfllm-evaluate` on the eval split (SST-2's dev
 rows, where recipes are chosen) and on the test split (GLUE's 872-sentence
 dev set, the number papers report). The record keeps every command, its wall
 time and raw stdout, the final metrics.json, the machine and the versions.
+
+`--curve_every=N` checkpoints every N steps, keeps them all and afterwards
+scores each on the test split (`tfllm-evaluate --step`): test accuracy against
+training wall time (a checkpoint's file time minus the training command's
+start), and the first checkpoint at or above `--target` (the issue's
+"time to 90 %"). The curve only reports; nothing is chosen on it.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ from tfllm.utils.machine import cpu_model
 
 
 def _run(command: list[str]) -> dict:
-    """Runs one command, echoing its stdout, and returns command, exit code, wall time, stdout."""
+    """Runs one command, echoing its stdout; returns command, exit, start, wall time, stdout."""
     print("$", " ".join(command), flush=True)
+    started_at = time.time()
     started = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
@@ -41,6 +48,7 @@ def _run(command: list[str]) -> dict:
     return {
         "command": " ".join(command),
         "exit_code": proc.returncode,
+        "started_at": round(started_at, 1),
         "wall_s": round(wall, 1),
         "stdout": proc.stdout,
     }
@@ -68,6 +76,35 @@ def _metrics(workdir: str) -> dict:
         return json.load(f)
 
 
+def _curve(python: list[str], workdir: str, train_started: float, target: float) -> dict:
+    """Test accuracy of every kept checkpoint, by step and by seconds since training began."""
+    checkpoints = os.path.join(workdir, "checkpoints")
+    steps = sorted(
+        int(name[len("ckpt-") : -len(".index")])
+        for name in os.listdir(checkpoints)
+        if name.startswith("ckpt-") and name.endswith(".index")
+    )
+    points = []
+    for step in steps:
+        index = os.path.join(checkpoints, f"ckpt-{step}.index")
+        written = os.path.getmtime(index) - train_started
+        stage = _run(
+            [*python, "tfllm.cli.evaluate", f"--workdir={workdir}", "--split=test",
+             f"--step={step}"]
+        )  # fmt: skip
+        if stage["exit_code"]:
+            raise SystemExit(f"curve: evaluating step {step} failed:\n{stage['stdout'][-2000:]}")
+        accuracy = _metrics(workdir)["by_step"][str(step)]["test_split"]["accuracy"]
+        points.append(
+            {"step": step, "train_seconds": round(written, 1), "test_accuracy": accuracy,
+             "evaluate_stdout": stage["stdout"]}
+        )  # fmt: skip
+    first = next((p for p in points if p["test_accuracy"] >= target), None)
+    if first is not None:
+        first = {k: first[k] for k in ("step", "train_seconds", "test_accuracy")}
+    return {"target": target, "points": points, "first_at_target": first}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default = os.environ.get("TFLLM_PRETRAINED", os.path.expanduser("~/.cache/tfllm-pretrained"))
@@ -78,6 +115,13 @@ def main() -> None:
     parser.add_argument("--workdir", default="runs/minilm_sst2_seed0")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="docs/measurements/minilm_sst2_seed0.json")
+    parser.add_argument(
+        "--curve_every",
+        type=int,
+        default=0,
+        help="checkpoint every N steps, keep all, score each on test (0: off)",
+    )
+    parser.add_argument("--target", type=float, default=0.90, help="the curve's target accuracy")
     parser.add_argument(
         "overrides", nargs="*", help="extra --config.* flags for tfllm-train (recorded)"
     )
@@ -91,16 +135,23 @@ def main() -> None:
              f"--source={os.path.join(args.pretrained, args.source)}",
              f"--workdir={args.minilm_workdir}"]
         )  # fmt: skip
+    curve_flags = []
+    if args.curve_every:
+        curve_flags = [f"--config.train.checkpoint_every={args.curve_every}",
+                       "--config.train.max_checkpoints=1000"]  # fmt: skip
     stages["train"] = _run(
         [*python, "tfllm.cli.train", f"--config={args.config}",
          f"--workdir={args.workdir}", f"--config.train.init_from={args.minilm_workdir}",
-         f"--config.train.seed={args.seed}", *args.overrides]
+         f"--config.train.seed={args.seed}", *curve_flags, *args.overrides]
     )  # fmt: skip
     train_metrics = _metrics(args.workdir) if not stages["train"]["exit_code"] else {}
     for split in ("eval", "test"):
         stages[f"evaluate_{split}"] = _run(
             [*python, "tfllm.cli.evaluate", f"--workdir={args.workdir}", f"--split={split}"]
         )
+    curve = None
+    if args.curve_every and not stages["train"]["exit_code"]:
+        curve = _curve(python, args.workdir, stages["train"]["started_at"], args.target)
     final = _metrics(args.workdir) if not stages["train"]["exit_code"] else {}
     test = final.get("test_split", {})
     record = {
@@ -114,6 +165,7 @@ def main() -> None:
         "test_accuracy": test.get("accuracy"),
         "test_macro_f1": test.get("macro_f1"),
         "test_examples": test.get("num_examples"),
+        "curve": curve,
         "train_metrics": train_metrics,
         "stages": stages,
         "machine": f"{cpu_model()}, {os.cpu_count()} cores ({platform.machine()})",

@@ -31,6 +31,24 @@ def test_evaluate_test_split_and_file(trained_classifier, labelled_files):
     assert os.path.isfile(os.path.join(trained_classifier, "confusion_matrix_test.png"))
 
 
+def test_evaluate_an_earlier_checkpoint_files_it_apart(trained_classifier):
+    """`--step` scores a kept earlier checkpoint without touching the final one's numbers."""
+    path = os.path.join(trained_classifier, "metrics.json")
+    before = json.loads(open(path).read())
+    proc = run_cli("evaluate", f"--workdir={trained_classifier}", "--split=test", "--step=75")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ckpt-75" in proc.stdout
+    after = json.loads(open(path).read())
+    early = after.pop("by_step")["75"]["test_split"]
+    before.pop("by_step", None)
+    assert after == before  # the final checkpoint's record is as it was
+    assert early["num_examples"] == 150 and 0.0 <= early["accuracy"] <= 1.0
+    proc = run_cli("evaluate", f"--workdir={trained_classifier}", "--step=70")
+    assert proc.returncode != 0
+    line = last_stderr_line(proc)
+    assert "--step: no checkpoint of step 70" in line and "kept: 75, 150" in line, line
+
+
 def test_unknown_label_in_eval_file_names_the_line(trained_classifier, tmp_path):
     path = write_tsv(tmp_path / "bad.tsv", [("goal match", "sport"), ("a song", "politics")])
     proc = run_cli("evaluate", f"--workdir={trained_classifier}", f"--data={path}")

@@ -48,6 +48,12 @@ flags.DEFINE_string("text_field", None, "Text column/field of --data (default: t
 flags.DEFINE_string("label_field", None, "Label column/field of --data (default: the run's).")
 flags.DEFINE_integer("batch_size", 16, "Windows (LM) or examples (classifier) per batch.")
 flags.DEFINE_integer("max_batches", 0, "Stop after this many batches (0 = all).")
+flags.DEFINE_integer(
+    "step",
+    None,
+    "Evaluate the kept checkpoint of this step instead of the newest (Keras backend); "
+    "recorded under metrics.json's by_step.",
+)
 flags.DEFINE_enum(
     "backend",
     "keras",
@@ -70,6 +76,10 @@ def main(argv) -> None:
         common.fail(f"--batch_size: must be ≥ 1, got {FLAGS.batch_size}")
     if FLAGS.max_batches < 0:
         common.fail(f"--max_batches: must be ≥ 0, got {FLAGS.max_batches}")
+    if FLAGS.step is not None and FLAGS.step < 0:
+        common.fail(f"--step: must be ≥ 0, got {FLAGS.step}")
+    if FLAGS.step is not None and FLAGS.backend == "litert":
+        common.fail("--step: only with --backend=keras (an export is of one checkpoint)")
     if FLAGS.quantize is not None and FLAGS.backend != "litert":
         common.fail("--quantize: only with --backend=litert (it picks which TFLite export to run)")
     from tfllm.evaluation.classification import format_metrics_table
@@ -78,7 +88,7 @@ def main(argv) -> None:
     from tfllm.inference.loading import load_trained
 
     strategy = _strategy()
-    trained = load_trained(FLAGS.workdir, strategy)
+    trained = load_trained(FLAGS.workdir, strategy, step=FLAGS.step)
     if strategy is not None:
         trained.config.runtime = _RUNTIME[0]  # multi_worker: per-task lock names
     if FLAGS.backend == "litert":
@@ -97,12 +107,12 @@ def main(argv) -> None:
         quantize=_quantize(),
         strategy=strategy,
         progress=lambda total: Progress(total, enabled=chief, unit="windows"),
-        write_png=chief,
+        write_png=chief and FLAGS.step is None,  # the PNG is the final checkpoint's
     )
     if not chief:
         return  # every worker computed the same numbers; the chief records them
     with common.workdir_lock(FLAGS.workdir, trained.config):  # training may be updating it
-        path = record_evaluation(evaluation)
+        path = record_evaluation(evaluation, at_step=FLAGS.step)
     metrics = evaluation.metrics
     rows = [
         ("checkpoint", trained.checkpoint),
@@ -116,8 +126,9 @@ def main(argv) -> None:
             ("examples", evaluation.count),
             ("accuracy", metrics["accuracy"]),
             ("macro_f1", metrics["macro_f1"]),
-            ("confusion_matrix", evaluation.png_path),
         ]
+        if evaluation.png_path:
+            rows.append(("confusion_matrix", evaluation.png_path))
     else:
         rows += [
             ("tokens", metrics["tokens"]),

@@ -253,15 +253,19 @@ def _evaluate_classifier(trained: TrainedModel, o: _Options) -> Evaluation:
     return Evaluation(trained, metrics, name, examples, slot=slot, png_path=png, extra=extra)
 
 
-def record_evaluation(evaluation: Evaluation, **fields) -> str:
+def record_evaluation(evaluation: Evaluation, at_step: int | None = None, **fields) -> str:
     """Files the result in the workdir's `metrics.json` (the layout `tfllm-evaluate`
     writes: LM metrics under their keys, a classifier's report under its slot);
     `fields` go into a classifier's slot too (e.g. `step`). Returns the path.
 
+    `at_step` (an earlier checkpoint, `tfllm-evaluate --step`) files the same
+    keys under `by_step[<step>]` instead, so looking back at a run never
+    overwrites what its final checkpoint scored.
+
     The caller holds the workdir lock when a training run may be writing too.
     """
     workdir = evaluation.trained.workdir
-    if evaluation.is_classifier:
+    if evaluation.is_classifier and at_step is None:
         return record_metrics(
             workdir,
             evaluation.slot,
@@ -272,8 +276,21 @@ def record_evaluation(evaluation: Evaluation, **fields) -> str:
         )
     path = os.path.join(workdir, "metrics.json")
     metrics = read_json(path)
-    for name, key in evaluation.keys.items():
-        metrics[key] = evaluation.metrics[name]
-    metrics.update(fields)
+    target = (
+        metrics
+        if at_step is None
+        else metrics.setdefault("by_step", {}).setdefault(str(at_step), {})
+    )
+    if evaluation.is_classifier:
+        target[evaluation.slot] = {
+            "source": evaluation.split,
+            **evaluation.extra,
+            **fields,
+            **evaluation.metrics,
+        }
+    else:
+        for name, key in evaluation.keys.items():
+            target[key] = evaluation.metrics[name]
+        target.update(fields)
     atomic_write_json(path, metrics)
     return path

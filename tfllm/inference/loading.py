@@ -18,7 +18,12 @@ from tfllm.errors import WorkdirError
 from tfllm.models import build_model
 from tfllm.models.lora import apply_lora, lora_settings, merge_lora
 from tfllm.models.quantized import quantize_in_place
-from tfllm.utils.checkpoints import kept_checkpoints, restore_newest
+from tfllm.utils.checkpoints import (
+    checkpoint_at_step,
+    kept_checkpoints,
+    restore_newest,
+    restore_weights,
+)
 
 
 @dataclass
@@ -36,8 +41,11 @@ class TrainedModel:
         return self.labels is not None
 
 
-def load_trained(workdir: str, strategy: tf.distribute.Strategy | None = None) -> TrainedModel:
-    """Loads the newest readable checkpoint's weights into a freshly built model.
+def load_trained(
+    workdir: str, strategy: tf.distribute.Strategy | None = None, step: int | None = None
+) -> TrainedModel:
+    """Loads the newest readable checkpoint's weights into a freshly built model
+    (with `step`, that step's kept checkpoint instead).
 
     Only the model is restored (the optimizer slots in the checkpoint are
     skipped with `expect_partial`), so inference needs no training state. A
@@ -80,14 +88,14 @@ def load_trained(workdir: str, strategy: tf.distribute.Strategy | None = None) -
     if config.get("compress") and config.compress.method == "quantize":
         # The checkpoint holds int8 kernels + scales: give the model those variables first.
         quantize_in_place(model, config.compress.quantize_mode)
-    # The newest checkpoint that reads back whole (a truncated latest one falls
-    # back to the previous with one warning line; none readable: WorkdirError).
-    latest = restore_newest(
-        checkpoint_dir,
-        {"model": model},
-        partial=True,
-        mismatch="checkpoint does not match the model in config.json",
-    )
+    mismatch = "checkpoint does not match the model in config.json"
+    if step is not None:
+        latest = checkpoint_at_step(checkpoint_dir, step)
+        restore_weights(latest, {"model": model}, partial=True, mismatch=mismatch)
+    else:
+        # The newest checkpoint that reads back whole (a truncated latest one falls
+        # back to the previous with one warning line; none readable: WorkdirError).
+        latest = restore_newest(checkpoint_dir, {"model": model}, partial=True, mismatch=mismatch)
     if lora.rank:
         # Adapters folded into the kernels: evaluation, generation and every export
         # see the plain family model (nothing new at run time).

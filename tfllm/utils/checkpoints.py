@@ -11,7 +11,8 @@ so that every layer may call it.
 Which checkpoint to read is decided here too (`newest_readable`): the newest
 kept checkpoint whose every tensor reads back, so that a checkpoint cut short
 (power loss, a full disk) falls back to the previous one with one warning
-line instead of a raw `IndexError` (`restore_newest` = that + `restore_weights`).
+line instead of a raw `IndexError` (`restore_newest` = that + `restore_weights`);
+`checkpoint_at_step` picks an earlier kept one by its step.
 `sync_checkpoint` flushes a freshly written checkpoint to disk.
 """
 
@@ -168,6 +169,27 @@ def restore_newest(
     if path is not None:
         restore_weights(path, objects, partial=partial, mismatch=mismatch)
     return path
+
+
+def checkpoint_at_step(directory: str, step: int) -> str:
+    """The kept checkpoint of `step` in `directory`, read back whole, or `WorkdirError`.
+
+    For looking back at an earlier point of a run (accuracy against steps,
+    time to a target): the error lists the steps that are kept, since
+    `train.max_checkpoints` deletes the older ones as training goes.
+    """
+    kept = kept_checkpoints(directory)
+    chosen = [prefix for prefix in kept if _step(prefix) == step]
+    if not chosen:
+        steps = ", ".join(str(s) for s in sorted(_step(p) for p in kept)) or "none"
+        raise WorkdirError(
+            f"--step: no checkpoint of step {step} in {directory} (kept: {steps}; "
+            "train.max_checkpoints sets how many are kept)"
+        )
+    damage = unreadable_file(chosen[0])
+    if damage is not None:
+        raise WorkdirError(f"{damage[0]}: checkpoint unreadable ({damage[1]})")
+    return chosen[0]
 
 
 def sync_checkpoint(prefix: str) -> None:
