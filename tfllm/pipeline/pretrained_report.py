@@ -212,7 +212,7 @@ def _reproduce_lines(journey: ml_collections.ConfigDict, paths: dict) -> list[st
         "# the same parts, one command each:",
         f"tfllm-import --source={files['minilm']} --workdir={paths['minilm_import']}",
         f"tfllm-import --source={files['smollm2']} --workdir={paths['smollm2_import']}",
-        f"tfllm-train --config=configs/minilm_sst2.py --workdir={paths['minilm']} "
+        f"tfllm-train --config=configs/minilm_sst2_short.py --workdir={paths['minilm']} "
         f"--config.train.init_from={paths['minilm_import']} "
         f"--config.train.num_steps={journey.minilm.train.num_steps}",
         f"tfllm-evaluate --workdir={paths['minilm']} --split=test",
