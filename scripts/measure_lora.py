@@ -5,6 +5,7 @@ time, peak RSS and checkpoint size, on the same model, data and batch.
     python scripts/measure_lora.py --models=smollm2      # SmolLM2-135M (fetched GGUF)
     python scripts/measure_lora.py --models=gpt_tiny,llama_tiny,smollm2 \\
         --output docs/measurements/lora_vs_full.json
+    python scripts/measure_lora.py --models=smollm2 --remat  # + both with block remat
 
 Each fine-tune is the documented command (`tfllm-train --config=BASE/config.json
 --config.train.init_from=BASE ...`, plus `--config.train.lora_rank=R` for LoRA) in a
@@ -14,6 +15,8 @@ steps). One step per inner loop, so `history.json` holds one timing per step; th
 first step (tracing) is left out of the median. Trainable parameters and optimizer
 state bytes are what the run wrote in `metrics.json`. Results of several `--models`
 calls are merged into one JSON file (a model's entry is replaced when measured again).
+`--remat` adds full and LoRA runs with `config.runtime.remat` (gradient checkpointing of
+every block); every variant's ratios are against plain full fine-tuning.
 """
 
 from __future__ import annotations
@@ -102,8 +105,8 @@ def _fine_tune(base: str, workdir: str, text: str, spec: dict, lora: dict | None
         f"--config.train.checkpoint_every={steps}", "--config.train.eval_batches=1",
         "--config.train.sample_tokens=0",
     ]  # fmt: skip
-    for key, value in (lora or {}).items():
-        command.append(f"--config.train.{key}={value}")
+    for key, value in (lora or {}).items():  # "train.lora_rank", "runtime.remat", ...
+        command.append(f"--config.{key}={value}")
     run = _run(command)
     metrics = json.load(open(os.path.join(workdir, "metrics.json")))
     history = json.load(open(os.path.join(workdir, "history.json")))["history"]
@@ -159,6 +162,10 @@ def main() -> None:
     parser.add_argument("--text", default=os.path.join(SHARED, "tinyshakespeare", "input.txt"))
     parser.add_argument("--batch_size", type=int, default=0, help="0: the model's own (MODELS)")
     parser.add_argument("--output", default="docs/measurements/lora_vs_full.json")
+    parser.add_argument(
+        "--remat", action="store_true",
+        help="also run both with config.runtime.remat (block checkpointing)",
+    )  # fmt: skip
     args = parser.parse_args()
     names = [n for n in args.models.split(",") if n]
     unknown = [n for n in names if n not in MODELS]
@@ -168,7 +175,11 @@ def main() -> None:
     record.update(
         {"script": "scripts/measure_lora.py", "machine": _machine(), "versions": _versions()}
     )
-    lora = {"lora_rank": args.rank, "lora_targets": args.targets}
+    lora = {"train.lora_rank": args.rank, "train.lora_targets": args.targets}
+    modes = [("full", None), ("lora", lora)]
+    if args.remat:
+        remat = {"runtime.remat": "true"}
+        modes += [("full_remat", remat), ("lora_remat", {**lora, **remat})]
     for name in names:
         with tempfile.TemporaryDirectory() as tmp:
             print(f"{name}: base", flush=True)
@@ -178,22 +189,16 @@ def main() -> None:
             if args.batch_size:  # recorded beside the default batch's entry
                 spec["batch_size"], key = args.batch_size, f"{name}@batch{args.batch_size}"
             out = {"spec": spec, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            for mode, settings in (("full", None), ("lora", lora)):
+            for mode, settings in modes:
                 print(f"{name}: {mode}", flush=True)
                 out[mode] = _fine_tune(base, os.path.join(tmp, mode), args.text, spec, settings)
-            full, low = out["full"], out["lora"]
-            out["lora_over_full"] = {
-                key: round(low[key] / full[key], 4)
-                for key in (
-                    "trainable_params",
-                    "optimizer_state_bytes",
-                    "median_step_s",
-                    "peak_rss_mb",
-                    "checkpoint_bytes",
-                )
-            }
+            full = out["full"]
+            ratios = ("trainable_params", "optimizer_state_bytes", "median_step_s",
+                      "peak_rss_mb", "checkpoint_bytes")  # fmt: skip
+            for mode, _ in modes[1:]:  # each against plain full fine-tuning
+                out[f"{mode}_over_full"] = {k: round(out[mode][k] / full[k], 4) for k in ratios}
+                print(mode, json.dumps(out[f"{mode}_over_full"]), flush=True)
             record["models"][key] = out
-            print(json.dumps(out["lora_over_full"]), flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output + ".tmp", "w") as f:
         json.dump(record, f, indent=2)

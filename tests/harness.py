@@ -18,11 +18,15 @@ asserts one contract a tfllm model keeps:
 - `run_model_saving_test`: a `tf.train.Checkpoint` (how tfllm checkpoints)
   restores every variable into a fresh, differently initialised model, giving
   identical outputs; a `.keras` file loads back to the same outputs;
+- `run_remat_test`: with block checkpointing on (`tfllm.models.remat`), the
+  loss and every gradient equal the plain model's on the same weights, inside
+  a `tf.function` as training runs it (a model without transformer blocks is
+  skipped);
 - `run_cache_test`: for a model with a KV cache (`init_cache(batch)` and
   `call_with_cache(ids, cache, index, **kwargs) -> (logits, cache)`), a prefill
   then one-token decode steps give the full forward pass's logits.
 
-`ModelTests` runs the first five as pytest tests: a model's test file declares
+`ModelTests` runs the first six as pytest tests: a model's test file declares
 a `class TestXxx(ModelTests)` with `model_class`, `init_kwargs`, `input_data`
 and `expected_output_shape`, and a new model family (an imported Llama or
 BERT) gets the whole contract by doing the same.
@@ -41,6 +45,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 # Largest |mixed - float32| output difference allowed, as a fraction of the
@@ -238,6 +243,42 @@ def run_model_saving_test(
             np.testing.assert_allclose(x, y, atol=1e-6)
 
 
+def run_remat_test(cls: type[keras.Model], init_kwargs: dict[str, Any], input_data: Any) -> None:
+    from tfllm.models.remat import enable_remat
+
+    plain = build_model(cls, init_kwargs, input_data)
+    recomputed = build_model(cls, init_kwargs, input_data, seed=2)
+    if not enable_remat(recomputed):
+        pytest.skip(f"{cls.__name__} has no transformer blocks to recompute")
+    recomputed.set_weights(plain.get_weights())
+    inputs = as_tensor(input_data)
+
+    def loss_and_gradients(model: keras.Model) -> tuple[np.ndarray, list[np.ndarray]]:
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                # training=False: dropout off, so both models compute the same function.
+                out = tf.nest.flatten(model(inputs, training=False))
+                loss = tf.add_n([tf.reduce_mean(tf.square(tf.cast(t, tf.float32))) for t in out])
+            return loss, tape.gradient(loss, model.trainable_variables)
+
+        loss, grads = step()
+        # Embedding gradients come as IndexedSlices: compare them dense. None: a weight the
+        # output does not use (BERT's pooler), which must stay unused in both.
+        dense = [None if g is None else np.asarray(tf.convert_to_tensor(g)) for g in grads]
+        return np.asarray(loss), dense
+
+    loss_a, grads_a = loss_and_gradients(plain)
+    loss_b, grads_b = loss_and_gradients(recomputed)
+    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-6)
+    assert len(grads_a) == len(grads_b) == len(plain.trainable_variables)
+    for a, b, v in zip(grads_a, grads_b, plain.trainable_variables, strict=True):
+        if a is None or b is None:
+            assert a is None and b is None, v.path
+            continue
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7, err_msg=v.path)
+
+
 def run_cache_test(
     cls: type[keras.Model],
     init_kwargs: dict[str, Any],
@@ -324,3 +365,6 @@ class ModelTests:
 
     def test_model_saving(self, tmp_path: Any) -> None:
         run_model_saving_test(self.model_class, self.init_kwargs, self.input_data, tmp_path)
+
+    def test_remat(self) -> None:
+        run_remat_test(self.model_class, self.init_kwargs, self.input_data)

@@ -134,7 +134,7 @@ _TODAYS_DEFAULTS = {
         strategy="default", logical_cpus=0, precision="float32", jit_compile=False, tpu="",
         collective="auto", ps_shard_min_bytes=256 << 10, intra_op_threads=0,
         inter_op_threads=0, profile_steps=(), tensor_parallel=1, pipeline_stages=1,
-        num_microbatches=1,
+        num_microbatches=1, remat=False,
     ),
     "export": dict(
         max_new_tokens=64, verify_prompts=["ROMEO:", "First Citizen:", ""], prefill_buckets=(32,)

@@ -75,6 +75,7 @@ def check_relations(config: ml_collections.ConfigDict) -> None:
     check_tensor_parallel(config)
     check_pipeline(config)
     check_lora(config)
+    check_remat(config)
 
 
 def check_instruction_data(config: ml_collections.ConfigDict) -> None:
@@ -128,6 +129,31 @@ def check_lora(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"config.train.lora_rank: {rank} is not supported with {layout} (LoRA runs on the "
             "default, one_device, mirrored, multi_worker and tpu strategies)"
+        )
+
+
+def check_remat(config: ml_collections.ConfigDict) -> None:
+    """Block checkpointing needs transformer blocks, no dropout (the recomputation would
+    draw new masks: `tfllm.models.remat`) and the data-parallel layouts (the tensor- and
+    pipeline-parallel steps run their blocks themselves)."""
+    model, runtime = config.model, config.runtime
+    if not runtime.remat:
+        return
+    if model.name in ("cnn_classifier", "mlp_classifier"):
+        raise ConfigError(
+            f"config.runtime.remat: {model.name} has no transformer blocks to recompute "
+            "(set it to False)"
+        )
+    if model.dropout > 0:
+        raise ConfigError(
+            f"config.runtime.remat: needs config.model.dropout=0 (got {model.dropout}); "
+            "recomputed blocks would draw new dropout masks and the gradients would not match "
+            "the loss"
+        )
+    if runtime.tensor_parallel > 1 or runtime.pipeline_stages > 1:
+        raise ConfigError(
+            "config.runtime.remat: runs with data parallelism only (set "
+            "config.runtime.tensor_parallel and pipeline_stages to 1)"
         )
 
 

@@ -155,6 +155,9 @@ class RuntimeConfig:
     logical_cpus: int = setting(0, non_negative())  # >1: split the host CPU into N devices
     precision: str = setting("float32", one_of(PRECISIONS))
     jit_compile: bool = setting(False)
+    # Recompute each transformer block's activations in the backward pass (gradient
+    # checkpointing, tfllm.models.remat): less memory for about one more forward pass.
+    remat: bool = setting(False)
     tpu: str = setting("")  # TPU name/address for strategy=tpu
     collective: str = setting("auto", one_of(COLLECTIVES))  # multi_worker all-reduce
     ps_shard_min_bytes: int = setting(256 << 10, positive())  # parameter_server: shard these

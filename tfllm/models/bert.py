@@ -27,6 +27,8 @@ import keras
 import keras_hub
 import tensorflow as tf
 
+from tfllm.models.remat import checkpointed
+
 ACTIVATIONS = ("gelu", "gelu_approximate", "relu")
 PAD_ID = 0
 
@@ -83,6 +85,7 @@ class BertEncoder(keras.Model):
         self.vocab_size = vocab_size
         self.max_length = max_length
         self.num_layers = num_layers
+        self.remat_blocks = False  # training-time switch: tfllm.models.remat
         self.num_heads = num_heads
         self.hidden_dim = hidden_dim
         self.intermediate_dim = intermediate_dim
@@ -168,7 +171,11 @@ class BertEncoder(keras.Model):
         x = self.embedding_dropout(self.embedding_norm(x), training=training)
         padding_mask = tf.cast(padding_mask, "bool")
         for block in self.blocks:
-            x = block(x, padding_mask=padding_mask, training=training)
+            x = checkpointed(
+                lambda h, b=block: b(h, padding_mask=padding_mask, training=training),
+                x,
+                self.remat_blocks,
+            )
         return tf.cast(x, tf.float32)
 
     def pooled_output(

@@ -36,6 +36,7 @@ import tensorflow as tf
 from tfllm.config import POOLINGS
 from tfllm.distribute.mesh import assign
 from tfllm.models.gpt import add_backbone_layers
+from tfllm.models.remat import checkpointed
 from tfllm.models.staging import MEGATRON_SPLITS
 
 
@@ -140,6 +141,7 @@ class TransformerClassifier(keras.Model):
         self.num_classes = num_classes
         self.max_length = max_length
         self.num_layers = num_layers
+        self.remat_blocks = False  # training-time switch: tfllm.models.remat
         self.num_heads = num_heads
         self.hidden_dim = hidden_dim
         self.intermediate_dim = intermediate_dim
@@ -185,11 +187,12 @@ class TransformerClassifier(keras.Model):
         x = tokens + self.position_embedding(tokens)
         x = self.embedding_dropout(x, training=training)
         for block in self.blocks:
-            x = block(
+            x = checkpointed(
+                lambda h, b=block: b(
+                    h, decoder_padding_mask=mask, use_causal_mask=self.causal, training=training
+                ),
                 x,
-                decoder_padding_mask=mask,
-                use_causal_mask=self.causal,
-                training=training,
+                self.remat_blocks,
             )
         x = self.final_norm(x)
         pooled = self._pool(x, mask)

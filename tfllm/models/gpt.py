@@ -45,6 +45,7 @@ import keras_hub
 import tensorflow as tf
 
 from tfllm.models import staging
+from tfllm.models.remat import checkpointed
 
 CACHE_UPDATES = ("slice", "blend")
 # A cache write: "slice", "blend", or fn(cache, update, index) -> cache (a mesh's).
@@ -251,6 +252,7 @@ class GPT(keras.Model):
         self.vocab_size = vocab_size
         self.max_length = max_length
         self.num_layers = num_layers
+        self.remat_blocks = False  # training-time switch: tfllm.models.remat
         self.num_heads = num_heads
         self.hidden_dim = hidden_dim
         self.intermediate_dim = intermediate_dim
@@ -307,7 +309,7 @@ class GPT(keras.Model):
         """Full causal forward pass: int `[B, T]` ids -> float32 `[B, T, V]`."""
         x = self._embed(token_ids, 0, training)
         for block in self.blocks:
-            x = block(x, training=training)
+            x = checkpointed(lambda h, b=block: b(h, training=training), x, self.remat_blocks)
         return self._logits(x)
 
     def init_cache(self, batch_size: int | tf.Tensor, length: int | None = None) -> KVCache:

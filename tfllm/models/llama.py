@@ -42,6 +42,7 @@ from tfllm.models.gpt import (
     visible_slots,
     write_cache,
 )
+from tfllm.models.remat import checkpointed
 
 
 def rope_inverse_frequencies(
@@ -276,6 +277,7 @@ class Llama(keras.Model):
         self.rope_theta, self.rope_scaling = rope_theta, tuple(rope_scaling)
         self.norm_epsilon, self.tie_embeddings, self.dropout = norm_epsilon, tie_embeddings, dropout
         self.inverse_frequencies = rope_inverse_frequencies(head_dim, rope_theta, *rope_scaling)
+        self.remat_blocks = False  # training-time switch: tfllm.models.remat
 
         policy = self.dtype_policy
         self.token_embedding = keras_hub.layers.ReversibleEmbedding(
@@ -314,7 +316,7 @@ class Llama(keras.Model):
         and `tfllm.models.llama_classifier` read."""
         x = self.token_embedding(token_ids)
         for block in self.blocks:
-            x, _ = block(x, training=training)
+            x = checkpointed(lambda h, b=block: b(h, training=training)[0], x, self.remat_blocks)
         return x
 
     def init_cache(self, batch_size: int | tf.Tensor, length: int | None = None) -> KVCache:

@@ -41,6 +41,7 @@ from tfllm.evaluation.classifier_eval import evaluate_encoded
 from tfllm.inference.generate import Generator, generate_text
 from tfllm.models import build_model
 from tfllm.models.lora import apply_lora, lora_settings, trainable_summary
+from tfllm.models.remat import enable_remat
 from tfllm.training.instruction import instruction_task
 from tfllm.training.plugins import TrainingPlugin
 from tfllm.training.pretrained_classifier import (
@@ -172,6 +173,8 @@ def train_lm(
     def build() -> object:
         model = build_model(config.model, tokenizer.vocab_size)
         apply_lora(model, lora_settings(config.train))
+        if config.runtime.remat:
+            enable_remat(model)
         return model
 
     # Samples come from the eager generation loop, which needs host weights.
@@ -415,6 +418,8 @@ def train_classifier(
                 int(config.train.freeze_blocks), bool(config.train.freeze_embeddings)
             )
         apply_lora(model, lora_settings(config.train))
+        if config.runtime.remat:
+            enable_remat(model)
         return model
 
     trainer = Trainer(
