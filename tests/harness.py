@@ -20,8 +20,8 @@ asserts one contract a tfllm model keeps:
   identical outputs; a `.keras` file loads back to the same outputs;
 - `run_remat_test`: with block checkpointing on (`tfllm.models.remat`), the
   loss and every gradient equal the plain model's on the same weights, inside
-  a `tf.function` as training runs it (a model without transformer blocks is
-  skipped);
+  a `tf.function` as training runs it (a model without transformer blocks
+  must have no `blocks` at all);
 - `run_cache_test`: for a model with a KV cache (`init_cache(batch)` and
   `call_with_cache(ids, cache, index, **kwargs) -> (logits, cache)`), a prefill
   then one-token decode steps give the full forward pass's logits.
@@ -45,7 +45,6 @@ from typing import Any
 
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 
 # Largest |mixed - float32| output difference allowed, as a fraction of the
@@ -249,7 +248,10 @@ def run_remat_test(cls: type[keras.Model], init_kwargs: dict[str, Any], input_da
     plain = build_model(cls, init_kwargs, input_data)
     recomputed = build_model(cls, init_kwargs, input_data, seed=2)
     if not enable_remat(recomputed):
-        pytest.skip(f"{cls.__name__} has no transformer blocks to recompute")
+        # Nothing to recompute must mean no transformer blocks (CNN, MLP), never a
+        # family that forgot its `remat_blocks` switch.
+        assert not getattr(recomputed, "blocks", None), f"{cls.__name__} has blocks, no switch"
+        return
     recomputed.set_weights(plain.get_weights())
     inputs = as_tensor(input_data)
 
