@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--student_embeddings", default="random", choices=("random", "teacher"))
+    parser.add_argument("--augment", type=float, default=0.0, help="tfllm-compress --augment")
     parser.add_argument("--quantize", default="dynamic")
     parser.add_argument("--sentences", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
@@ -125,7 +126,7 @@ def main() -> None:
             [*python, "tfllm.cli.compress", f"--workdir={args.teacher}", "--method=distill",
              f"--student_config={config}", f"--steps={args.steps}", f"--output={args.student}",
              f"--temperature={args.temperature}", f"--alpha={args.alpha}",
-             f"--student_embeddings={args.student_embeddings}"]
+             f"--student_embeddings={args.student_embeddings}", f"--augment={args.augment}"]
         )  # fmt: skip
         stages["evaluate_student"] = _run(
             [*python, "tfllm.cli.evaluate", f"--workdir={args.student}", "--split=test"]
@@ -160,6 +161,7 @@ def main() -> None:
         "what": "CNN student distilled from a fine-tuned MiniLM teacher on SST-2: test accuracy, "
         "LiteRT latency per sentence (batch 1) and file sizes of both",
         "seed": args.seed,
+        "augment": args.augment,
         "student_test_accuracy": student["test_split"]["accuracy"],
         "student_dev_accuracy": student.get("accuracy"),
         "teacher_test_accuracy": teacher["test_split"]["accuracy"],

@@ -142,7 +142,8 @@ _TODAYS_DEFAULTS = {
     "compress": dict(
         method="", source="", sparsity=0.8, schedule="polynomial", m_by_n="", prune_frequency=0,
         prune_end_fraction=0.75, prune_embeddings=True, temperature=2.0, alpha=0.5,
-        quantize_mode="int8", student_embeddings="random",
+        quantize_mode="int8", student_embeddings="random", augment=0.0, augment_mask=0.1,
+        augment_ngram=0.25,
     ),
 }
 # fmt: on

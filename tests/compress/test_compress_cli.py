@@ -40,6 +40,12 @@ CASES = {
         ["--method=distill", "--student_config={student_gpt}"],
         ["--student_config", "'gpt'", "classifier"],
     ),
+    "augment_above_one": (["--method=distill", "--augment=1.5"], ["--augment", "[0, 1]", "1.5"]),
+    "augment_with_prune": (["--method=prune", "--augment=0.5"], ["--augment", "distill", "prune"]),
+    "augment_lm_teacher": (
+        ["--method=distill", "--student_config={student_gpt}", "--augment=0.5"],
+        ["--augment", "classifier rows", "a gpt language model"],
+    ),
     "output_is_workdir": (["--method=prune"], ["--output", "--workdir"]),
     "no_checkpoint": (["--method=prune"], ["--workdir", "no checkpoint"]),
     "output_holds_another_run": (["--method=prune"], ["--output", "already holds another run"]),
@@ -56,7 +62,7 @@ def _listing(root: str) -> dict[str, tuple[int, float]]:
 
 
 @pytest.fixture(scope="module")
-def results(trained_classifier, tmp_path_factory) -> dict:
+def results(trained_classifier, trained_workdir, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("compress_cli")
     students = {
         "student_vocab": [
@@ -85,7 +91,8 @@ def results(trained_classifier, tmp_path_factory) -> dict:
     )
     jobs = {}
     for case, (flags, _) in CASES.items():
-        source = str(empty) if case == "no_checkpoint" else trained_classifier
+        sources = {"no_checkpoint": str(empty), "augment_lm_teacher": trained_workdir}
+        source = sources.get(case, trained_classifier)
         output = source if case == "output_is_workdir" else str(root / case / "out")
         flags = [flag.format(**paths) for flag in flags]
         jobs[case] = (source, output, [f"--workdir={source}", f"--output={output}", *flags])

@@ -122,14 +122,17 @@ def test_distill_a_small_student_with_the_cli(trained_classifier, tmp_path):
         f"--student_config={student}",
         "--temperature=3",
         "--alpha=0.2",
+        "--augment=0.5",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Distilling from" in proc.stdout and "T=3, α=0.2" in proc.stdout
+    assert "50% of each batch augmented" in proc.stdout
     with open(os.path.join(output, "compression.json"), encoding="utf-8") as f:
         record = json.load(f)
     assert record["method"] == "distill" and record["steps"] == 20
     assert record["teacher_params"] > record["num_params"] > 0
     assert (record["settings"]["temperature"], record["settings"]["alpha"]) == (3.0, 0.2)
+    assert record["settings"]["augment"] == 0.5
     with open(os.path.join(trained_classifier, "metrics.json"), encoding="utf-8") as f:
         assert record["teacher_params"] == json.load(f)["num_params"]
     # The student is an mlp on the teacher's data, tokenizer and class ids.

@@ -163,9 +163,10 @@ def test_train_evaluate_export_and_distill_commands(labelled_files, bert, tmp_pa
     )
     proc = run_cli(
         "compress", f"--workdir={workdir}", "--method=distill", f"--student_config={student}",
-        "--steps=10", f"--output={tmp_path / 'cnn'}",
+        "--steps=10", f"--output={tmp_path / 'cnn'}", "--augment=0.5",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "50% of each batch augmented" in proc.stdout  # [MASK]/[CLS]/[SEP] rows
     record = json.loads(open(tmp_path / "cnn" / "compression.json").read())
     assert record["method"] == "distill" and "accuracy" in record["metrics"]
 

@@ -57,6 +57,14 @@ flags.DEFINE_enum(
     "distill: teacher = start the student's token table as a copy of the teacher's (same "
     "tokenizer; the student's embedding width must be the teacher's hidden width).",
 )
+flags.DEFINE_float(
+    "augment",
+    0.0,
+    "distill (classifiers): fraction of each training batch replaced by augmented copies "
+    "(pieces masked, rows cut to n-grams; soft labels only). 0 = off.",
+)
+flags.DEFINE_float("augment_mask", 0.1, "distill: per-piece mask rate of augmented rows.")
+flags.DEFINE_float("augment_ngram", 0.25, "distill: share of augmented rows cut to 1..5-grams.")
 flags.DEFINE_string("mode", "int8", "quantize: Keras 3 weight-only int8 | int4 (no training).")
 common.define_debug_flag()
 flags.adopt_module_key_flags(common)
@@ -79,6 +87,9 @@ def main(argv) -> None:
         temperature=FLAGS.temperature,
         alpha=FLAGS.alpha,
         student_embeddings=FLAGS.student_embeddings,
+        augment=FLAGS.augment,
+        augment_mask=FLAGS.augment_mask,
+        augment_ngram=FLAGS.augment_ngram,
         mode=FLAGS.mode,
     )
     config = compress_config(FLAGS.workdir, options)  # every flag checked before any work

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import ml_collections
 import tensorflow as tf
 
+from tfllm.compress.augment import AugmentSettings
 from tfllm.compress.distill import DistillationPlugin
 from tfllm.compress.keras_quantize import quantize_workdir
 from tfllm.config import (
@@ -63,6 +64,9 @@ class CompressOptions:
     temperature: float = 2.0
     alpha: float = 0.5
     student_embeddings: str = "random"  # distill: or "teacher" (a copy of its token table)
+    augment: float = 0.0  # distill: fraction of each batch augmented (tfllm.compress.augment)
+    augment_mask: float = 0.1
+    augment_ngram: float = 0.25
     mode: str = "int8"  # quantize: Keras 3 weight-only int8 | int4
     # distill: the student's config itself, for library callers (the journey)
     # that hold one rather than a file; takes the place of `student_config`.
@@ -117,9 +121,19 @@ def training_plugins(config: ml_collections.ConfigDict) -> tuple[TrainingPlugin,
 
         return StartFromSource(c.source), QATPlugin()
 
+    augment = AugmentSettings(
+        rows=float(c.get("augment", 0.0)),
+        mask=float(c.get("augment_mask", 0.1)),
+        ngram=float(c.get("augment_ngram", 0.25)),
+    )
     return (
         DistillationPlugin(
-            c.source, float(c.temperature), float(c.alpha), c.get("student_embeddings", "random")
+            c.source,
+            float(c.temperature),
+            float(c.alpha),
+            c.get("student_embeddings", "random"),
+            augment=augment,
+            seed=int(config.train.seed),
         ),
     )
 
@@ -151,6 +165,12 @@ def _check_options(options: CompressOptions) -> None:
         raise ConfigError(f"--alpha: must be in [0, 1], got {options.alpha:g}")
     if options.mode not in QUANTIZE_MODES:
         raise ConfigError(f"--mode: must be int8 or int4, got {options.mode!r}")
+    for flag in ("augment", "augment_mask", "augment_ngram"):
+        value = getattr(options, flag)
+        if not 0.0 <= value <= 1.0:  # nan fails too
+            raise ConfigError(f"--{flag}: must be in [0, 1], got {value:g}")
+    if options.augment and options.method != "distill":
+        raise ConfigError(f"--augment: only used with --method=distill, not {options.method}")
     if options.method == "distill" and not (options.student_config or options.student):
         raise ConfigError("--student_config: required with --method=distill")
     if options.method != "distill" and (options.student_config or options.student):
@@ -222,6 +242,11 @@ def compress_config(source: str, options: CompressOptions) -> ml_collections.Con
         )
     if not kept_checkpoints(os.path.join(source, "checkpoints")):
         raise WorkdirError(f"--workdir: {source} has no checkpoint (run tfllm-train first)")
+    if options.augment and teacher.model.name not in CLASSIFIER_NAMES:
+        raise ConfigError(
+            f"--augment: augments classifier rows; {source} holds a {teacher.model.name} "
+            "language model"
+        )
     if options.method == "distill":
         config = _student_config(teacher, source, options.student_config, options.student)
         steps = options.steps or int(config.train.num_steps)
@@ -256,6 +281,9 @@ def compress_config(source: str, options: CompressOptions) -> ml_collections.Con
             temperature=float(options.temperature),
             alpha=float(options.alpha),
             student_embeddings=options.student_embeddings,
+            augment=float(options.augment),
+            augment_mask=float(options.augment_mask),
+            augment_ngram=float(options.augment_ngram),
             quantize_mode=options.mode,
         )
     )

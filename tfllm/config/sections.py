@@ -204,4 +204,9 @@ class CompressConfig:
     alpha: float = setting(0.5, interval(0, 1))  # distill: weight of the hard-label loss
     # distill: the student's token table starts "random" or as a copy of the "teacher"'s
     student_embeddings: str = setting("random", one_of(("random", "teacher")))
+    # distill (classifiers): fraction of each batch replaced by augmented copies, the
+    # per-piece mask rate and per-row n-gram rate of those copies (tfllm.compress.augment)
+    augment: float = setting(0.0, interval(0, 1))
+    augment_mask: float = setting(0.1, interval(0, 1))
+    augment_ngram: float = setting(0.25, interval(0, 1))
     quantize_mode: str = setting("int8", one_of(QUANTIZE_MODES, "int8 or int4"))
