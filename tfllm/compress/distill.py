@@ -132,9 +132,7 @@ class DistillationPlugin(TrainingPlugin):
             inputs, soft_only = augment_rows(inputs, self._seed(), self.augment, self._row_format)
         student = model(inputs, training=training)
         teacher = self.teacher(inputs, training=False)
-        loss = distillation_loss(
-            targets, student, teacher, self.temperature, self.alpha, soft_only
-        )
+        loss = distillation_loss(targets, student, teacher, self.temperature, self.alpha, soft_only)
         if weights is not None:  # per row, the mean over its response tokens (InstructionTask)
             weights = tf.cast(weights, loss.dtype)
             return tf.reduce_sum(loss * weights, -1) / tf.maximum(tf.reduce_sum(weights, -1), 1.0)
