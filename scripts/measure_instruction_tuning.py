@@ -73,7 +73,7 @@ def score(workdir: str, pairs_path: str, max_length: int, batch: int) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from tfllm.data.instruction_data import encode_pairs
+    from tfllm.data.instruction_data import encode_pairs, length_sorted_batches
     from tfllm.data.tokenizer_kinds import chat_template
     from tfllm.evaluation.predict import token_cross_entropy
     from tfllm.inference.loading import load_trained
@@ -101,15 +101,8 @@ def score(workdir: str, pairs_path: str, max_length: int, batch: int) -> dict:
 
     nll = np.zeros([len(ANSWERS), len(rows)])
     for k, e in enumerate(encoded):
-        # Rows sorted by length and each batch cut to its longest row (rounded up to
-        # 16: a few XLA programs) — most of max_length is padding.
-        lengths = e.weights.shape[1] - np.argmax(e.weights[:, ::-1] > 0, axis=1) + 1
-        order = np.argsort(lengths, kind="stable")
-        for start in range(0, len(rows), batch):
-            index = order[start : start + batch]
-            width = min(-(-int(lengths[index].max()) // 16) * 16, e.weights.shape[1])
-            ids = tf.constant(e.ids[index, : width + 1])
-            nll[k, index] = row_nll(ids, tf.constant(e.weights[index, :width]))
+        for index, ids, weights in length_sorted_batches(e, batch):
+            nll[k, index] = row_nll(tf.constant(ids), tf.constant(weights))
     gold_nll = nll[gold, np.arange(len(rows))]
     gold_tokens = np.array([encoded[g].weights[i].sum() for i, g in enumerate(gold)])
     predicted = nll.argmin(axis=0)

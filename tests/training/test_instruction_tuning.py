@@ -19,7 +19,12 @@ import pytest
 from conftest import run_cli
 
 from tfllm.data.chat_format import render_exchange
-from tfllm.data.instruction_data import encode_pairs, make_pairs_dataset
+from tfllm.data.instruction_data import (
+    EncodedPairs,
+    encode_pairs,
+    length_sorted_batches,
+    make_pairs_dataset,
+)
 from tfllm.data.tokenizer_kinds import chat_template, load_tokenizer
 from tfllm.errors import ConfigError, DataError
 from tfllm.evaluation.metrics import response_loss_and_perplexity
@@ -110,6 +115,29 @@ def test_loss_is_the_mean_over_response_tokens(llama):
     whole = response_loss_and_perplexity(model, encoded, batch_size=4)
     np.testing.assert_allclose(whole["loss"], (nll * w).sum() / w.sum(), rtol=1e-5)
     assert whole["tokens"] == int(w.sum())
+    first = response_loss_and_perplexity(model, encoded, batch_size=4, max_batches=1)
+    np.testing.assert_allclose(first["loss"], (nll[:4] * w[:4]).sum() / w[:4].sum(), rtol=1e-5)
+
+
+def test_length_sorted_batches_cover_every_row_once_and_keep_every_target():
+    rng = np.random.default_rng(0)
+    ends = rng.integers(1, 40, size=37)
+    weights = np.zeros([37, 40], np.float32)
+    for i, end in enumerate(ends):
+        weights[i, rng.integers(0, end) : end] = 1.0
+    ids = rng.integers(1, 100, size=[37, 41]).astype(np.int32)
+    seen, previous = [], 0
+    for index, batch_ids, batch_weights in length_sorted_batches(
+        EncodedPairs(ids, weights, 0, 0), 8, multiple=16
+    ):
+        cut = batch_weights.shape[1]
+        assert cut % 16 == 0 or cut == 40
+        assert cut >= ends[index].max() >= previous  # sorted, nothing cut away
+        previous = ends[index].max()
+        np.testing.assert_array_equal(batch_ids, ids[index, : cut + 1])
+        assert batch_weights.sum() == weights[index].sum()
+        seen.extend(index.tolist())
+    assert sorted(seen) == list(range(37))
 
 
 def test_train_evaluate_and_chat_on_pairs(llama, tmp_path):

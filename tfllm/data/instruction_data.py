@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Iterator
 
 import ml_collections
 import numpy as np
@@ -157,6 +158,25 @@ def make_pairs_dataset(
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     dataset = dataset.map(lambda ids, w: (ids[:, :-1], (ids[:, 1:], w)))
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def length_sorted_batches(
+    pairs: EncodedPairs, batch_size: int, multiple: int = 16
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(row indices, ids `[b, w + 1]`, weights `[b, w]`) for scoring, not training: rows
+    sorted by length, each batch cut after its longest row's last response target
+    (w rounded up to `multiple`, so a traced model sees a few shapes, not one per
+    batch). A causal model's loss at a position ignores everything after it, so the
+    cut changes no number; it spares the padding that fills most of `max_length`.
+    """
+    width = pairs.weights.shape[1]
+    # Position after each row's last response target (rows have at least one).
+    ends = width - np.argmax(pairs.weights[:, ::-1] > 0, axis=1)
+    order = np.argsort(ends, kind="stable")
+    for start in range(0, len(pairs), batch_size):
+        index = order[start : start + batch_size]
+        cut = min(-(-int(ends[index].max()) // multiple) * multiple, width)
+        yield index, pairs.ids[index, : cut + 1], pairs.weights[index, :cut]
 
 
 def load_pair_splits(data: ml_collections.ConfigDict) -> LabelledSplits:

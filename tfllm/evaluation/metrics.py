@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfllm.data.instruction_data import EncodedPairs, make_pairs_dataset
+from tfllm.data.instruction_data import EncodedPairs, length_sorted_batches
 from tfllm.data.lm_data import eval_dataset
 from tfllm.distribute.rows import RowSharder
 from tfllm.evaluation.predict import token_cross_entropy
@@ -45,20 +45,25 @@ def response_loss_and_perplexity(
     model: keras.Model, pairs: EncodedPairs, batch_size: int, max_batches: int = 0
 ) -> dict[str, float]:
     """Mean loss and perplexity over the response tokens of prompt/response rows
-    (an instruction-tuned run's own measure; `InstructionTask.evaluate` in training)."""
+    (an instruction-tuned run's own measure; `InstructionTask.evaluate` in training).
+
+    With `max_batches`, the first `max_batches * batch_size` rows in file order.
+    Rows are scored in length-sorted batches cut to their longest row
+    (`length_sorted_batches`): the same sums, without the padding.
+    """
 
     @tf.function
-    def batch_sums(inputs, targets, weights):
-        ce = token_cross_entropy(targets, model(inputs, training=False))
-        return tf.reduce_sum(ce * weights), tf.reduce_sum(weights)
+    def batch_sums(ids, weights):
+        ce = token_cross_entropy(ids[:, 1:], model(ids[:, :-1], training=False))
+        return tf.reduce_sum(tf.cast(ce, tf.float32) * weights), tf.reduce_sum(weights)
 
-    dataset = make_pairs_dataset(pairs, batch_size, shuffle=False, repeat=False,
-                                 drop_remainder=False)  # fmt: skip
+    if max_batches:
+        pairs = EncodedPairs(
+            pairs.ids[: max_batches * batch_size], pairs.weights[: max_batches * batch_size], 0, 0
+        )
     total, count = 0.0, 0.0
-    for i, (inputs, (targets, weights)) in enumerate(dataset):
-        if max_batches and i >= max_batches:
-            break
-        s, n = batch_sums(inputs, targets, weights)
+    for _, ids, weights in length_sorted_batches(pairs, batch_size):
+        s, n = batch_sums(tf.constant(ids), tf.constant(weights))
         total, count = total + float(s), count + float(n)
     loss = total / max(count, 1.0)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": int(count)}
