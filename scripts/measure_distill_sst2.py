@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 
+from tfllm.utils.io import atomic_write_json
 from tfllm.utils.machine import cpu_model
 
 
@@ -180,11 +181,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python scripts/measure_distill_sst2.py " + " ".join(sys.argv[1:]),
     }
-    tmp = args.output + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, args.output)
+    atomic_write_json(args.output, record)
     print(
         f"student test accuracy {record['student_test_accuracy']:.4f} (teacher "
         f"{record['teacher_test_accuracy']:.4f}); LiteRT latency ratio, model "

@@ -42,6 +42,8 @@ import random
 import sys
 import time
 
+from tfllm.utils.io import atomic_write_json
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -195,10 +197,7 @@ def main() -> None:
         **run,
         "evaluate_wall_s": evaluate["wall_s"],
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output + ".tmp", "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(args.output + ".tmp", args.output)
+    atomic_write_json(args.output, record)
 
 
 if __name__ == "__main__":

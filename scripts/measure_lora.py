@@ -32,6 +32,8 @@ import sys
 import tempfile
 import time
 
+from tfllm.utils.io import atomic_write_json
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
 PRETRAINED = os.environ.get("TFLLM_PRETRAINED", os.path.expanduser("~/.cache/tfllm-pretrained"))
@@ -199,10 +201,7 @@ def main() -> None:
                 out[f"{mode}_over_full"] = {k: round(out[mode][k] / full[k], 4) for k in ratios}
                 print(mode, json.dumps(out[f"{mode}_over_full"]), flush=True)
             record["models"][key] = out
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output + ".tmp", "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(args.output + ".tmp", args.output)
+    atomic_write_json(args.output, record)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 
+from tfllm.utils.io import atomic_write_json
 from tfllm.utils.machine import cpu_model
 
 
@@ -175,12 +176,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python scripts/measure_minilm_sst2.py " + " ".join(sys.argv[1:]),
     }
-    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    tmp = args.output + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, args.output)
+    atomic_write_json(args.output, record)
     print(
         f"seed {args.seed}: {record['steps']} steps in {record['train_wall_s']} s; dev accuracy "
         f"{record['dev_accuracy']}, test accuracy {record['test_accuracy']} -> {args.output}"
