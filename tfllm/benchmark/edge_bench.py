@@ -58,7 +58,6 @@ def run_edge_benchmark(workdir: str, new_tokens: int, warmup: int, repeats: int)
     """Tokens/s per backend (batch 1, greedy) and each TFLite file's verified perplexity."""
     import tensorflow as tf
 
-
     trained = load_trained(workdir)
     if trained.is_classifier:
         raise WorkdirError(f"--workdir: {workdir} holds a classifier; --mode=edge times LMs")

@@ -41,9 +41,7 @@ flags.DEFINE_enum(
     "split", "eval", ["eval", "train", "test"], "Which split of the run's data (test: classifiers)."
 )
 flags.DEFINE_string("data", "", "Evaluate on this file instead (glob or comma list allowed).")
-flags.DEFINE_enum(
-    "format", None, list(DATA_FORMATS), "Format of --data (default: the run's)."
-)
+flags.DEFINE_enum("format", None, list(DATA_FORMATS), "Format of --data (default: the run's).")
 flags.DEFINE_string("text_field", None, "Text column/field of --data (default: the run's).")
 flags.DEFINE_string("label_field", None, "Label column/field of --data (default: the run's).")
 flags.DEFINE_integer("batch_size", 16, "Windows (LM) or examples (classifier) per batch.")

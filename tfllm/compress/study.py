@@ -196,7 +196,6 @@ def remeasure_latency(results: list[Measured], rounds: int = 5) -> None:
     """
     import statistics
 
-
     runners = []
     for r in results:
         export_dir = tflite_dir(r.workdir, r.row.quantize)

@@ -90,4 +90,3 @@ class RowSharder:
         values = self.strategy.experimental_distribute_values_from_function(value_fn)
         out = self._step(values)
         return tf.nest.map_structure(lambda v: v.numpy()[:n], out)
-

@@ -86,6 +86,7 @@ def lm_loss_sharded(
     back in order, then is added up in float64 in window order, so the total
     does not depend on how many replicas computed it.
     """
+
     def per_window(values):
         inputs, targets = values
         ce = token_cross_entropy(targets, model(inputs, training=False))

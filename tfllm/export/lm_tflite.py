@@ -233,7 +233,6 @@ def export_lm_tflite(
     """Converts, verifies and writes `target/model.tflite` (+ tokenizer, verification.json)."""
     import tempfile
 
-
     model, tokenizer, config = trained.model, trained.tokenizer, trained.config
     max_length = int(model.max_length)
     buckets = prefill_buckets(max_length, tuple(config.export.get("prefill_buckets", (32,))))
@@ -353,7 +352,6 @@ def litert_perplexity(
 ) -> dict[str, Any]:
     """Loss and perplexity of `W/export/tflite_<quantize>` on the windows `tfllm-evaluate` uses."""
     import os
-
 
     path = litert.tflite_path(trained.workdir, quantize)
     if not os.path.isfile(path):
