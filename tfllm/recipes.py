@@ -329,7 +329,7 @@ def smollm2_lora_sst2() -> ml_collections.ConfigDict:
     transformers' `LlamaForSequenceClassification` recipe: the decoder reads
     the sentence, a new linear head reads the last real token's state. Only
     rank-8 adapters on every attention and MLP kernel (q/k/v/o, gate/up/down:
-    3.9 M weights with Keras' factorization, 2.8 % of the model) and the head
+    2.44 M weights in the paper's A·B shape, 1.8 % of the model) and the head
     train; AdamW at 5e-4 with 50 warmup steps then linear decay, batch 32, no
     dropout (SmolLM2 was trained without). 600 steps (19,200 sentences, a
     third of a pass; docs/finetuning.md has the measured run and its time).
