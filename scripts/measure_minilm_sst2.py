@@ -5,7 +5,8 @@
         --output=docs/measurements/minilm_sst2_seed0.json
     python scripts/measure_minilm_sst2.py --config=configs/smollm2_lora_sst2.py \\
         --minilm_workdir=runs/smollm2 --source=smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
-        --workdir=runs/smollm2_sst2 --output=docs/measurements/smollm2_lora_sst2_seed0.json
+        --workdir=runs/smollm2_sst2 --splits=test \\
+        --output=docs/measurements/smollm2_lora_sst2_seed0.json
 
 One seed per call (the issue asks for three: call it with --seed=1 and 2 and
 compare the records). Each stage runs as the documented command in its own
@@ -133,6 +134,9 @@ def main() -> None:
         "overrides", nargs="*", help="extra --config.* flags for tfllm-train (recorded)"
     )
     args = parser.parse_args()
+    unknown = set(args.splits.split(",")) - {"eval", "train", "test"}
+    if unknown:
+        parser.error(f"--splits: {','.join(sorted(unknown))} is not eval, train or test")
     python = [sys.executable, "-m"]
     load_at_start = os.getloadavg()  # other jobs on the box slow every stage: recorded
     stages = {}
